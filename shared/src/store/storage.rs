@@ -1,0 +1,68 @@
+//! One deployment's storage: the table, the bucket and the queues, on either adapter.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+
+use super::aws::{self, DynamoTable, S3Blobs, SqsQueue};
+use super::embedded::{Db, DirBlobs};
+use super::{Blobs, Queue, Resources, StoreError, StoreResult, Table};
+
+/// Handles on every port of one deployment, built once per process.
+#[derive(Clone)]
+pub struct Storage {
+    pub table: Arc<dyn Table>,
+    pub blobs: Arc<dyn Blobs>,
+    queues: HashMap<String, Arc<dyn Queue>>,
+}
+
+impl Storage {
+    /// Embedded storage under `dir`: `dir/tenantai.db` (table and queues) and
+    /// `dir/blobs/`. Creates whatever is missing.
+    pub async fn embedded(dir: &Path, res: &Resources) -> StoreResult<Storage> {
+        let db = Db::open(dir.join("tenantai.db"))?;
+        db.provision_queues(&res.queues).await?;
+        let mut queues: HashMap<String, Arc<dyn Queue>> = HashMap::new();
+        for name in queue_names(res) {
+            queues.insert(name.clone(), Arc::new(db.queue(&name).await?));
+        }
+        Ok(Storage {
+            table: Arc::new(db.table()),
+            blobs: Arc::new(DirBlobs::open(dir.join("blobs"))?),
+            queues,
+        })
+    }
+
+    /// AWS storage; with `provision`, creates absent resources first.
+    pub async fn aws(config: &SdkConfig, res: &Resources, provision: bool) -> StoreResult<Storage> {
+        if provision {
+            aws::provision(config, res).await?;
+        }
+        let sqs = aws_sdk_sqs::Client::new(config);
+        let mut queues: HashMap<String, Arc<dyn Queue>> = HashMap::new();
+        for name in queue_names(res) {
+            queues.insert(name.clone(), Arc::new(SqsQueue::open(sqs.clone(), &name).await?));
+        }
+        Ok(Storage {
+            table: Arc::new(DynamoTable::new(aws_sdk_dynamodb::Client::new(config), &res.table)),
+            blobs: Arc::new(S3Blobs::new(aws::s3_client(config), &res.bucket)),
+            queues,
+        })
+    }
+
+    /// A queue (or dead-letter queue) of the deployment, by name.
+    pub fn queue(&self, name: &str) -> StoreResult<Arc<dyn Queue>> {
+        self.queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("queue '{name}' is not part of this deployment")))
+    }
+}
+
+fn queue_names(res: &Resources) -> impl Iterator<Item = String> + '_ {
+    res.queues.iter().flat_map(|q| {
+        std::iter::once(q.name.clone()).chain(q.dead_letter.as_ref().map(|d| d.queue.clone()))
+    })
+}

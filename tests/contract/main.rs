@@ -1,0 +1,57 @@
+//! The storage contract: one set of cases, run against the embedded adapters and
+//! against the AWS adapters (on the emulator that `scripts/test.sh` starts).
+
+mod blobs;
+mod env;
+mod processes;
+mod queue;
+mod table;
+
+/// Instantiates every case once per adapter.
+macro_rules! contract {
+    ($($module:ident :: $case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let env = crate::env::embedded().await;
+                    crate::$module::$case(&env).await;
+                }
+            )*
+        }
+        mod aws {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    if let Some(env) = crate::env::aws().await {
+                        crate::$module::$case(&env).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract! {
+    table::put_get_round_trip,
+    table::conditional_put_conflicts,
+    table::version_checks,
+    table::concurrent_adds_are_exact,
+    table::add_with_conditions,
+    table::query_pages_both_directions,
+    table::expired_items_read_as_absent,
+    table::failed_transaction_changes_nothing,
+    table::transaction_limits,
+    queue::send_receive_delete,
+    queue::visibility_timeout_then_redelivery,
+    queue::dead_letter_after_max_receives,
+    queue::change_visibility,
+    queue::long_poll_returns_when_a_message_arrives,
+    queue::delayed_messages,
+    queue::batch_limits,
+    blobs::round_trip_head_delete,
+    blobs::large_object_streams,
+    blobs::range_reads,
+    blobs::listing_pages,
+    blobs::keys_that_escape_are_rejected,
+}
