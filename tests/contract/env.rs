@@ -67,7 +67,8 @@ pub async fn embedded() -> Env {
 
 /// Whether this run promised an emulator (CI, or the test script).
 fn emulator_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os("TENANTAI_TEST_AWS").is_some()
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var_os("TENANTAI_TEST_AWS").is_some()
 }
 
 /// The AWS adapters on the emulator at `AWS_ENDPOINT_URL`. Without one, the

@@ -1,6 +1,8 @@
 //! The storage contract: one set of cases, run against the embedded adapters and
 //! against the AWS adapters (on the emulator that `scripts/test.sh` starts).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
+
 mod blobs;
 mod env;
 mod processes;

@@ -16,7 +16,12 @@ fn receive(max: usize, wait_ms: u64, visibility_s: u64) -> Receive {
 }
 
 /// Receives until `n` messages arrived or `within` passed.
-async fn receive_n(q: &Arc<dyn Queue>, n: usize, visibility_s: u64, within: Duration) -> Vec<Message> {
+async fn receive_n(
+    q: &Arc<dyn Queue>,
+    n: usize,
+    visibility_s: u64,
+    within: Duration,
+) -> Vec<Message> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     while got.len() < n && Instant::now() < deadline {
@@ -46,7 +51,9 @@ pub async fn send_receive_delete(env: &Env) {
         q.delete(&m.receipt).await.unwrap();
     }
     // Deleted messages never come back, even after their visibility timeout.
-    q.change_visibility(&got[0].receipt, Duration::ZERO).await.ok();
+    q.change_visibility(&got[0].receipt, Duration::ZERO)
+        .await
+        .ok();
     assert!(q.receive(&receive(10, 1000, 30)).await.unwrap().is_empty());
 }
 
@@ -93,12 +100,16 @@ pub async fn change_visibility(env: &Env) {
     let got = receive_n(&q, 1, 60, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 1);
     // Released at once: visible again long before its 60 s timeout.
-    q.change_visibility(&got[0].receipt, Duration::ZERO).await.unwrap();
+    q.change_visibility(&got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
     let again = receive_n(&q, 1, 1, Duration::from_secs(5)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].receive_count, 2);
     // Extended: still hidden after its original 1 s timeout.
-    q.change_visibility(&again[0].receipt, Duration::from_secs(30)).await.unwrap();
+    q.change_visibility(&again[0].receipt, Duration::from_secs(30))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(q.receive(&receive(10, 0, 1)).await.unwrap().is_empty());
     q.delete(&again[0].receipt).await.unwrap();
@@ -118,7 +129,10 @@ pub async fn long_poll_returns_when_a_message_arrives(env: &Env) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, "wake up");
     // It returned on arrival, not at the end of its 20 s wait.
-    assert!(waited < Duration::from_secs(15), "long poll waited {waited:?}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "long poll waited {waited:?}"
+    );
     // With nothing to receive it does wait (at least most of a 1 s wait).
     let started = Instant::now();
     assert!(q.receive(&receive(1, 1000, 30)).await.unwrap().is_empty());
@@ -141,14 +155,32 @@ pub async fn delayed_messages(env: &Env) {
 pub async fn batch_limits(env: &Env) {
     let q = env.queue();
     let eleven: Vec<_> = (0..11).map(|i| Outgoing::new(i.to_string())).collect();
-    assert!(matches!(q.send_batch(&eleven).await, Err(StoreError::Invalid(_))));
-    assert!(matches!(q.send_batch(&[]).await, Err(StoreError::Invalid(_))));
-    assert!(matches!(q.send(&Outgoing::new("")).await, Err(StoreError::Invalid(_))));
-    assert!(matches!(q.receive(&receive(11, 0, 30)).await, Err(StoreError::Invalid(_))));
-    assert!(matches!(q.receive(&receive(0, 0, 30)).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        q.send_batch(&eleven).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.send_batch(&[]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.send(&Outgoing::new("")).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.receive(&receive(11, 0, 30)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        q.receive(&receive(0, 0, 30)).await,
+        Err(StoreError::Invalid(_))
+    ));
     // Nothing of the refused batch was sent.
     assert!(q.receive(&receive(10, 0, 30)).await.unwrap().is_empty());
     let ten = q.send_batch(&eleven[..10]).await.unwrap();
     assert_eq!(ten.len(), 10);
-    assert_eq!(receive_n(&q, 10, 30, Duration::from_secs(10)).await.len(), 10);
+    assert_eq!(
+        receive_n(&q, 10, 30, Duration::from_secs(10)).await.len(),
+        10
+    );
 }

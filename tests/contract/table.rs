@@ -43,14 +43,29 @@ pub async fn conditional_put_conflicts(env: &Env) {
     let first = item("k", "claim", json!({"owner": "a"}));
     t.put(&first, &Cond::Absent).await.unwrap();
     let second = item("k", "claim", json!({"owner": "b"}));
-    assert!(matches!(t.put(&second, &Cond::Absent).await, Err(StoreError::ConditionFailed)));
-    assert_eq!(t.get(&first.key).await.unwrap().unwrap().attrs["owner"], "a");
+    assert!(matches!(
+        t.put(&second, &Cond::Absent).await,
+        Err(StoreError::ConditionFailed)
+    ));
+    assert_eq!(
+        t.get(&first.key).await.unwrap().unwrap().attrs["owner"],
+        "a"
+    );
     let missing = item("k", "nothing", json!({}));
-    assert!(matches!(t.put(&missing, &Cond::Exists).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(
+        t.put(&missing, &Cond::Exists).await,
+        Err(StoreError::ConditionFailed)
+    ));
     assert_eq!(t.get(&missing.key).await.unwrap(), None);
-    assert!(matches!(t.delete(&missing.key, &Cond::Exists).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(
+        t.delete(&missing.key, &Cond::Exists).await,
+        Err(StoreError::ConditionFailed)
+    ));
     t.put(&second, &Cond::Exists).await.unwrap();
-    assert_eq!(t.get(&first.key).await.unwrap().unwrap().attrs["owner"], "b");
+    assert_eq!(
+        t.get(&first.key).await.unwrap().unwrap().attrs["owner"],
+        "b"
+    );
 }
 
 pub async fn version_checks(env: &Env) {
@@ -63,13 +78,25 @@ pub async fn version_checks(env: &Env) {
     it.attrs = attrs(json!({"body": "v2"}));
     t.put(&it, &Cond::Version(1)).await.unwrap();
     // A writer that read version 1 lost the race.
-    let stale = Item { version: 2, ..item("doc", "1", json!({"body": "stale"})) };
-    assert!(matches!(t.put(&stale, &Cond::Version(1)).await, Err(StoreError::ConditionFailed)));
+    let stale = Item {
+        version: 2,
+        ..item("doc", "1", json!({"body": "stale"}))
+    };
+    assert!(matches!(
+        t.put(&stale, &Cond::Version(1)).await,
+        Err(StoreError::ConditionFailed)
+    ));
     let now = t.get(&it.key).await.unwrap().unwrap();
     assert_eq!((now.version, now.attrs["body"].as_str()), (2, Some("v2")));
-    assert!(matches!(t.delete(&it.key, &Cond::Version(1)).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(
+        t.delete(&it.key, &Cond::Version(1)).await,
+        Err(StoreError::ConditionFailed)
+    ));
     t.delete(&it.key, &Cond::Version(2)).await.unwrap();
-    assert!(matches!(t.put(&it, &Cond::Version(2)).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(
+        t.put(&it, &Cond::Version(2)).await,
+        Err(StoreError::ConditionFailed)
+    ));
 }
 
 pub async fn concurrent_adds_are_exact(env: &Env) {
@@ -81,7 +108,10 @@ pub async fn concurrent_adds_are_exact(env: &Env) {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..200 {
-                let new = t.update(&Update::new(key.clone()).add("n", 1)).await.unwrap();
+                let new = t
+                    .update(&Update::new(key.clone()).add("n", 1))
+                    .await
+                    .unwrap();
                 seen.push(new["n"]);
             }
             seen
@@ -90,42 +120,75 @@ pub async fn concurrent_adds_are_exact(env: &Env) {
     let mut all = BTreeSet::new();
     for task in tasks {
         for v in task.await.unwrap() {
-            assert!(all.insert(v), "value {v} returned twice: an add was not atomic");
+            assert!(
+                all.insert(v),
+                "value {v} returned twice: an add was not atomic"
+            );
         }
     }
     assert_eq!(all, (1..=3200).collect::<BTreeSet<i64>>());
-    assert_eq!(env.table().get(&key).await.unwrap().unwrap().number("n"), 3200);
+    assert_eq!(
+        env.table().get(&key).await.unwrap().unwrap().number("n"),
+        3200
+    );
 }
 
 pub async fn add_with_conditions(env: &Env) {
     let t = env.table();
     let key = Key::new("budget", "2026-11");
     let new = t
-        .update(&Update::new(key.clone()).add("spent", 70).add("calls", 1).set("currency", json!("usd")))
+        .update(
+            &Update::new(key.clone())
+                .add("spent", 70)
+                .add("calls", 1)
+                .set("currency", json!("usd")),
+        )
         .await
         .unwrap();
     assert_eq!((new["spent"], new["calls"]), (70, 1));
     // A reservation that fits under the cap of 100...
     let reserve = |delta: i64| {
-        Update::new(key.clone()).add("spent", delta).when(Cond::AtMost { attr: "spent".into(), max: 100 - delta })
+        Update::new(key.clone())
+            .add("spent", delta)
+            .when(Cond::AtMost {
+                attr: "spent".into(),
+                max: 100 - delta,
+            })
     };
     assert_eq!(t.update(&reserve(30)).await.unwrap()["spent"], 100);
     // ...and one that does not, which changes nothing.
-    assert!(matches!(t.update(&reserve(1)).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(
+        t.update(&reserve(1)).await,
+        Err(StoreError::ConditionFailed)
+    ));
     let stored = t.get(&key).await.unwrap().unwrap();
     assert_eq!((stored.number("spent"), stored.number("calls")), (100, 1));
     assert_eq!(stored.attrs["currency"], "usd");
     // A fresh counter counts as 0 against the cap.
     let fresh = Key::new("budget", "2026-12");
-    let capped = Update::new(fresh.clone()).add("spent", 5).when(Cond::AtMost { attr: "spent".into(), max: 5 });
+    let capped = Update::new(fresh.clone())
+        .add("spent", 5)
+        .when(Cond::AtMost {
+            attr: "spent".into(),
+            max: 5,
+        });
     assert_eq!(t.update(&capped).await.unwrap()["spent"], 5);
     // Updates may demand the item exists.
-    let ghost = Update::new(Key::new("budget", "none")).add("spent", 1).when(Cond::Exists);
-    assert!(matches!(t.update(&ghost).await, Err(StoreError::ConditionFailed)));
+    let ghost = Update::new(Key::new("budget", "none"))
+        .add("spent", 1)
+        .when(Cond::Exists);
+    assert!(matches!(
+        t.update(&ghost).await,
+        Err(StoreError::ConditionFailed)
+    ));
     assert_eq!(t.get(&Key::new("budget", "none")).await.unwrap(), None);
     // Adding to a non-number is refused.
     let bad = Update::new(key.clone()).add("currency", 1);
-    assert!(matches!(t.update(&bad).await, Err(StoreError::Invalid(_))), "{:?}", t.update(&bad).await);
+    assert!(
+        matches!(t.update(&bad).await, Err(StoreError::Invalid(_))),
+        "{:?}",
+        t.update(&bad).await
+    );
 }
 
 pub async fn query_pages_both_directions(env: &Env) {
@@ -133,19 +196,34 @@ pub async fn query_pages_both_directions(env: &Env) {
     let mut expected = Vec::new();
     for i in 0..25 {
         let sk = format!("usage#{i:03}");
-        t.put(&item("tenant#q", &sk, json!({"i": i})), &Cond::Always).await.unwrap();
+        t.put(&item("tenant#q", &sk, json!({"i": i})), &Cond::Always)
+            .await
+            .unwrap();
         expected.push(sk);
     }
     for i in 0..5 {
-        t.put(&item("tenant#q", &format!("key#{i}"), json!({})), &Cond::Always).await.unwrap();
-        t.put(&item("tenant#other", &format!("usage#{i:03}"), json!({})), &Cond::Always).await.unwrap();
+        t.put(
+            &item("tenant#q", &format!("key#{i}"), json!({})),
+            &Cond::Always,
+        )
+        .await
+        .unwrap();
+        t.put(
+            &item("tenant#other", &format!("usage#{i:03}"), json!({})),
+            &Cond::Always,
+        )
+        .await
+        .unwrap();
     }
     for forward in [true, false] {
         let mut got = Vec::new();
         let mut pages = 0;
         let mut cursor = None;
         loop {
-            let mut q = Query::new("tenant#q").prefix("usage#").limit(7).after(cursor);
+            let mut q = Query::new("tenant#q")
+                .prefix("usage#")
+                .limit(7)
+                .after(cursor);
             if !forward {
                 q = q.backward();
             }
@@ -159,7 +237,10 @@ pub async fn query_pages_both_directions(env: &Env) {
             }
             assert!(pages < 20, "pagination does not end");
         }
-        assert!(pages >= 4, "25 items in pages of 7 take at least 4 pages, got {pages}");
+        assert!(
+            pages >= 4,
+            "25 items in pages of 7 take at least 4 pages, got {pages}"
+        );
         let mut want = expected.clone();
         if !forward {
             want.reverse();
@@ -171,8 +252,14 @@ pub async fn query_pages_both_directions(env: &Env) {
     // A token of one partition is refused for another.
     let page = t.query(&Query::new("tenant#q").limit(2)).await.unwrap();
     let foreign = Query::new("tenant#other").after(page.next);
-    assert!(matches!(t.query(&foreign).await, Err(StoreError::Invalid(_))));
-    assert!(matches!(t.query(&Query::new("tenant#q").limit(0)).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        t.query(&foreign).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        t.query(&Query::new("tenant#q").limit(0)).await,
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 pub async fn expired_items_read_as_absent(env: &Env) {
@@ -189,8 +276,13 @@ pub async fn expired_items_read_as_absent(env: &Env) {
     assert_eq!(t.get(&fresh.key).await.unwrap(), Some(fresh.clone()));
 
     let window = Key::new("rate", "w1");
-    t.update(&Update::new(window.clone()).add("n", 5).expires_at(now - 1)).await.unwrap();
-    let restarted = t.update(&Update::new(window.clone()).add("n", 1).expires_at(now + 60)).await.unwrap();
+    t.update(&Update::new(window.clone()).add("n", 5).expires_at(now - 1))
+        .await
+        .unwrap();
+    let restarted = t
+        .update(&Update::new(window.clone()).add("n", 1).expires_at(now + 60))
+        .await
+        .unwrap();
     assert_eq!(restarted["n"], 1, "a counter past its expiry starts again");
 
     let mut soon = item("cache", "soon", json!({}));
@@ -210,10 +302,17 @@ pub async fn expired_items_read_as_absent(env: &Env) {
 
 pub async fn failed_transaction_changes_nothing(env: &Env) {
     let t = env.table();
-    t.put(&item("tx", "delete-me", json!({})), &Cond::Always).await.unwrap();
-    t.update(&Update::new(Key::new("tx", "counter")).add("n", 10)).await.unwrap();
+    t.put(&item("tx", "delete-me", json!({})), &Cond::Always)
+        .await
+        .unwrap();
+    t.update(&Update::new(Key::new("tx", "counter")).add("n", 10))
+        .await
+        .unwrap();
     let ops = vec![
-        TxOp::Put(item("tx", "event#1", json!({"claimed": true})), Cond::Absent),
+        TxOp::Put(
+            item("tx", "event#1", json!({"claimed": true})),
+            Cond::Absent,
+        ),
         TxOp::Update(Update::new(Key::new("tx", "counter")).add("n", 5)),
         TxOp::Delete(Key::new("tx", "delete-me"), Cond::Exists),
         TxOp::Check(Key::new("tx", "gate"), Cond::Exists),
@@ -223,13 +322,29 @@ pub async fn failed_transaction_changes_nothing(env: &Env) {
         other => panic!("expected the check to cancel the transaction, got {other:?}"),
     }
     assert_eq!(t.get(&Key::new("tx", "event#1")).await.unwrap(), None);
-    assert_eq!(t.get(&Key::new("tx", "counter")).await.unwrap().unwrap().number("n"), 10);
+    assert_eq!(
+        t.get(&Key::new("tx", "counter"))
+            .await
+            .unwrap()
+            .unwrap()
+            .number("n"),
+        10
+    );
     assert!(t.get(&Key::new("tx", "delete-me")).await.unwrap().is_some());
 
-    t.put(&item("tx", "gate", json!({})), &Cond::Always).await.unwrap();
+    t.put(&item("tx", "gate", json!({})), &Cond::Always)
+        .await
+        .unwrap();
     t.transact(&ops).await.unwrap();
     assert!(t.get(&Key::new("tx", "event#1")).await.unwrap().is_some());
-    assert_eq!(t.get(&Key::new("tx", "counter")).await.unwrap().unwrap().number("n"), 15);
+    assert_eq!(
+        t.get(&Key::new("tx", "counter"))
+            .await
+            .unwrap()
+            .unwrap()
+            .number("n"),
+        15
+    );
     assert_eq!(t.get(&Key::new("tx", "delete-me")).await.unwrap(), None);
 
     // Replaying the same claim fails on its first operation and adds nothing.
@@ -237,17 +352,30 @@ pub async fn failed_transaction_changes_nothing(env: &Env) {
         Err(StoreError::TransactionCancelled { index }) => assert_eq!(index, 0),
         other => panic!("expected the claim to fail, got {other:?}"),
     }
-    assert_eq!(t.get(&Key::new("tx", "counter")).await.unwrap().unwrap().number("n"), 15);
+    assert_eq!(
+        t.get(&Key::new("tx", "counter"))
+            .await
+            .unwrap()
+            .unwrap()
+            .number("n"),
+        15
+    );
 }
 
 pub async fn transaction_limits(env: &Env) {
     let t = env.table();
     let put = |i: usize| TxOp::Put(item("lim", &format!("{i:02}"), json!({})), Cond::Always);
     let too_many: Vec<_> = (0..26).map(put).collect();
-    assert!(matches!(t.transact(&too_many).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        t.transact(&too_many).await,
+        Err(StoreError::Invalid(_))
+    ));
     assert_eq!(t.query(&Query::new("lim")).await.unwrap().items.len(), 0);
     t.transact(&too_many[..25]).await.unwrap();
     assert_eq!(t.query(&Query::new("lim")).await.unwrap().items.len(), 25);
-    assert!(matches!(t.transact(&[put(1), put(1)]).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        t.transact(&[put(1), put(1)]).await,
+        Err(StoreError::Invalid(_))
+    ));
     assert!(matches!(t.transact(&[]).await, Err(StoreError::Invalid(_))));
 }

@@ -64,7 +64,11 @@ async fn read_all(mut reader: BlobReader) -> StoreResult<Bytes> {
 /// backslash, NUL or control character may appear, so no key can name a path
 /// outside the store on any backend.
 pub fn check_key(key: &str) -> StoreResult<()> {
-    let bad = |why: &str| Err(StoreError::Invalid(format!("invalid blob key {key:?}: {why}")));
+    let bad = |why: &str| {
+        Err(StoreError::Invalid(format!(
+            "invalid blob key {key:?}: {why}"
+        )))
+    };
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return bad("a key holds 1 to 1024 bytes");
     }
@@ -110,8 +114,21 @@ mod tests {
 
     #[test]
     fn keys_that_could_escape_are_refused() {
-        for bad in ["", "../x", "a/../../x", "/etc/passwd", "a//b", "a/", "./a", "a\\b", "a\0b"] {
-            assert!(matches!(check_key(bad), Err(StoreError::Invalid(_))), "{bad:?}");
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "./a",
+            "a\\b",
+            "a\0b",
+        ] {
+            assert!(
+                matches!(check_key(bad), Err(StoreError::Invalid(_))),
+                "{bad:?}"
+            );
         }
         for good in ["a", "files/tenant-1/file-01.jsonl", "a..b", ".hidden/x"] {
             assert!(check_key(good).is_ok(), "{good:?}");

@@ -43,10 +43,16 @@ impl Storage {
         let sqs = aws_sdk_sqs::Client::new(config);
         let mut queues: HashMap<String, Arc<dyn Queue>> = HashMap::new();
         for name in queue_names(res) {
-            queues.insert(name.clone(), Arc::new(SqsQueue::open(sqs.clone(), &name).await?));
+            queues.insert(
+                name.clone(),
+                Arc::new(SqsQueue::open(sqs.clone(), &name).await?),
+            );
         }
         Ok(Storage {
-            table: Arc::new(DynamoTable::new(aws_sdk_dynamodb::Client::new(config), &res.table)),
+            table: Arc::new(DynamoTable::new(
+                aws_sdk_dynamodb::Client::new(config),
+                &res.table,
+            )),
             blobs: Arc::new(S3Blobs::new(aws::s3_client(config), &res.bucket)),
             queues,
         })
@@ -54,10 +60,9 @@ impl Storage {
 
     /// A queue (or dead-letter queue) of the deployment, by name.
     pub fn queue(&self, name: &str) -> StoreResult<Arc<dyn Queue>> {
-        self.queues
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("queue '{name}' is not part of this deployment")))
+        self.queues.get(name).cloned().ok_or_else(|| {
+            StoreError::NotFound(format!("queue '{name}' is not part of this deployment"))
+        })
     }
 }
 

@@ -87,7 +87,10 @@ pub enum Cond {
     /// The item exists with exactly this version.
     Version(u64),
     /// The numeric attribute (0 when absent or when the item is absent) is at most `max`.
-    AtMost { attr: String, max: i64 },
+    AtMost {
+        attr: String,
+        max: i64,
+    },
 }
 
 impl Cond {
@@ -371,7 +374,10 @@ mod tests {
     #[test]
     fn cursor_round_trip_and_binding() {
         let token = encode_cursor("tenant#1", "usage#2026-11-24");
-        assert_eq!(decode_cursor("tenant#1", &token).unwrap(), "usage#2026-11-24");
+        assert_eq!(
+            decode_cursor("tenant#1", &token).unwrap(),
+            "usage#2026-11-24"
+        );
         assert!(matches!(
             decode_cursor("tenant#2", &token),
             Err(StoreError::Invalid(_))
@@ -397,7 +403,9 @@ mod tests {
         let mut it = item(1);
         it.attrs.insert("version".into(), json!(3));
         assert!(matches!(check_item(&it), Err(StoreError::Invalid(_))));
-        let u = Update::new(Key::new("p", "s")).add("n", 1).set("n", json!(1));
+        let u = Update::new(Key::new("p", "s"))
+            .add("n", 1)
+            .set("n", json!(1));
         assert!(check_update(&u).is_err());
     }
 }

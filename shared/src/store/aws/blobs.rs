@@ -45,7 +45,13 @@ impl S3Blobs {
     }
 
     /// Uploads `first`, `second` and the rest of `reader` as parts of one object.
-    async fn put_multipart(&self, key: &str, first: Vec<u8>, second: Vec<u8>, reader: &mut BlobReader) -> StoreResult<u64> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Vec<u8>,
+        second: Vec<u8>,
+        reader: &mut BlobReader,
+    ) -> StoreResult<u64> {
         let upload = self
             .client
             .create_multipart_upload()
@@ -57,7 +63,9 @@ impl S3Blobs {
         let upload_id = upload
             .upload_id
             .ok_or_else(|| StoreError::Backend("multipart upload has no id".into()))?;
-        let result = self.upload_parts(key, &upload_id, first, second, reader).await;
+        let result = self
+            .upload_parts(key, &upload_id, first, second, reader)
+            .await;
         if result.is_err() {
             // Leave no orphaned parts behind (billed storage on S3).
             let _ = self
@@ -72,7 +80,14 @@ impl S3Blobs {
         result
     }
 
-    async fn upload_parts(&self, key: &str, upload_id: &str, first: Vec<u8>, second: Vec<u8>, reader: &mut BlobReader) -> StoreResult<u64> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Vec<u8>,
+        second: Vec<u8>,
+        reader: &mut BlobReader,
+    ) -> StoreResult<u64> {
         let mut parts = Vec::new();
         let mut total = 0u64;
         let mut pending = std::collections::VecDeque::from([first, second]);
@@ -110,7 +125,11 @@ impl S3Blobs {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(sdk_err)?;
@@ -166,12 +185,18 @@ impl Blobs for S3Blobs {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .set_range(range.as_ref().map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
+            .set_range(
+                range
+                    .as_ref()
+                    .map(|r| format!("bytes={}-{}", r.start, r.end - 1)),
+            )
             .send()
             .await;
         match res {
             Ok(out) => Ok(Box::pin(out.body.into_async_read())),
-            Err(e) if e.as_service_error().is_some_and(|x| x.is_no_such_key()) => Err(not_found(key)),
+            Err(e) if e.as_service_error().is_some_and(|x| x.is_no_such_key()) => {
+                Err(not_found(key))
+            }
             Err(e) if e.code() == Some("InvalidRange") => Err(StoreError::Invalid(format!(
                 "range {:?} is outside blob {key:?}",
                 range.unwrap_or_default()
@@ -182,7 +207,13 @@ impl Blobs for S3Blobs {
 
     async fn head(&self, key: &str) -> StoreResult<Option<BlobMeta>> {
         check_key(key)?;
-        let res = self.client.head_object().bucket(&self.bucket).key(key).send().await;
+        let res = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
         match res {
             Ok(out) => Ok(Some(BlobMeta {
                 key: key.to_string(),
@@ -194,7 +225,12 @@ impl Blobs for S3Blobs {
         }
     }
 
-    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> StoreResult<Page<BlobMeta>> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<BlobMeta>> {
         check_list(prefix, limit)?;
         let out = self
             .client

@@ -70,7 +70,12 @@ pub(crate) fn build_err(err: aws_sdk_dynamodb::error::BuildError) -> StoreError 
 pub async fn provision(config: &SdkConfig, res: &Resources) -> StoreResult<()> {
     provision_table(&aws_sdk_dynamodb::Client::new(config), &res.table).await?;
     provision_queues(&aws_sdk_sqs::Client::new(config), res).await?;
-    provision_bucket(&s3_client(config), &res.bucket, config.region().map(|r| r.as_ref())).await
+    provision_bucket(
+        &s3_client(config),
+        &res.bucket,
+        config.region().map(|r| r.as_ref()),
+    )
+    .await
 }
 
 async fn provision_table(client: &aws_sdk_dynamodb::Client, table: &str) -> StoreResult<()> {
@@ -100,19 +105,31 @@ async fn provision_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Stor
         .await;
     match created {
         Ok(_) => {}
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) => {}
         Err(e) => return Err(sdk_err(e)),
     }
     // Wait until the table is usable (immediate on emulators, seconds on AWS).
     for _ in 0..120 {
-        let desc = client.describe_table().table_name(table).send().await.map_err(sdk_err)?;
+        let desc = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(sdk_err)?;
         let status = desc.table().and_then(|t| t.table_status());
         if status == Some(&aws_sdk_dynamodb::types::TableStatus::Active) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    let ttl = client.describe_time_to_live().table_name(table).send().await.map_err(sdk_err)?;
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(sdk_err)?;
     let enabled = ttl
         .time_to_live_description()
         .and_then(|d| d.time_to_live_status())
@@ -138,7 +155,12 @@ async fn provision_queues(client: &aws_sdk_sqs::Client, res: &Resources) -> Stor
     for spec in &res.queues {
         let mut create = client.create_queue().queue_name(&spec.name);
         if let Some(dl) = &spec.dead_letter {
-            let dlq = client.create_queue().queue_name(&dl.queue).send().await.map_err(sdk_err)?;
+            let dlq = client
+                .create_queue()
+                .queue_name(&dl.queue)
+                .send()
+                .await
+                .map_err(sdk_err)?;
             let attrs = client
                 .get_queue_attributes()
                 .queue_url(dlq.queue_url().unwrap_or_default())
@@ -161,7 +183,11 @@ async fn provision_queues(client: &aws_sdk_sqs::Client, res: &Resources) -> Stor
     Ok(())
 }
 
-async fn provision_bucket(client: &aws_sdk_s3::Client, bucket: &str, region: Option<&str>) -> StoreResult<()> {
+async fn provision_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    region: Option<&str>,
+) -> StoreResult<()> {
     let mut create = client.create_bucket().bucket(bucket);
     if let Some(region) = region.filter(|r| *r != "us-east-1") {
         let location = aws_sdk_s3::types::CreateBucketConfiguration::builder()
@@ -171,7 +197,12 @@ async fn provision_bucket(client: &aws_sdk_s3::Client, bucket: &str, region: Opt
     }
     match create.send().await {
         Ok(_) => Ok(()),
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_bucket_already_owned_by_you()) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_bucket_already_owned_by_you()) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(sdk_err(e)),
     }
 }

@@ -22,8 +22,13 @@ impl SqsQueue {
         let out = client.get_queue_url().queue_name(name).send().await;
         let url = match out {
             Ok(out) => out.queue_url.unwrap_or_default(),
-            Err(e) if e.as_service_error().is_some_and(|x| x.is_queue_does_not_exist()) => {
-                return Err(StoreError::NotFound(format!("queue '{name}' does not exist")))
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|x| x.is_queue_does_not_exist()) =>
+            {
+                return Err(StoreError::NotFound(format!(
+                    "queue '{name}' does not exist"
+                )))
             }
             Err(e) => return Err(sdk_err(e)),
         };
@@ -142,8 +147,14 @@ impl Queue for SqsQueue {
             .await;
         match res {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|x| x.is_message_not_inflight() || x.is_receipt_handle_is_invalid()) => {
-                Err(StoreError::Invalid("message is not in flight, or the receipt is stale".into()))
+            Err(e)
+                if e.as_service_error().is_some_and(|x| {
+                    x.is_message_not_inflight() || x.is_receipt_handle_is_invalid()
+                }) =>
+            {
+                Err(StoreError::Invalid(
+                    "message is not in flight, or the receipt is stale".into(),
+                ))
             }
             Err(e) => Err(sdk_err(e)),
         }

@@ -15,7 +15,9 @@ use crate::store::table::{
     check_item, check_key, check_query, check_transaction, check_update, decode_cursor,
     encode_cursor, expiry_now, is_expired,
 };
-use crate::store::{Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update};
+use crate::store::{
+    Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update,
+};
 
 type AvMap = HashMap<String, AttributeValue>;
 
@@ -68,7 +70,13 @@ impl DynamoTable {
             .await;
         match res {
             Ok(_) => Ok(()),
-            Err(err) if err.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(sdk_err(err)),
         }
     }
@@ -77,7 +85,10 @@ impl DynamoTable {
     /// "retry"; otherwise the condition truly failed.
     async fn expired_in_the_way(&self, key: &Key) -> StoreResult<bool> {
         match self.get_raw(key).await? {
-            Some(Item { expires_at: Some(t), .. }) if is_expired(Some(t), expiry_now()) => {
+            Some(Item {
+                expires_at: Some(t),
+                ..
+            }) if is_expired(Some(t), expiry_now()) => {
                 self.clear_expired(key, t).await?;
                 Ok(true)
             }
@@ -101,7 +112,10 @@ fn to_av(item: &Item) -> StoreResult<AvMap> {
     let mut map: AvMap = serde_dynamo::aws_sdk_dynamodb_1::to_item(&item.attrs)
         .map_err(|e| StoreError::Invalid(format!("attributes cannot be stored: {e}")))?;
     map.extend(key_av(&item.key));
-    map.insert("version".into(), AttributeValue::N(item.version.to_string()));
+    map.insert(
+        "version".into(),
+        AttributeValue::N(item.version.to_string()),
+    );
     if let Some(t) = item.expires_at {
         map.insert("expires_at".into(), num(t));
     }
@@ -209,7 +223,11 @@ impl Expr {
             sets.push(format!("{} = {}", self.name(attr), self.value(av)));
         }
         if let Some(t) = u.expires_at {
-            sets.push(format!("{} = {}", self.name("expires_at"), self.value(num(t))));
+            sets.push(format!(
+                "{} = {}",
+                self.name("expires_at"),
+                self.value(num(t))
+            ));
         }
         let mut expr = String::new();
         if !sets.is_empty() {
@@ -310,7 +328,10 @@ fn tx_item(table: &str, op: &TxOp, now: i64) -> StoreResult<TransactWriteItem> {
 impl Table for DynamoTable {
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         check_key(key)?;
-        Ok(self.get_raw(key).await?.filter(|i| !i.is_expired(expiry_now())))
+        Ok(self
+            .get_raw(key)
+            .await?
+            .filter(|i| !i.is_expired(expiry_now())))
     }
 
     async fn put(&self, item: &Item, cond: &Cond) -> StoreResult<()> {
@@ -329,7 +350,11 @@ impl Table for DynamoTable {
             .await;
         match res {
             Ok(_) => Ok(()),
-            Err(err) if err.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::ConditionFailed)
             }
             Err(err) => Err(sdk_err(err)),
@@ -362,20 +387,31 @@ impl Table for DynamoTable {
                             Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
                             _ => None,
                         }
-                        .ok_or_else(|| StoreError::Backend(format!("update returned no value for '{name}'")))?;
+                        .ok_or_else(|| {
+                            StoreError::Backend(format!("update returned no value for '{name}'"))
+                        })?;
                         added.insert(name.clone(), value);
                     }
                     return Ok(added);
                 }
-                Err(err) if err.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => {
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+                {
                     if !self.expired_in_the_way(&update.key).await? {
                         return Err(StoreError::ConditionFailed);
                     }
                 }
                 Err(err) => {
                     return Err(match sdk_err(err) {
-                        StoreError::Backend(text) if text.contains("incorrect data type") || text.contains("operand type") => {
-                            StoreError::Invalid(format!("an added attribute is not a number: {text}"))
+                        StoreError::Backend(text)
+                            if text.contains("incorrect data type")
+                                || text.contains("operand type") =>
+                        {
+                            StoreError::Invalid(format!(
+                                "an added attribute is not a number: {text}"
+                            ))
                         }
                         other => other,
                     });
@@ -401,7 +437,11 @@ impl Table for DynamoTable {
             .await;
         match res {
             Ok(_) => Ok(()),
-            Err(err) if err.as_service_error().is_some_and(|x| x.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|x| x.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::ConditionFailed)
             }
             Err(err) => Err(sdk_err(err)),
@@ -420,7 +460,10 @@ impl Table for DynamoTable {
             key_cond.push_str(&format!(" AND begins_with({sk}, {p})"));
         }
         let start = match &query.cursor {
-            Some(c) => Some(key_av(&Key::new(query.pk.clone(), decode_cursor(&query.pk, c)?))),
+            Some(c) => Some(key_av(&Key::new(
+                query.pk.clone(),
+                decode_cursor(&query.pk, c)?,
+            ))),
             None => None,
         };
         let out = self
@@ -492,7 +535,9 @@ impl Table for DynamoTable {
                 .collect();
             if let Some(index) = codes.iter().position(|c| c == "ConditionalCheckFailed") {
                 // An update blocked only by an expired item clears it and retries.
-                if matches!(ops[index], TxOp::Update(_)) && self.expired_in_the_way(ops[index].key()).await? {
+                if matches!(ops[index], TxOp::Update(_))
+                    && self.expired_in_the_way(ops[index].key()).await?
+                {
                     continue;
                 }
                 return Err(StoreError::TransactionCancelled { index });
@@ -502,8 +547,12 @@ impl Table for DynamoTable {
                 backoff *= 2;
                 continue;
             }
-            return Err(StoreError::Backend(format!("transaction cancelled: {codes:?}")));
+            return Err(StoreError::Backend(format!(
+                "transaction cancelled: {codes:?}"
+            )));
         }
-        Err(StoreError::Backend("transaction kept conflicting with concurrent writes".into()))
+        Err(StoreError::Backend(
+            "transaction kept conflicting with concurrent writes".into(),
+        ))
     }
 }

@@ -41,12 +41,18 @@ impl DirBlobs {
     /// Moves a finished temp file into place under `key`.
     async fn commit(&self, tmp: &Path, key: &str) -> StoreResult<()> {
         let dest = self.path(key)?;
-        let conflict = || StoreError::Invalid(format!("blob key {key:?} conflicts with an existing key prefix"));
+        let conflict = || {
+            StoreError::Invalid(format!(
+                "blob key {key:?} conflicts with an existing key prefix"
+            ))
+        };
         if let Some(parent) = dest.parent() {
             if let Err(e) = tokio::fs::create_dir_all(parent).await {
                 let _ = tokio::fs::remove_file(tmp).await;
                 return Err(match e.kind() {
-                    std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => conflict(),
+                    std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                        conflict()
+                    }
                     _ => e.into(),
                 });
             }
@@ -96,7 +102,11 @@ fn meta(key: String, md: &std::fs::Metadata) -> BlobMeta {
 }
 
 /// Every object key below `dir` (recursively), with its metadata. Links are skipped.
-fn walk(objects: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) -> std::io::Result<()> {
+fn walk(
+    objects: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::fs::Metadata)>,
+) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -109,7 +119,9 @@ fn walk(objects: &Path, dir: &Path, out: &mut Vec<(String, std::fs::Metadata)>) 
         if md.is_dir() {
             walk(objects, &path, out)?;
         } else if md.is_file() {
-            let Ok(rel) = path.strip_prefix(objects) else { continue };
+            let Ok(rel) = path.strip_prefix(objects) else {
+                continue;
+            };
             let key: Vec<_> = rel.iter().map(|s| s.to_string_lossy()).collect();
             out.push((key.join("/"), md));
         }
@@ -171,7 +183,12 @@ impl Blobs for DirBlobs {
         }
     }
 
-    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> StoreResult<Page<BlobMeta>> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<BlobMeta>> {
         check_list(prefix, limit)?;
         let after = match cursor {
             None => None,

@@ -120,11 +120,8 @@ impl Db {
                     None => (None, None),
                 };
                 if let Some(dlq) = &dlq {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO queues (name) VALUES (?1)",
-                        [dlq],
-                    )
-                    .map_err(sqlite_err)?;
+                    tx.execute("INSERT OR IGNORE INTO queues (name) VALUES (?1)", [dlq])
+                        .map_err(sqlite_err)?;
                 }
                 tx.execute(
                     "INSERT INTO queues (name, dlq, max_receives) VALUES (?1, ?2, ?3)

@@ -37,7 +37,12 @@ impl EmbeddedQueue {
                 conn.query_row(
                     "SELECT dlq, max_receives FROM queues WHERE name = ?1",
                     [&queue],
-                    |row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, Option<u32>>(1)?)),
+                    |row| {
+                        Ok((
+                            row.get::<_, Option<String>>(0)?,
+                            row.get::<_, Option<u32>>(1)?,
+                        ))
+                    },
                 )
                 .optional()
                 .map_err(sqlite_err)
@@ -94,7 +99,12 @@ fn take_visible(
             .map_err(sqlite_err)?;
         let candidates = stmt
             .query_map(params![queue, now, (max - out.len()) as i64], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, u32>(3)?))
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, u32>(3)?,
+                ))
             })
             .map_err(sqlite_err)?
             .collect::<Result<Vec<_>, _>>()

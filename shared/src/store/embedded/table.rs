@@ -11,7 +11,9 @@ use crate::store::table::{
     check_item, check_key, check_query, check_transaction, check_update, decode_cursor,
     encode_cursor, expiry_now,
 };
-use crate::store::{Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update};
+use crate::store::{
+    Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update,
+};
 
 #[derive(Clone)]
 pub struct EmbeddedTable {
@@ -83,7 +85,10 @@ fn remove(conn: &Connection, key: &Key) -> StoreResult<()> {
 
 /// The item an update produces from the stored one (or from nothing), and the
 /// new values of the added attributes.
-pub(crate) fn apply_update(stored: Option<Item>, u: &Update) -> StoreResult<(Item, BTreeMap<String, i64>)> {
+pub(crate) fn apply_update(
+    stored: Option<Item>,
+    u: &Update,
+) -> StoreResult<(Item, BTreeMap<String, i64>)> {
     let mut item = stored.unwrap_or_else(|| Item {
         key: u.key.clone(),
         version: 0,
@@ -177,7 +182,11 @@ impl Table for EmbeddedTable {
             .transpose()?;
         self.db
             .read(move |conn| {
-                let (order, cmp) = if q.forward { ("ASC", ">") } else { ("DESC", "<") };
+                let (order, cmp) = if q.forward {
+                    ("ASC", ">")
+                } else {
+                    ("DESC", "<")
+                };
                 let sql = format!(
                     "SELECT pk, sk, version, expires_at, attrs FROM items
                      WHERE pk = ?1 AND sk >= ?2 AND substr(sk, 1, ?3) = ?2
@@ -189,7 +198,14 @@ impl Table for EmbeddedTable {
                 let prefix_chars = q.sk_prefix.chars().count() as i64;
                 let rows = stmt
                     .query_map(
-                        params![q.pk, q.sk_prefix, prefix_chars, expiry_now(), after, (q.limit + 1) as i64],
+                        params![
+                            q.pk,
+                            q.sk_prefix,
+                            prefix_chars,
+                            expiry_now(),
+                            after,
+                            (q.limit + 1) as i64
+                        ],
                         row_to_item,
                     )
                     .map_err(sqlite_err)?;
