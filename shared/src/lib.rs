@@ -5,4 +5,17 @@
 //! the AWS one ([`store::aws`]) and the embedded one ([`store::embedded`]) that
 //! runs a whole deployment in one process on a laptop.
 
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod backend;
+pub mod cache;
+pub mod embeddings;
+pub mod error;
+pub mod http;
+pub mod jwt;
+pub mod keys;
+pub mod lambda;
+pub mod models;
 pub mod store;
+pub mod tenants;

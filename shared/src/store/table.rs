@@ -13,8 +13,12 @@ use super::{now_secs, StoreError, StoreResult};
 /// The free-form attributes of an item (anything JSON can hold).
 pub type Attrs = serde_json::Map<String, Value>;
 
+/// The stored names of an item's version and expiry (the DynamoDB TTL attribute).
+pub const VERSION_ATTR: &str = "_version";
+pub const EXPIRES_ATTR: &str = "_expires_at";
+
 /// Attribute names the port manages itself; they may not appear in [`Attrs`].
-pub const RESERVED_ATTRS: [&str; 4] = ["pk", "sk", "version", "expires_at"];
+pub const RESERVED_ATTRS: [&str; 4] = ["pk", "sk", VERSION_ATTR, EXPIRES_ATTR];
 
 /// Most operations one transaction may hold (DynamoDB's limit).
 pub const MAX_TRANSACT_OPS: usize = 25;
@@ -401,7 +405,7 @@ mod tests {
     #[test]
     fn reserved_attributes_are_refused() {
         let mut it = item(1);
-        it.attrs.insert("version".into(), json!(3));
+        it.attrs.insert(VERSION_ATTR.into(), json!(3));
         assert!(matches!(check_item(&it), Err(StoreError::Invalid(_))));
         let u = Update::new(Key::new("p", "s"))
             .add("n", 1)

@@ -65,7 +65,7 @@ pub(crate) fn build_err(err: aws_sdk_dynamodb::error::BuildError) -> StoreError 
     StoreError::Invalid(err.to_string())
 }
 
-/// Creates the table (with TTL on `expires_at`), the queues with redrive
+/// Creates the table (with TTL on `_expires_at`), the queues with redrive
 /// policies to their dead-letter queues, and the bucket, each only when absent.
 pub async fn provision(config: &SdkConfig, res: &Resources) -> StoreResult<()> {
     provision_table(&aws_sdk_dynamodb::Client::new(config), &res.table).await?;
@@ -136,7 +136,7 @@ async fn provision_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Stor
         .is_some_and(|s| s.as_str() == "ENABLED" || s.as_str() == "ENABLING");
     if !enabled {
         let spec = TimeToLiveSpecification::builder()
-            .attribute_name("expires_at")
+            .attribute_name(crate::store::table::EXPIRES_ATTR)
             .enabled(true)
             .build()
             .map_err(build_err)?;

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::Client;
 use super::{build_err, sdk_err};
 use crate::store::table::{
     check_item, check_key, check_query, check_transaction, check_update, decode_cursor,
-    encode_cursor, expiry_now, is_expired,
+    encode_cursor, expiry_now, is_expired, EXPIRES_ATTR, VERSION_ATTR,
 };
 use crate::store::{
     Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update,
@@ -57,7 +57,7 @@ impl DynamoTable {
     /// that expiry), so a condition can see it as absent.
     async fn clear_expired(&self, key: &Key, expires_at: i64) -> StoreResult<()> {
         let mut e = Expr::default();
-        let cond = format!("{} = {}", e.name("expires_at"), e.value(num(expires_at)));
+        let cond = format!("{} = {}", e.name(EXPIRES_ATTR), e.value(num(expires_at)));
         let res = self
             .client
             .delete_item()
@@ -113,11 +113,11 @@ fn to_av(item: &Item) -> StoreResult<AvMap> {
         .map_err(|e| StoreError::Invalid(format!("attributes cannot be stored: {e}")))?;
     map.extend(key_av(&item.key));
     map.insert(
-        "version".into(),
+        VERSION_ATTR.into(),
         AttributeValue::N(item.version.to_string()),
     );
     if let Some(t) = item.expires_at {
-        map.insert("expires_at".into(), num(t));
+        map.insert(EXPIRES_ATTR.to_string(), num(t));
     }
     Ok(map)
 }
@@ -133,8 +133,8 @@ fn from_av(mut map: AvMap) -> StoreResult<Item> {
         Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
         _ => None,
     };
-    let version = number(map.remove("version")).unwrap_or(0).max(0) as u64;
-    let expires_at = number(map.remove("expires_at"));
+    let version = number(map.remove(VERSION_ATTR)).unwrap_or(0).max(0) as u64;
+    let expires_at = number(map.remove(EXPIRES_ATTR));
     let attrs: Attrs = serde_dynamo::aws_sdk_dynamodb_1::from_item(map)
         .map_err(|e| StoreError::Backend(format!("stored item {key:?} is unreadable: {e}")))?;
     Ok(Item {
@@ -171,7 +171,7 @@ impl Expr {
 
     /// "The item has not expired" (true for items without expiry).
     fn live(&mut self, now: i64) -> String {
-        let exp = self.name("expires_at");
+        let exp = self.name(EXPIRES_ATTR);
         let now = self.value(num(now));
         format!("(attribute_not_exists({exp}) OR {exp} > {now})")
     }
@@ -182,7 +182,7 @@ impl Expr {
             Cond::Always => return None,
             Cond::Absent => {
                 let pk = self.name("pk");
-                let exp = self.name("expires_at");
+                let exp = self.name(EXPIRES_ATTR);
                 let now = self.value(num(now));
                 format!("(attribute_not_exists({pk}) OR {exp} <= {now})")
             }
@@ -191,7 +191,7 @@ impl Expr {
                 format!("(attribute_exists({pk}) AND {})", self.live(now))
             }
             Cond::Version(v) => {
-                let ver = self.name("version");
+                let ver = self.name(VERSION_ATTR);
                 let v = self.value(AttributeValue::N(v.to_string()));
                 format!("({ver} = {v} AND {})", self.live(now))
             }
@@ -200,7 +200,7 @@ impl Expr {
                 let m = self.value(num(*max));
                 if *max >= 0 {
                     // Absent, expired or without the attribute: it counts as 0 <= max.
-                    let exp = self.name("expires_at");
+                    let exp = self.name(EXPIRES_ATTR);
                     let now = self.value(num(now));
                     format!("(attribute_not_exists({a}) OR {a} <= {m} OR {exp} <= {now})")
                 } else {
@@ -225,7 +225,7 @@ impl Expr {
         if let Some(t) = u.expires_at {
             sets.push(format!(
                 "{} = {}",
-                self.name("expires_at"),
+                self.name(EXPIRES_ATTR),
                 self.value(num(t))
             ));
         }
@@ -238,7 +238,7 @@ impl Expr {
         }
         if expr.is_empty() {
             // Nothing to change: still create the item, as an empty update would.
-            let v = self.name("version");
+            let v = self.name(VERSION_ATTR);
             let zero = self.value(num(0));
             expr = format!("SET {v} = if_not_exists({v}, {zero})");
         }

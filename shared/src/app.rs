@@ -1,0 +1,129 @@
+//! The application: every service of the request path, built once per process
+//! over one `Storage` and shared by the api, admin and authorizer hosts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::Audit;
+use crate::auth::Authenticator;
+use crate::backend::WorkerClient;
+use crate::cache::Cache;
+use crate::error::{ApiError, ApiResult};
+use crate::jwt::{JwtConfig, JwtVerifier};
+use crate::keys::{AdminTokens, Keys};
+use crate::models::Registry;
+use crate::store::Storage;
+use crate::tenants::{Tenant, Tenants, Tiers};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub tiers: Tiers,
+    pub jwt: Option<JwtConfig>,
+    /// Longest wait on a backend call.
+    pub backend_timeout: Duration,
+    /// How long cached embeddings live (L1 and L2).
+    pub cache_ttl: Duration,
+    /// Size of the in-process cache, in bytes.
+    pub l1_cache_bytes: u64,
+    /// How long the registry and tenant records are cached in-process.
+    pub record_cache_ttl: Duration,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tiers: Tiers::default(),
+            jwt: None,
+            backend_timeout: Duration::from_secs(30),
+            cache_ttl: Duration::from_secs(24 * 3600),
+            l1_cache_bytes: 256 * 1024 * 1024,
+            record_cache_ttl: Duration::from_secs(5),
+            max_body_bytes: 6 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by `TENANTAI_*` environment variables.
+    pub fn from_env() -> Result<Self, String> {
+        let secs = |name: &str, default: u64| -> Result<Duration, String> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .map(Duration::from_secs)
+                    .map_err(|_| format!("{name} must be a number of seconds")),
+                Err(_) => Ok(Duration::from_secs(default)),
+            }
+        };
+        Ok(Config {
+            tiers: Tiers::from_env()?,
+            jwt: JwtConfig::from_env()?,
+            backend_timeout: secs("TENANTAI_BACKEND_TIMEOUT_SECS", 30)?,
+            cache_ttl: secs("TENANTAI_CACHE_TTL_SECS", 24 * 3600)?,
+            record_cache_ttl: secs("TENANTAI_RECORD_CACHE_SECS", 5)?,
+            ..Config::default()
+        })
+    }
+}
+
+pub struct App {
+    pub config: Config,
+    pub storage: Storage,
+    pub tenants: Tenants,
+    pub keys: Keys,
+    pub admins: AdminTokens,
+    pub registry: Registry,
+    pub cache: Cache,
+    pub audit: Audit,
+    pub auth: Authenticator,
+    pub worker: WorkerClient,
+    tenant_cache: moka::future::Cache<String, Tenant>,
+}
+
+impl App {
+    pub fn new(storage: Storage, config: Config) -> ApiResult<Arc<App>> {
+        let table = storage.table.clone();
+        let tenants = Tenants::new(table.clone());
+        let keys = Keys::new(table.clone());
+        let jwt = config.jwt.clone().map(JwtVerifier::new).transpose()?;
+        Ok(Arc::new(App {
+            auth: Authenticator::new(keys.clone(), tenants.clone(), jwt),
+            admins: AdminTokens::new(table.clone()),
+            registry: Registry::new(table.clone(), config.record_cache_ttl),
+            cache: Cache::new(table.clone(), config.l1_cache_bytes, config.cache_ttl),
+            audit: Audit::new(table.clone()),
+            worker: WorkerClient::new(config.backend_timeout)?,
+            tenant_cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.record_cache_ttl)
+                .build(),
+            tenants,
+            keys,
+            storage,
+            config,
+        }))
+    }
+
+    /// The tenant record for the request path, cached briefly.
+    pub async fn tenant(&self, id: &str) -> ApiResult<Tenant> {
+        if let Some(t) = self.tenant_cache.get(id).await {
+            return Ok(t);
+        }
+        let t = self.tenants.get(id).await?;
+        self.tenant_cache.insert(id.to_string(), t.clone()).await;
+        Ok(t)
+    }
+
+    pub fn forget_tenant(&self, id: &str) {
+        let cache = self.tenant_cache.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { cache.invalidate(&id).await });
+    }
+}
+
+/// Fails when a required environment value is missing, with a clear message.
+pub fn require_env(name: &str) -> Result<String, ApiError> {
+    std::env::var(name).map_err(|_| ApiError::Internal(format!("{name} is not set")))
+}

@@ -1,0 +1,100 @@
+//! The audit log of admin actions: who did what, when, and the record before and after.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{now_secs, Cond, Item, Key, Page, Query, Table};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: String,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    /// The tenant the action concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    pub target: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    table: Arc<dyn Table>,
+}
+
+fn pk(tenant: Option<&str>) -> String {
+    format!("AUDIT#{}", tenant.unwrap_or("_platform"))
+}
+
+impl Audit {
+    pub fn new(table: Arc<dyn Table>) -> Self {
+        Audit { table }
+    }
+
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant_id: Option<&str>,
+        target: &str,
+        before: Value,
+        after: Value,
+    ) -> ApiResult<AuditRecord> {
+        let rec = AuditRecord {
+            id: format!("aud_{}", uuid::Uuid::now_v7().simple()),
+            at: now_secs(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            tenant_id: tenant_id.map(str::to_string),
+            target: target.to_string(),
+            before,
+            after,
+        };
+        let attrs = match serde_json::to_value(&rec) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(ApiError::Internal("audit record does not serialise".into())),
+        };
+        self.table
+            .put(
+                &Item::new(Key::new(pk(tenant_id), rec.id.clone()), attrs),
+                &Cond::Absent,
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    /// Newest first.
+    pub async fn list(
+        &self,
+        tenant_id: Option<&str>,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> ApiResult<Page<AuditRecord>> {
+        let page = self
+            .table
+            .query(
+                &Query::new(pk(tenant_id))
+                    .backward()
+                    .limit(limit)
+                    .after(cursor),
+            )
+            .await?;
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|i| {
+                    serde_json::from_value(Value::Object(i.attrs)).map_err(|e| {
+                        ApiError::Internal(format!("stored audit record is unreadable: {e}"))
+                    })
+                })
+                .collect::<ApiResult<_>>()?,
+            next: page.next,
+        })
+    }
+}

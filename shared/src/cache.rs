@@ -1,0 +1,98 @@
+//! The embeddings cache: L1 in-process (moka), L2 in the table with expiry.
+//!
+//! Key: scope + model id + model version + hash of the canonical request, so a
+//! new model version never serves old vectors. The scope is the tenant, or
+//! `shared` when the tenant opted into the shared scope of a shared model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use crate::embeddings::Embeddings;
+use crate::store::{now_secs, Attrs, Cond, Item, Key, Table};
+
+/// Entries above this size stay out of the table (DynamoDB items hold 400 KB).
+const MAX_L2_BYTES: usize = 300 * 1024;
+
+#[derive(Clone)]
+pub struct Cache {
+    l1: moka::future::Cache<String, Arc<Embeddings>>,
+    table: Arc<dyn Table>,
+    ttl: Duration,
+}
+
+impl Cache {
+    pub fn new(table: Arc<dyn Table>, l1_bytes: u64, ttl: Duration) -> Self {
+        let l1 = moka::future::Cache::builder()
+            .weigher(|k: &String, v: &Arc<Embeddings>| {
+                let floats: usize = v.vectors.iter().map(Vec::len).sum();
+                u32::try_from(k.len() + floats * 4 + 64).unwrap_or(u32::MAX)
+            })
+            .max_capacity(l1_bytes)
+            .time_to_live(ttl)
+            .build();
+        Cache { l1, table, ttl }
+    }
+
+    pub fn key(scope: &str, model: &str, version: &str, request_hash: &str) -> String {
+        format!("{scope}|{model}|{version}|{request_hash}")
+    }
+
+    fn table_key(key: &str) -> Key {
+        let (scope, rest) = key.split_once('|').unwrap_or(("", key));
+        Key::new(format!("CACHE#{scope}"), rest.to_string())
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Arc<Embeddings>> {
+        if let Some(hit) = self.l1.get(key).await {
+            return Some(hit);
+        }
+        let item = match self.table.get(&Self::table_key(key)).await {
+            Ok(item) => item?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache read failed; treated as a miss");
+                return None;
+            }
+        };
+        let tokens = item.attrs.get("tokens")?.as_u64()?;
+        let dims = item.attrs.get("dims")?.as_u64()? as usize;
+        let bytes = STANDARD.decode(item.attrs.get("vectors")?.as_str()?).ok()?;
+        if dims == 0 || bytes.len() % (dims * 4) != 0 {
+            return None;
+        }
+        let floats: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let e = Arc::new(Embeddings {
+            vectors: floats.chunks(dims).map(<[f32]>::to_vec).collect(),
+            prompt_tokens: tokens,
+        });
+        self.l1.insert(key.to_string(), e.clone()).await;
+        Some(e)
+    }
+
+    pub async fn put(&self, key: &str, e: Arc<Embeddings>) {
+        self.l1.insert(key.to_string(), e.clone()).await;
+        let dims = e.vectors.first().map_or(0, Vec::len);
+        let size = e.vectors.len() * dims * 4;
+        if dims == 0 || size > MAX_L2_BYTES || e.vectors.iter().any(|v| v.len() != dims) {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(size);
+        for x in e.vectors.iter().flatten() {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut attrs = Attrs::new();
+        attrs.insert("tokens".into(), e.prompt_tokens.into());
+        attrs.insert("dims".into(), dims.into());
+        attrs.insert("vectors".into(), STANDARD.encode(bytes).into());
+        let mut item = Item::new(Self::table_key(key), attrs);
+        item.expires_at = Some(now_secs() + self.ttl.as_secs() as i64);
+        if let Err(e) = self.table.put(&item, &Cond::Always).await {
+            tracing::warn!(error = %e, "cache write failed");
+        }
+    }
+}

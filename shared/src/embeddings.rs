@@ -1,0 +1,270 @@
+//! The OpenAI embeddings request and response, validated and canonicalised.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Most inputs one request may carry (OpenAI's limit).
+pub const MAX_INPUTS: usize = 2048;
+/// Longest single string input, in bytes (well above any model's token limit).
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// The inputs: strings, or token-id arrays.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Input {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenBatches(Vec<Vec<u32>>),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: Input,
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Not supported by the served models; refused unless it equals the model's.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+    /// Cut inputs at the model's token limit instead of refusing them.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+impl EmbeddingRequest {
+    /// Parses and validates a request body; every failure is a 400 that says why.
+    pub fn parse(body: &[u8], max_inputs: usize) -> ApiResult<Self> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        if value.get("input").is_none() {
+            return Err(ApiError::invalid_param(
+                "input",
+                "'input' is a required property",
+            ));
+        }
+        if !value.get("model").is_some_and(Value::is_string) {
+            return Err(ApiError::invalid_param(
+                "model",
+                "'model' is required and must be a string",
+            ));
+        }
+        let req: EmbeddingRequest = serde_json::from_value(value).map_err(|e| {
+            ApiError::invalid_param(
+                "input",
+                format!("invalid request: {e}; 'input' must be a string, an array of strings, an array of token ids or an array of token-id arrays"),
+            )
+        })?;
+        req.validate(max_inputs)?;
+        Ok(req)
+    }
+
+    fn validate(&self, max_inputs: usize) -> ApiResult<()> {
+        let limit = max_inputs.min(MAX_INPUTS);
+        let n = self.len();
+        if n == 0 {
+            return Err(ApiError::invalid_param(
+                "input",
+                "'input' must not be empty",
+            ));
+        }
+        if n > limit {
+            return Err(ApiError::invalid_param(
+                "input",
+                format!("too many inputs: {n}; at most {limit} per request"),
+            ));
+        }
+        let empty = match &self.input {
+            Input::Text(s) => s.is_empty(),
+            Input::Texts(v) => v.iter().any(String::is_empty),
+            Input::Tokens(_) => false,
+            Input::TokenBatches(v) => v.iter().any(Vec::is_empty),
+        };
+        if empty {
+            return Err(ApiError::invalid_param(
+                "input",
+                "inputs must not be empty strings or empty token arrays",
+            ));
+        }
+        let too_long = match &self.input {
+            Input::Text(s) => s.len() > MAX_INPUT_BYTES,
+            Input::Texts(v) => v.iter().any(|s| s.len() > MAX_INPUT_BYTES),
+            _ => false,
+        };
+        if too_long {
+            return Err(ApiError::invalid_param(
+                "input",
+                format!("an input exceeds {MAX_INPUT_BYTES} bytes"),
+            ));
+        }
+        if self.user.as_ref().is_some_and(|u| u.len() > 256) {
+            return Err(ApiError::invalid_param(
+                "user",
+                "'user' holds at most 256 characters",
+            ));
+        }
+        if self.model.is_empty() || self.model.len() > 128 {
+            return Err(ApiError::invalid_param(
+                "model",
+                "'model' holds 1 to 128 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.input {
+            Input::Text(_) | Input::Tokens(_) => 1,
+            Input::Texts(v) => v.len(),
+            Input::TokenBatches(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A hash of what determines the vectors (inputs and truncation; not the
+    /// encoding, `user` or the model name, which the cache key holds apart).
+    pub fn canonical_hash(&self) -> String {
+        let canonical = json!({"input": &self.input, "truncate": self.truncate});
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// Vectors and token count, as the backend computed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: u64,
+}
+
+/// Little-endian f32 bytes in base64, as OpenAI's `encoding_format: base64`.
+pub fn encode_base64(v: &[f32]) -> String {
+    let mut bytes = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    STANDARD.encode(bytes)
+}
+
+pub fn decode_base64(s: &str) -> Option<Vec<f32>> {
+    let bytes = STANDARD.decode(s).ok()?;
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// The OpenAI response body.
+pub fn response_body(model: &str, e: &Embeddings, format: EncodingFormat) -> Value {
+    let data: Vec<Value> = e
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = match format {
+                EncodingFormat::Float => json!(v),
+                EncodingFormat::Base64 => json!(encode_base64(v)),
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_four_input_shapes() {
+        for (body, n) in [
+            (r#"{"model":"m","input":"hi"}"#, 1),
+            (r#"{"model":"m","input":["a","b"]}"#, 2),
+            (r#"{"model":"m","input":[1,2,3]}"#, 1),
+            (
+                r#"{"model":"m","input":[[1],[2,3]],"encoding_format":"base64"}"#,
+                2,
+            ),
+        ] {
+            assert_eq!(
+                EmbeddingRequest::parse(body.as_bytes(), 2048)
+                    .unwrap()
+                    .len(),
+                n,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_400s() {
+        for body in [
+            "not json",
+            "[]",
+            r#"{"input":"x"}"#,
+            r#"{"model":"m"}"#,
+            r#"{"model":"m","input":""}"#,
+            r#"{"model":"m","input":[]}"#,
+            r#"{"model":"m","input":["a",""]}"#,
+            r#"{"model":"m","input":[[]]}"#,
+            r#"{"model":"m","input":42}"#,
+            r#"{"model":"m","input":[1,"a"]}"#,
+            r#"{"model":7,"input":"x"}"#,
+            r#"{"model":"m","input":"x","encoding_format":"hex"}"#,
+        ] {
+            let err = EmbeddingRequest::parse(body.as_bytes(), 2048).unwrap_err();
+            assert_eq!(err.status(), 400, "{body}");
+        }
+        let many = format!(
+            r#"{{"model":"m","input":{}}}"#,
+            serde_json::to_string(&vec!["a"; 65]).unwrap()
+        );
+        assert!(EmbeddingRequest::parse(many.as_bytes(), 64).is_err());
+        assert!(EmbeddingRequest::parse(many.as_bytes(), 65).is_ok());
+    }
+
+    #[test]
+    fn base64_round_trip_and_canonical_hash() {
+        let v = vec![0.25f32, -1.0, 3.5];
+        assert_eq!(decode_base64(&encode_base64(&v)).unwrap(), v);
+        let a = EmbeddingRequest::parse(br#"{"model":"m","input":["a"],"user":"u1"}"#, 10).unwrap();
+        let b = EmbeddingRequest::parse(
+            br#"{"model":"m","input":["a"],"encoding_format":"base64"}"#,
+            10,
+        )
+        .unwrap();
+        let c = EmbeddingRequest::parse(br#"{"model":"m","input":["b"]}"#, 10).unwrap();
+        assert_eq!(a.canonical_hash(), b.canonical_hash());
+        assert_ne!(a.canonical_hash(), c.canonical_hash());
+    }
+}

@@ -1,0 +1,152 @@
+//! The one mapping from failures to HTTP statuses and OpenAI error bodies:
+//! `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or violates a limit.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    },
+    /// 401: no credentials, or credentials that are forged, expired or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: valid credentials without the right (scope, suspended tenant).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource for this caller (another tenant's ids included).
+    #[error("{message}")]
+    NotFound { message: String, code: &'static str },
+    /// 409: the write conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body exceeds the size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: no backend can serve now; retry later.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 500: our fault; the message is logged, the client sees a generic one.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+            code: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::NotFound {
+            message: message.into(),
+            code: "not_found",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error `type` and `code`.
+    fn kind(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ApiError::InvalidRequest { code, .. } => ("invalid_request_error", *code),
+            ApiError::Unauthenticated(_) => ("invalid_request_error", Some("invalid_api_key")),
+            ApiError::Forbidden(_) => ("permission_error", Some("forbidden")),
+            ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code)),
+            ApiError::Conflict(_) => ("invalid_request_error", Some("conflict")),
+            ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large")),
+            ApiError::UnsupportedMediaType(_) => {
+                ("invalid_request_error", Some("unsupported_media_type"))
+            }
+            ApiError::Unavailable { .. } => ("server_error", Some("service_unavailable")),
+            ApiError::Internal(_) => ("server_error", None),
+        }
+    }
+
+    /// The error body as OpenAI clients parse it.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.kind();
+        let message = match self {
+            ApiError::Internal(_) => {
+                "The server had an error while processing your request.".to_string()
+            }
+            other => other.to_string(),
+        };
+        let param = match self {
+            ApiError::InvalidRequest { param, .. } => *param,
+            _ => None,
+        };
+        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::ConditionFailed | StoreError::TransactionCancelled { .. } => {
+                ApiError::Conflict("the resource was changed concurrently; retry".into())
+            }
+            StoreError::Backend(m) => ApiError::Internal(format!("storage: {m}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from(retry_after_secs.max(&1).to_owned()),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

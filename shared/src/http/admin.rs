@@ -1,0 +1,438 @@
+//! The admin API under `/admin/v1`: tenants, keys, models, overrides, audit.
+//! Every call needs an admin bearer token; every change writes an audit record.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{list_body, parse_json, read_body, PageParams};
+use crate::app::App;
+use crate::auth::bearer;
+use crate::error::{ApiError, ApiResult};
+use crate::keys::KeyRequest;
+use crate::models::{ModelVersion, VersionStatus};
+use crate::tenants::TenantPatch;
+
+/// The admin making the call (the token's name), for the audit log.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+/// The admin routes (host them with [`super::host`]).
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/tenants", post(create_tenant).get(list_tenants))
+        .route("/tenants/{id}", get(get_tenant).patch(update_tenant))
+        .route("/tenants/{id}/keys", post(create_key).get(list_keys))
+        .route(
+            "/tenants/{id}/keys/{key_id}",
+            axum::routing::delete(revoke_key),
+        )
+        .route(
+            "/tenants/{id}/model-overrides/{model}",
+            put(set_override).delete(clear_override),
+        )
+        .route("/models", post(register_model).get(list_models))
+        .route(
+            "/models/{model}/versions/{version}",
+            get(get_version).patch(update_version),
+        )
+        .route("/models/{model}/versions/{version}/promote", post(promote))
+        .route("/models/{model}/rollback", post(rollback))
+        .route("/audit", get(list_audit));
+    Router::new()
+        .nest("/admin/v1", v1)
+        .layer(middleware::from_fn_with_state(app.clone(), admin_auth))
+        .with_state(app)
+}
+
+async fn admin_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let actor = match bearer(header) {
+        Ok(token) => app.admins.verify(token).await,
+        Err(_) => Err(ApiError::Unauthenticated(
+            "an admin bearer token is required".into(),
+        )),
+    };
+    match actor {
+        Ok(name) => {
+            req.extensions_mut().insert(Actor(name));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> ApiResult<T> {
+    parse_json(&read_body(body, 1024 * 1024).await?)
+}
+
+fn value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+    #[serde(default = "default_tier")]
+    tier: String,
+}
+
+fn default_tier() -> String {
+    "free".into()
+}
+
+async fn create_tenant(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let req: NewTenant = body_json(body).await?;
+    let tenant = app
+        .tenants
+        .create(&req.name, &req.tier, &app.config.tiers)
+        .await?;
+    app.audit
+        .record(
+            &actor,
+            "tenant.create",
+            Some(&tenant.id),
+            &tenant.id,
+            Value::Null,
+            value(&tenant),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+}
+
+async fn list_tenants(
+    State(app): State<Arc<App>>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(list_body(
+        app.tenants.list(p.after.clone(), p.limit()?).await?,
+    )))
+}
+
+async fn get_tenant(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(value(&app.tenants.get(&id).await?)))
+}
+
+async fn update_tenant(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<Json<Value>> {
+    let patch: TenantPatch = body_json(body).await?;
+    let (before, after) = app.tenants.update(&id, &patch, &app.config.tiers).await?;
+    app.forget_tenant(&id);
+    app.audit
+        .record(
+            &actor,
+            "tenant.update",
+            Some(&id),
+            &id,
+            value(&before),
+            value(&after),
+        )
+        .await?;
+    Ok(Json(value(&after)))
+}
+
+async fn create_key(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: KeyRequest = if bytes.is_empty() {
+        KeyRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    app.tenants.get(&id).await?;
+    let new = app.keys.create(&id, &req).await?;
+    app.audit
+        .record(
+            &actor,
+            "key.create",
+            Some(&id),
+            &new.key.key_id,
+            Value::Null,
+            value(&new.key),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(new)).into_response())
+}
+
+async fn list_keys(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(p): Query<PageParams>,
+) -> ApiResult<Json<Value>> {
+    app.tenants.get(&id).await?;
+    Ok(Json(list_body(
+        app.keys.list(&id, p.after.clone(), p.limit()?).await?,
+    )))
+}
+
+async fn revoke_key(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (before, after) = app.keys.revoke(&id, &key_id).await?;
+    app.audit
+        .record(
+            &actor,
+            "key.revoke",
+            Some(&id),
+            &key_id,
+            value(&before),
+            value(&after),
+        )
+        .await?;
+    Ok(Json(value(&after)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    target: String,
+}
+
+async fn set_override(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, model)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<Json<Value>> {
+    let req: OverrideBody = body_json(body).await?;
+    let versions = app.registry.all().await?;
+    let tenant = app.tenants.get(&id).await?;
+    if !versions
+        .iter()
+        .any(|v| v.model == req.target && v.visible_to(&tenant))
+    {
+        return Err(ApiError::invalid_param(
+            "target",
+            format!("no model '{}' this tenant may use", req.target),
+        ));
+    }
+    let (before, after) = app
+        .tenants
+        .modify(&id, |t| {
+            t.model_overrides.insert(model.clone(), req.target.clone());
+            Ok(())
+        })
+        .await?;
+    app.forget_tenant(&id);
+    app.audit
+        .record(
+            &actor,
+            "tenant.override.set",
+            Some(&id),
+            &model,
+            value(&before.model_overrides),
+            value(&after.model_overrides),
+        )
+        .await?;
+    Ok(Json(value(&after)))
+}
+
+async fn clear_override(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((id, model)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (before, after) = app
+        .tenants
+        .modify(&id, |t| {
+            t.model_overrides.remove(&model);
+            Ok(())
+        })
+        .await?;
+    app.forget_tenant(&id);
+    app.audit
+        .record(
+            &actor,
+            "tenant.override.clear",
+            Some(&id),
+            &model,
+            value(&before.model_overrides),
+            value(&after.model_overrides),
+        )
+        .await?;
+    Ok(Json(value(&after)))
+}
+
+async fn register_model(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let v: ModelVersion = body_json(body).await?;
+    if let Some(owner) = &v.owner_tenant {
+        app.tenants.get(owner).await?;
+    }
+    if let Some(tier) = &v.tier {
+        app.config.tiers.get(tier)?;
+    }
+    let v = app.registry.register(v).await?;
+    let target = format!("{}@{}", v.model, v.version);
+    app.audit
+        .record(
+            &actor,
+            "model.register",
+            v.owner_tenant.as_deref(),
+            &target,
+            Value::Null,
+            value(&v),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn list_models(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    app.registry.invalidate();
+    let all = app.registry.all().await?;
+    Ok(Json(
+        json!({"object": "list", "data": &*all, "has_more": false}),
+    ))
+}
+
+async fn get_version(
+    State(app): State<Arc<App>>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(value(&app.registry.get(&model, &version).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionPatch {
+    status: Option<VersionStatus>,
+    canary_weight: Option<u8>,
+    endpoint: Option<String>,
+    price_per_1k_tokens_micros: Option<u64>,
+}
+
+async fn update_version(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, version)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<Json<Value>> {
+    let patch: VersionPatch = body_json(body).await?;
+    if patch.status == Some(VersionStatus::Live) {
+        return Err(ApiError::invalid_param(
+            "status",
+            "use the promote action to make a version live",
+        ));
+    }
+    let before = app.registry.get(&model, &version).await?;
+    let mut after = before.clone();
+    if let Some(s) = patch.status {
+        after.status = s;
+    }
+    if let Some(w) = patch.canary_weight {
+        after.canary_weight = w;
+    }
+    if let Some(e) = patch.endpoint {
+        after.endpoint = e;
+    }
+    if let Some(p) = patch.price_per_1k_tokens_micros {
+        after.price_per_1k_tokens_micros = p;
+    }
+    app.registry.update(&after).await?;
+    app.audit
+        .record(
+            &actor,
+            "model.update",
+            after.owner_tenant.as_deref(),
+            &format!("{model}@{version}"),
+            value(&before),
+            value(&after),
+        )
+        .await?;
+    Ok(Json(value(&after)))
+}
+
+async fn record_changes(
+    app: &App,
+    actor: &str,
+    action: &str,
+    changes: &[(ModelVersion, ModelVersion)],
+) -> ApiResult<Value> {
+    for (before, after) in changes {
+        let target = format!("{}@{}", after.model, after.version);
+        app.audit
+            .record(
+                actor,
+                action,
+                after.owner_tenant.as_deref(),
+                &target,
+                value(before),
+                value(after),
+            )
+            .await?;
+    }
+    Ok(json!({"object": "list", "data": changes.iter().map(|(_, a)| a).collect::<Vec<_>>()}))
+}
+
+async fn promote(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let changes = app.registry.promote(&model, &version).await?;
+    Ok(Json(
+        record_changes(&app, &actor, "model.promote", &changes).await?,
+    ))
+}
+
+async fn rollback(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let changes = app.registry.rollback(&model).await?;
+    Ok(Json(
+        record_changes(&app, &actor, "model.rollback", &changes).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    tenant_id: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_audit(
+    State(app): State<Arc<App>>,
+    Query(p): Query<AuditParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = PageParams {
+        limit: p.limit,
+        after: None,
+    }
+    .limit()?;
+    Ok(Json(list_body(
+        app.audit
+            .list(p.tenant_id.as_deref(), p.after, limit)
+            .await?,
+    )))
+}

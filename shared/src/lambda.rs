@@ -1,0 +1,112 @@
+//! What the Lambda functions share: building the app from the AWS environment,
+//! JSON logs, and the authorizer's context in both directions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lambda_events::apigw::{
+    ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
+};
+use serde_json::{json, Value};
+
+use crate::app::{App, Config};
+use crate::auth::{bearer, Authenticator, TenantContext};
+use crate::store::{aws, Resources, Storage};
+
+/// JSON logs (CloudWatch) at `RUST_LOG` or `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .without_time()
+        .try_init();
+}
+
+/// The deployment's resource names: `TENANTAI_RESOURCE_PREFIX` (default
+/// `tenantai`), each overridable (`TENANTAI_TABLE`, `TENANTAI_BUCKET`).
+pub fn resources_from_env() -> Resources {
+    let prefix = std::env::var("TENANTAI_RESOURCE_PREFIX").unwrap_or_else(|_| "tenantai".into());
+    let mut res = Resources::named(&prefix);
+    if let Ok(t) = std::env::var("TENANTAI_TABLE") {
+        res.table = t;
+    }
+    if let Ok(b) = std::env::var("TENANTAI_BUCKET") {
+        res.bucket = b;
+    }
+    res
+}
+
+/// The app on the AWS adapters, configured from the environment. Built once in
+/// `main`, before the runtime starts polling.
+pub async fn app_from_env() -> Result<Arc<App>, String> {
+    let config = Config::from_env()?;
+    let sdk = aws::sdk_config().await;
+    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    App::new(storage, config).map_err(|e| e.to_string())
+}
+
+/// The context the authorizer hands API Gateway (flat strings, as HTTP API
+/// simple responses carry them).
+pub fn authorizer_context(ctx: &TenantContext) -> Value {
+    json!({
+        "tenant_id": ctx.tenant_id,
+        "key_id": ctx.key_id,
+        "tier": ctx.tier,
+        "scopes": ctx.scopes.join(" "),
+    })
+}
+
+/// The tenant context API Gateway passes on from the authorizer.
+pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<TenantContext> {
+    let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(TenantContext {
+        tenant_id: text("tenant_id")?,
+        key_id: text("key_id")?,
+        tier: text("tier")?,
+        scopes: text("scopes")?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// The authorizer: a bearer token in, `isAuthorized` and the context out.
+/// Anything but a valid credential (storage trouble included) is refused.
+pub async fn authorize(
+    auth: &Authenticator,
+    event: &ApiGatewayV2CustomAuthorizerV2Request,
+) -> ApiGatewayV2CustomAuthorizerSimpleResponse {
+    let header = event
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            event
+                .identity_source
+                .as_ref()
+                .and_then(|s| s.first().cloned())
+        });
+    let outcome = match bearer(header.as_deref()) {
+        Ok(token) => auth.authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
+    match outcome {
+        Ok(ctx) => {
+            resp.is_authorized = true;
+            resp.context = authorizer_context(&ctx);
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, route = event.route_key.as_deref().unwrap_or(""), "request refused");
+            resp.is_authorized = false;
+            resp.context = json!({});
+        }
+    }
+    resp
+}

@@ -1,0 +1,396 @@
+//! The model registry and routing.
+//!
+//! A model has versions; each version names its backend and price and carries a
+//! status (staged, canary, live, retired) and a canary weight. Who may use a
+//! model follows the three multi-tenancy patterns: a shared base model (no
+//! owner, no tier), a tenant-specific model (`owner_tenant`), and a tier model
+//! (`tier` + `serves`: it stands in for a base model for that tier). A request
+//! for model M resolves: the tenant's override of M -> the tier's model serving
+//! M -> M itself; then the live version, or the canary version for the share of
+//! requests its weight gives, sticky per request id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{now_secs, Cond, Item, Key, Query, StoreError, Table};
+use crate::tenants::Tenant;
+
+pub const MODELS_PK: &str = "MODELS";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The worker's HTTP API (`gpu-worker serve`), at `endpoint` (a base URL).
+    Worker,
+    /// A SageMaker endpoint, named by `endpoint`.
+    Sagemaker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionStatus {
+    Staged,
+    Canary,
+    Live,
+    Retired,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelVersion {
+    pub model: String,
+    pub version: String,
+    pub backend: BackendKind,
+    /// Worker base URL, or SageMaker endpoint name.
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_uri: Option<String>,
+    /// Price per 1,000 input tokens, in micro-dollars.
+    pub price_per_1k_tokens_micros: u64,
+    pub status: VersionStatus,
+    /// Percent of requests (0-100) a canary version receives.
+    #[serde(default)]
+    pub canary_weight: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<String>,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<i64>,
+}
+
+impl ModelVersion {
+    /// Whether this tenant may use the model.
+    pub fn visible_to(&self, tenant: &Tenant) -> bool {
+        match (&self.owner_tenant, &self.tier) {
+            (Some(owner), _) => *owner == tenant.id,
+            (None, Some(tier)) => *tier == tenant.tier,
+            (None, None) => true,
+        }
+    }
+
+    /// A shared model is one every tenant may use (the shared cache scope applies).
+    pub fn is_shared(&self) -> bool {
+        self.owner_tenant.is_none() && self.tier.is_none()
+    }
+
+    pub fn validate(&self) -> ApiResult<()> {
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        };
+        if !id_ok(&self.model) {
+            return Err(ApiError::invalid_param(
+                "model",
+                "model ids hold 1 to 128 of A-Z a-z 0-9 - _ . :",
+            ));
+        }
+        if !id_ok(&self.version) {
+            return Err(ApiError::invalid_param(
+                "version",
+                "versions hold 1 to 128 of A-Z a-z 0-9 - _ . :",
+            ));
+        }
+        if self.canary_weight > 100 {
+            return Err(ApiError::invalid_param(
+                "canary_weight",
+                "canary_weight is a percentage, 0 to 100",
+            ));
+        }
+        if self.endpoint.is_empty() {
+            return Err(ApiError::invalid_param("endpoint", "endpoint is required"));
+        }
+        if self.backend == BackendKind::Sagemaker {
+            return Err(ApiError::invalid_param(
+                "backend",
+                "backend 'sagemaker' is not supported by this version; use 'worker'",
+            ));
+        }
+        if self.tier.is_some() != self.serves.is_some() {
+            return Err(ApiError::invalid_param(
+                "serves",
+                "a tier model names both `tier` and the model it `serves`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn key(model: &str, version: &str) -> Key {
+    Key::new(MODELS_PK, format!("M#{model}#V#{version}"))
+}
+
+/// The routing decision for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// The model id the client asked for.
+    pub requested: String,
+    pub version: ModelVersion,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    table: Arc<dyn Table>,
+    /// All versions, cached briefly: routing reads the registry on every request.
+    cache: moka::future::Cache<(), Arc<Vec<ModelVersion>>>,
+}
+
+impl Registry {
+    pub fn new(table: Arc<dyn Table>, cache_ttl: Duration) -> Self {
+        Registry {
+            table,
+            cache: moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(cache_ttl)
+                .build(),
+        }
+    }
+
+    pub async fn all(&self) -> ApiResult<Arc<Vec<ModelVersion>>> {
+        if let Some(v) = self.cache.get(&()).await {
+            return Ok(v);
+        }
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .table
+                .query(&Query::new(MODELS_PK).prefix("M#").limit(500).after(cursor))
+                .await?;
+            for item in page.items {
+                out.push(
+                    serde_json::from_value(serde_json::Value::Object(item.attrs)).map_err(|e| {
+                        ApiError::Internal(format!("stored model is unreadable: {e}"))
+                    })?,
+                );
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let out = Arc::new(out);
+        self.cache.insert((), out.clone()).await;
+        Ok(out)
+    }
+
+    pub fn invalidate(&self) {
+        self.cache.invalidate_all();
+    }
+
+    pub async fn get(&self, model: &str, version: &str) -> ApiResult<ModelVersion> {
+        let item = self.table.get(&key(model, version)).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no version '{version}' of model '{model}'"))
+        })?;
+        serde_json::from_value(serde_json::Value::Object(item.attrs))
+            .map_err(|e| ApiError::Internal(format!("stored model is unreadable: {e}")))
+    }
+
+    async fn put(&self, v: &ModelVersion, cond: Cond) -> ApiResult<()> {
+        let attrs = match serde_json::to_value(v) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Err(ApiError::Internal("model does not serialise".into())),
+        };
+        match self
+            .table
+            .put(&Item::new(key(&v.model, &v.version), attrs), &cond)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed) => {
+                return Err(ApiError::Conflict(format!(
+                    "version '{}' of model '{}' already exists",
+                    v.version, v.model
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.invalidate();
+        Ok(())
+    }
+
+    pub async fn register(&self, mut v: ModelVersion) -> ApiResult<ModelVersion> {
+        v.validate()?;
+        v.created_at = now_secs();
+        if v.status == VersionStatus::Live {
+            v.promoted_at = Some(now_secs());
+        }
+        self.put(&v, Cond::Absent).await?;
+        Ok(v)
+    }
+
+    pub async fn update(&self, v: &ModelVersion) -> ApiResult<()> {
+        v.validate()?;
+        self.put(v, Cond::Exists).await
+    }
+
+    /// Makes `version` the live one; the previous live version is retired.
+    /// Returns the versions changed, as (before, after) pairs.
+    pub async fn promote(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> ApiResult<Vec<(ModelVersion, ModelVersion)>> {
+        let target = self.get(model, version).await?;
+        let mut changes = Vec::new();
+        self.invalidate();
+        for v in
+            self.all().await?.iter().filter(|v| {
+                v.model == model && v.status == VersionStatus::Live && v.version != version
+            })
+        {
+            let after = ModelVersion {
+                status: VersionStatus::Retired,
+                canary_weight: 0,
+                ..v.clone()
+            };
+            self.update(&after).await?;
+            changes.push((v.clone(), after));
+        }
+        let after = ModelVersion {
+            status: VersionStatus::Live,
+            canary_weight: 0,
+            promoted_at: Some(now_secs()),
+            ..target.clone()
+        };
+        self.update(&after).await?;
+        changes.push((target, after));
+        Ok(changes)
+    }
+
+    /// Retires the live version and makes the most recently live retired one live again.
+    pub async fn rollback(&self, model: &str) -> ApiResult<Vec<(ModelVersion, ModelVersion)>> {
+        self.invalidate();
+        let all = self.all().await?;
+        let versions: Vec<_> = all.iter().filter(|v| v.model == model).collect();
+        if versions.is_empty() {
+            return Err(ApiError::not_found(format!("no model '{model}'")));
+        }
+        let live = versions
+            .iter()
+            .find(|v| v.status == VersionStatus::Live)
+            .ok_or_else(|| {
+                ApiError::Conflict(format!("model '{model}' has no live version to roll back"))
+            })?;
+        let previous = versions
+            .iter()
+            .filter(|v| v.status == VersionStatus::Retired && v.promoted_at.is_some())
+            .max_by_key(|v| (v.promoted_at, v.created_at))
+            .ok_or_else(|| {
+                ApiError::Conflict(format!("model '{model}' has no earlier live version"))
+            })?;
+        let retired = ModelVersion {
+            status: VersionStatus::Retired,
+            promoted_at: None,
+            ..(*live).clone()
+        };
+        let restored = ModelVersion {
+            status: VersionStatus::Live,
+            ..(*previous).clone()
+        };
+        self.update(&retired).await?;
+        self.update(&restored).await?;
+        Ok(vec![
+            ((*live).clone(), retired),
+            ((*previous).clone(), restored),
+        ])
+    }
+
+    /// The model ids this tenant may request, each with its serving version.
+    pub async fn visible(&self, tenant: &Tenant) -> ApiResult<Vec<ModelVersion>> {
+        let all = self.all().await?;
+        let mut out: Vec<ModelVersion> = Vec::new();
+        for v in all
+            .iter()
+            .filter(|v| v.status == VersionStatus::Live && v.visible_to(tenant))
+        {
+            if !out.iter().any(|o| o.model == v.model) {
+                out.push(v.clone());
+            }
+        }
+        out.sort_by(|a, b| a.model.cmp(&b.model));
+        Ok(out)
+    }
+
+    /// Resolves a request for `requested` by this tenant.
+    pub async fn route(
+        &self,
+        tenant: &Tenant,
+        requested: &str,
+        request_id: &str,
+    ) -> ApiResult<Route> {
+        let all = self.all().await?;
+        let unknown = || ApiError::NotFound {
+            message: format!(
+                "The model '{requested}' does not exist or you do not have access to it."
+            ),
+            code: "model_not_found",
+        };
+        // The tenant may only name models it can see (or ones its override maps).
+        let override_target = tenant.model_overrides.get(requested);
+        let tier_model = all
+            .iter()
+            .find(|v| {
+                v.tier.as_deref() == Some(&tenant.tier)
+                    && v.serves.as_deref() == Some(requested)
+                    && v.status == VersionStatus::Live
+            })
+            .map(|v| v.model.clone());
+        let candidates = [
+            override_target.cloned(),
+            tier_model,
+            Some(requested.to_string()),
+        ];
+        for model in candidates.into_iter().flatten() {
+            let versions: Vec<_> = all
+                .iter()
+                .filter(|v| v.model == model && v.visible_to(tenant))
+                .collect();
+            let Some(live) = versions.iter().find(|v| v.status == VersionStatus::Live) else {
+                continue;
+            };
+            let canary = versions
+                .iter()
+                .find(|v| v.status == VersionStatus::Canary && v.canary_weight > 0);
+            let chosen = match canary {
+                Some(c) if bucket(request_id) < u32::from(c.canary_weight) => c,
+                _ => live,
+            };
+            return Ok(Route {
+                requested: requested.to_string(),
+                version: (*chosen).clone(),
+            });
+        }
+        Err(unknown())
+    }
+}
+
+/// A request id's stable bucket in 0..100.
+pub fn bucket(request_id: &str) -> u32 {
+    let digest = Sha256::digest(request_id.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket("req-1"), bucket("req-1"));
+        let under_20 = (0..10_000)
+            .filter(|i| bucket(&format!("req-{i}")) < 20)
+            .count();
+        assert!((1_600..2_400).contains(&under_20), "{under_20}");
+    }
+}

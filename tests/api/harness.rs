@@ -1,0 +1,179 @@
+//! A tenantai instance in-process, and a client for it.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use tenantai::app::{App, Config};
+use tenantai::store::{Resources, Storage};
+use tower::ServiceExt;
+
+pub struct Harness {
+    pub app: Arc<App>,
+    pub router: Router,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts an error in the OpenAI shape with this status; returns its message.
+    pub fn error(&self, status: u16) -> String {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let e = &self.body["error"];
+        assert!(
+            e["message"].is_string() && e["type"].is_string(),
+            "not the OpenAI error shape: {}",
+            self.body
+        );
+        assert!(
+            e.get("param").is_some() && e.get("code").is_some(),
+            "not the OpenAI error shape: {}",
+            self.body
+        );
+        e["message"].as_str().unwrap().to_string()
+    }
+
+    pub fn ok(&self) -> &Value {
+        assert!(self.status.is_success(), "{}: {}", self.status, self.body);
+        &self.body
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        Self::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::embedded(dir.path(), &Resources::named("test"))
+            .await
+            .unwrap();
+        let app = App::new(storage, config).unwrap();
+        let admin = app.admins.create("test-admin").await.unwrap();
+        let router = tenantai::http::host(
+            tenantai::http::api::router(app.clone())
+                .merge(tenantai::http::admin::router(app.clone())),
+        );
+        Harness {
+            app,
+            router,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Body,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+        };
+        assert!(
+            headers.contains_key("x-request-id"),
+            "no x-request-id on {uri}"
+        );
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
+        self.raw(method, uri, token, body, &[]).await
+    }
+
+    pub async fn admin(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        self.call(
+            method,
+            &format!("/admin/v1{uri}"),
+            Some(&self.admin.clone()),
+            body,
+        )
+        .await
+    }
+
+    /// A new tenant of this tier; returns its id.
+    pub async fn tenant(&self, name: &str, tier: &str) -> String {
+        let r = self
+            .admin(
+                Method::POST,
+                "/tenants",
+                Some(json!({"name": name, "tier": tier})),
+            )
+            .await;
+        r.ok()["id"].as_str().unwrap().to_string()
+    }
+
+    /// A new API key of the tenant; returns (secret, key id).
+    pub async fn key(&self, tenant: &str, body: Value) -> (String, String) {
+        let r = self
+            .admin(Method::POST, &format!("/tenants/{tenant}/keys"), Some(body))
+            .await;
+        let b = r.ok();
+        (
+            b["secret"].as_str().unwrap().to_string(),
+            b["key_id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Registers a live model version served by `endpoint`.
+    pub async fn model(&self, spec: Value) -> Value {
+        let mut body = json!({
+            "version": "1", "backend": "worker", "endpoint": "http://127.0.0.1:9",
+            "price_per_1k_tokens_micros": 20, "status": "live",
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        self.admin(Method::POST, "/models", Some(body))
+            .await
+            .ok()
+            .clone()
+    }
+}

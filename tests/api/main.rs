@@ -1,0 +1,11 @@
+//! The front door through its public HTTP API, in-process: the axum routers on
+//! the embedded adapters, called as a client would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod admin;
+mod auth;
+mod harness;
+mod isolation;
+mod malformed;
+mod routing;
