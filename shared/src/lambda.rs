@@ -75,6 +75,24 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
     })
 }
 
+/// Copies the authorizer's tenant context from an API Gateway request into the
+/// request's extensions, where the api's routes find it (and trust it).
+pub fn with_tenant_context<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let ctx = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => c
+            .authorizer
+            .as_ref()
+            .and_then(|a| context_from_authorizer(&a.fields)),
+        _ => None,
+    };
+    if let Some(ctx) = ctx {
+        req.extensions_mut().insert(ctx);
+    }
+    req
+}
+
 /// The authorizer: a bearer token in, `isAuthorized` and the context out.
 /// Anything but a valid credential (storage trouble included) is refused.
 pub async fn authorize(

@@ -5,7 +5,9 @@
 
 mod admin;
 mod auth;
+mod events;
 mod harness;
 mod isolation;
+mod jwt;
 mod malformed;
 mod routing;

@@ -1,0 +1,165 @@
+//! The handlers called directly with the sample events in `events/`: the api
+//! and admin routers as `lambda_http` hands them requests, and the authorizer.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use serde_json::{json, Value};
+use tenantai::lambda::{authorize, with_tenant_context};
+use tower::ServiceExt;
+
+use crate::harness::Harness;
+
+const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+
+/// An event file with its placeholders filled in.
+pub fn load_event(name: &str, vars: &HashMap<&str, String>) -> String {
+    let mut text = std::fs::read_to_string(format!("{EVENTS}/{name}")).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    assert!(!text.contains("${"), "{name} has an unfilled placeholder");
+    text
+}
+
+struct Seeded {
+    h: Harness,
+    vars: HashMap<&'static str, String>,
+}
+
+async fn seed() -> Seeded {
+    let h = Harness::new().await;
+    let t = h.tenant("Acme", "pro").await;
+    let (key, key_id) = h.key(&t, json!({})).await;
+    let (revoked, revoked_id) = h.key(&t, json!({})).await;
+    h.admin(
+        axum::http::Method::DELETE,
+        &format!("/tenants/{t}/keys/{revoked_id}"),
+        None,
+    )
+    .await
+    .ok();
+    h.model(json!({"model": "all-MiniLM-L6-v2"})).await;
+    let vars = HashMap::from([
+        ("TENANT_ID", t),
+        ("KEY_ID", key_id),
+        ("API_KEY", key),
+        ("REVOKED_KEY", revoked),
+        ("ADMIN_TOKEN", h.admin.clone()),
+        ("WORKER_URL", "http://127.0.0.1:9".to_string()),
+    ]);
+    Seeded { h, vars }
+}
+
+/// Runs an HTTP API event through the hosted router the way the function does.
+async fn handle(s: &Seeded, name: &str) -> (u16, Value) {
+    let req = lambda_http::request::from_str(&load_event(name, &s.vars)).unwrap();
+    let (parts, body) = req.into_parts();
+    let req = with_tenant_context(axum::http::Request::from_parts(
+        parts,
+        Body::from(body.to_vec()),
+    ));
+    let resp = s.h.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn api_events() {
+    let s = seed().await;
+    let (status, body) = handle(&s, "api/models.json").await;
+    assert_eq!(
+        (status, body["data"][0]["id"].as_str()),
+        (200, Some("all-MiniLM-L6-v2"))
+    );
+    assert_eq!(handle(&s, "api/model.json").await.0, 200);
+    // Without an authorizer context (and without a key) nothing is served.
+    let (status, body) = handle(&s, "api/unauthenticated.json").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    assert_eq!(handle(&s, "api/embeddings-malformed.json").await.0, 400);
+    let (status, body) = handle(&s, "api/embeddings-unknown-model.json").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn admin_events() {
+    let s = seed().await;
+    let expect = [
+        ("admin/create-tenant.json", 201),
+        ("admin/list-tenants.json", 200),
+        ("admin/get-tenant.json", 200),
+        ("admin/update-tenant.json", 200),
+        ("admin/create-key.json", 201),
+        ("admin/list-keys.json", 200),
+        ("admin/register-model.json", 201),
+        ("admin/list-models.json", 200),
+        ("admin/promote-model.json", 200),
+        ("admin/rollback-model.json", 200),
+        ("admin/set-override.json", 200),
+        ("admin/revoke-key.json", 200),
+        ("admin/audit.json", 200),
+        ("admin/forged-token.json", 401),
+    ];
+    for (name, status) in expect {
+        let (got, body) = handle(&s, name).await;
+        assert_eq!(got, status, "{name}: {body}");
+    }
+    let (_, audit) = handle(&s, "admin/audit.json").await;
+    let actions: Vec<_> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        actions.contains(&"key.revoke".to_string())
+            && actions.contains(&"tenant.update".to_string()),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn authorizer_events() {
+    let s = seed().await;
+    let auth =
+        s.h.app
+            .auth
+            .clone()
+            .with_cache(std::time::Duration::from_secs(30));
+    let run = |name: &'static str| {
+        let text = load_event(name, &s.vars);
+        let auth = auth.clone();
+        async move {
+            let event = serde_json::from_str(&text).unwrap();
+            authorize(&auth, &event).await
+        }
+    };
+    let ok = run("authorizer/valid-key.json").await;
+    assert!(ok.is_authorized);
+    assert_eq!(ok.context["tenant_id"], s.vars["TENANT_ID"].as_str());
+    assert_eq!(ok.context["key_id"], s.vars["KEY_ID"].as_str());
+    assert_eq!(ok.context["tier"], "pro");
+    assert_eq!(ok.context["scopes"], "embeddings models usage batches");
+    for name in [
+        "authorizer/revoked-key.json",
+        "authorizer/forged-key.json",
+        "authorizer/missing-header.json",
+        "authorizer/malformed-header.json",
+    ] {
+        let resp = run(name).await;
+        assert!(!resp.is_authorized, "{name}");
+        assert_eq!(resp.context, json!({}), "{name}");
+    }
+}
