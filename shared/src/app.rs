@@ -29,6 +29,8 @@ pub struct Config {
     pub record_cache_ttl: Duration,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// When a backend's circuit opens and for how long.
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             l1_cache_bytes: 256 * 1024 * 1024,
             record_cache_ttl: Duration::from_secs(5),
             max_body_bytes: 6 * 1024 * 1024,
+            breaker: crate::breaker::BreakerConfig::default(),
         }
     }
 }
@@ -63,6 +66,16 @@ impl Config {
             backend_timeout: secs("TENANTAI_BACKEND_TIMEOUT_SECS", 30)?,
             cache_ttl: secs("TENANTAI_CACHE_TTL_SECS", 24 * 3600)?,
             record_cache_ttl: secs("TENANTAI_RECORD_CACHE_SECS", 5)?,
+            breaker: crate::breaker::BreakerConfig {
+                failures_to_open: match std::env::var("TENANTAI_BREAKER_FAILURES") {
+                    Ok(v) => v
+                        .parse()
+                        .map_err(|_| "TENANTAI_BREAKER_FAILURES must be a number".to_string())?,
+                    Err(_) => 5,
+                },
+                open_for: secs("TENANTAI_BREAKER_OPEN_SECS", 10)?,
+                ..Default::default()
+            },
             ..Config::default()
         })
     }
@@ -79,6 +92,10 @@ pub struct App {
     pub audit: Audit,
     pub auth: Authenticator,
     pub worker: WorkerClient,
+    /// SageMaker endpoints, where the deployment has an AWS configuration.
+    pub sagemaker: Option<crate::backend::SagemakerClient>,
+    pub limiter: crate::ratelimit::RateLimiter,
+    pub breakers: crate::breaker::Breakers,
     tenant_cache: moka::future::Cache<String, Tenant>,
 }
 
@@ -95,6 +112,9 @@ impl App {
             cache: Cache::new(table.clone(), config.l1_cache_bytes, config.cache_ttl),
             audit: Audit::new(table.clone()),
             worker: WorkerClient::new(config.backend_timeout)?,
+            sagemaker: None,
+            limiter: crate::ratelimit::RateLimiter::new(table.clone()),
+            breakers: crate::breaker::Breakers::new(config.breaker.clone()),
             tenant_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.record_cache_ttl)
@@ -104,6 +124,19 @@ impl App {
             storage,
             config,
         }))
+    }
+
+    /// Serves `sagemaker` model versions through this AWS configuration.
+    pub fn with_sagemaker(
+        storage: Storage,
+        config: Config,
+        aws: &aws_config::SdkConfig,
+    ) -> ApiResult<Arc<App>> {
+        let timeout = config.backend_timeout;
+        let mut app = Arc::try_unwrap(App::new(storage, config)?)
+            .map_err(|_| ApiError::Internal("app is shared before it is built".into()))?;
+        app.sagemaker = Some(crate::backend::SagemakerClient::new(aws, timeout));
+        Ok(Arc::new(app))
     }
 
     /// The tenant record for the request path, cached briefly.

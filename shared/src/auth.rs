@@ -18,6 +18,9 @@ pub struct TenantContext {
     pub key_id: String,
     pub tier: String,
     pub scopes: Vec<String>,
+    /// The key's own rate limits, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_limits: Option<crate::ratelimit::Limits>,
 }
 
 impl TenantContext {
@@ -93,7 +96,9 @@ impl Authenticator {
             if let Some(why) = key.refusal(now_secs()) {
                 return Err(ApiError::Unauthenticated(why.into()));
             }
-            return self.context(&key.tenant_id, key.key_id, key.scopes).await;
+            return self
+                .context(&key.tenant_id, key.key_id, key.scopes, key.rate_limits)
+                .await;
         }
         if let Some(jwt) = &self.jwt {
             if token.split('.').count() == 3 {
@@ -102,7 +107,12 @@ impl Authenticator {
                     .scopes
                     .unwrap_or_else(|| SCOPES.iter().map(|s| s.to_string()).collect());
                 return self
-                    .context(&claims.tenant_id, format!("jwt:{}", claims.subject), scopes)
+                    .context(
+                        &claims.tenant_id,
+                        format!("jwt:{}", claims.subject),
+                        scopes,
+                        None,
+                    )
                     .await;
             }
         }
@@ -116,6 +126,7 @@ impl Authenticator {
         tenant_id: &str,
         key_id: String,
         scopes: Vec<String>,
+        key_limits: Option<crate::ratelimit::Limits>,
     ) -> ApiResult<TenantContext> {
         let tenant = match self.tenants.get(tenant_id).await {
             Ok(t) => t,
@@ -134,6 +145,7 @@ impl Authenticator {
             key_id,
             tier: tenant.tier,
             scopes,
+            key_limits,
         })
     }
 }

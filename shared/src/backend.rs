@@ -1,7 +1,12 @@
-//! Backends that compute embeddings: the worker's HTTP API (`gpu-worker serve`).
+//! Backends that compute embeddings: the worker's HTTP API (`gpu-worker serve`)
+//! and SageMaker endpoints (InvokeEndpoint). Both speak the OpenAI request shape
+//! (the worker's container answers it on /invocations too), so one request body
+//! and one answer parser serve both.
 
 use std::time::Duration;
 
+use aws_sdk_sagemakerruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sagemakerruntime::primitives::Blob;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -15,27 +20,97 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The worker's HTTP API, called with pooled keep-alive connections and a timeout.
-#[derive(Clone)]
-pub struct WorkerClient {
-    http: reqwest::Client,
+/// Why a backend call did not produce vectors.
+#[derive(Debug)]
+pub enum BackendFailure {
+    /// The backend judged the input (a 4xx): the client's error, not the backend's.
+    Rejected(ApiError),
+    /// The backend is down, overloaded, slow or answered nonsense.
+    Down { message: String, timeout: bool },
+}
+
+fn down(message: impl Into<String>) -> BackendFailure {
+    BackendFailure::Down {
+        message: message.into(),
+        timeout: false,
+    }
 }
 
 #[derive(Deserialize)]
-struct WorkerResponse {
-    data: Vec<WorkerVector>,
-    usage: WorkerUsage,
+struct Answer {
+    data: Vec<Vector>,
+    usage: Usage,
 }
 
 #[derive(Deserialize)]
-struct WorkerVector {
+struct Vector {
     index: usize,
     embedding: String,
 }
 
 #[derive(Deserialize)]
-struct WorkerUsage {
+struct Usage {
     prompt_tokens: u64,
+}
+
+/// The body both backends take: the OpenAI request, vectors as base64.
+fn request_body(version: &ModelVersion, req: &EmbeddingRequest) -> Vec<u8> {
+    json!({
+        "model": version.model,
+        "input": req.input,
+        "encoding_format": "base64",
+        "truncate": req.truncate,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Judges a backend's answer: a 4xx is the client's error (with the backend's
+/// message, e.g. a token limit), anything else that is not vectors is the backend's.
+fn parse_answer(
+    status: u16,
+    bytes: &[u8],
+    req: &EmbeddingRequest,
+) -> Result<Embeddings, BackendFailure> {
+    if (400..500).contains(&status) {
+        let message = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("the model rejected the input ({status})"));
+        return Err(BackendFailure::Rejected(ApiError::invalid_param(
+            "input", message,
+        )));
+    }
+    if !(200..300).contains(&status) {
+        return Err(down(format!("status {status}")));
+    }
+    let answer: Answer =
+        serde_json::from_slice(bytes).map_err(|e| down(format!("unreadable answer: {e}")))?;
+    let mut vectors = vec![Vec::new(); answer.data.len()];
+    for d in answer.data {
+        let v = decode_base64(&d.embedding).ok_or_else(|| down("malformed base64 vector"))?;
+        match vectors.get_mut(d.index) {
+            Some(slot) => *slot = v,
+            None => return Err(down("vector index out of range")),
+        }
+    }
+    if vectors.len() != req.len() || vectors.iter().any(Vec::is_empty) {
+        return Err(down(format!(
+            "expected {} vectors, got {}",
+            req.len(),
+            vectors.len()
+        )));
+    }
+    Ok(Embeddings {
+        vectors,
+        prompt_tokens: answer.usage.prompt_tokens,
+    })
+}
+
+/// The worker's HTTP API, called with pooled keep-alive connections and a timeout.
+#[derive(Clone)]
+pub struct WorkerClient {
+    http: reqwest::Client,
 }
 
 impl WorkerClient {
@@ -57,73 +132,101 @@ impl WorkerClient {
         &self,
         version: &ModelVersion,
         req: &EmbeddingRequest,
-    ) -> ApiResult<Embeddings> {
+    ) -> Result<Embeddings, BackendFailure> {
         let url = format!("{}/v1/embeddings", version.endpoint.trim_end_matches('/'));
-        let body = json!({
-            "model": version.model,
-            "input": req.input,
-            "encoding_format": "base64",
-            "truncate": req.truncate,
-        });
-        let unavailable = |why: String| {
-            tracing::warn!(model = %version.model, version = %version.version, endpoint = %version.endpoint, error = %why, "backend failed");
-            ApiError::Unavailable {
-                message: format!("the model backend is unavailable: {why}"),
-                retry_after_secs: 1,
-            }
+        let failed = |e: reqwest::Error| BackendFailure::Down {
+            timeout: e.is_timeout(),
+            message: e.to_string(),
         };
         let resp = self
             .http
             .post(&url)
-            .json(&body)
+            .header("content-type", "application/json")
+            .body(request_body(version, req))
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let bytes = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
-        if status.is_client_error() {
-            // The worker judged the inputs (e.g. a token limit): the client's 400.
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("the model rejected the input ({status})"));
-            return Err(ApiError::invalid_param("input", message));
+            .map_err(failed)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(failed)?;
+        parse_answer(status, &bytes, req)
+    }
+}
+
+/// SageMaker endpoints through the runtime API (InvokeEndpoint); the endpoint
+/// name comes from the model registry.
+#[derive(Clone, Debug)]
+pub struct SagemakerClient {
+    client: aws_sdk_sagemakerruntime::Client,
+}
+
+impl SagemakerClient {
+    pub fn new(config: &aws_config::SdkConfig, timeout: Duration) -> Self {
+        let timeouts = aws_sdk_sagemakerruntime::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .build();
+        let conf = aws_sdk_sagemakerruntime::config::Builder::from(config)
+            .timeout_config(timeouts)
+            .build();
+        SagemakerClient {
+            client: aws_sdk_sagemakerruntime::Client::from_conf(conf),
         }
-        if status.as_u16() == 503 {
-            return Err(ApiError::Unavailable {
-                message: "the model backend is overloaded; retry shortly".into(),
-                retry_after_secs: retry_after.unwrap_or(1),
-            });
-        }
-        if !status.is_success() {
-            return Err(unavailable(format!("status {status}")));
-        }
-        let parsed: WorkerResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| unavailable(format!("unreadable response: {e}")))?;
-        let mut vectors = vec![Vec::new(); parsed.data.len()];
-        for d in parsed.data {
-            let v = decode_base64(&d.embedding)
-                .ok_or_else(|| unavailable("malformed base64 vector".into()))?;
-            match vectors.get_mut(d.index) {
-                Some(slot) => *slot = v,
-                None => return Err(unavailable("vector index out of range".into())),
+    }
+
+    pub async fn embed(
+        &self,
+        version: &ModelVersion,
+        req: &EmbeddingRequest,
+    ) -> Result<Embeddings, BackendFailure> {
+        let result = self
+            .client
+            .invoke_endpoint()
+            .endpoint_name(&version.endpoint)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(request_body(version, req)))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let bytes = out.body.map(Blob::into_inner).unwrap_or_default();
+                parse_answer(200, &bytes, req)
+            }
+            Err(SdkError::TimeoutError(_)) => Err(BackendFailure::Down {
+                message: "timed out".into(),
+                timeout: true,
+            }),
+            Err(e) => {
+                // The container's own 4xx arrives as a ModelError carrying its status and body.
+                if let Some(model_error) = e.as_service_error().and_then(|s| match s {
+                    aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError::ModelError(m) => Some(m),
+                    _ => None,
+                }) {
+                    let status = model_error.original_status_code().unwrap_or(500) as u16;
+                    let body = model_error.original_message().unwrap_or_default().as_bytes().to_vec();
+                    return parse_answer(status, &body, req);
+                }
+                // A container answering the runtime path itself (the worker) sends its
+                // 4xx as is: an OpenAI error body is the client's error.
+                if let Some(raw) = e.raw_response() {
+                    let status = raw.status().as_u16();
+                    let bytes = raw.body().bytes().unwrap_or_default();
+                    let openai_error = serde_json::from_slice::<serde_json::Value>(bytes)
+                        .is_ok_and(|v| v["error"]["message"].is_string());
+                    if (400..500).contains(&status) && status != 429 && openai_error {
+                        return parse_answer(status, bytes, req);
+                    }
+                }
+                let message = match e.as_service_error() {
+                    Some(s) => format!(
+                        "{}: {}",
+                        s.code().unwrap_or("error"),
+                        s.message().unwrap_or("")
+                    ),
+                    None => aws_sdk_sagemakerruntime::error::DisplayErrorContext(&e).to_string(),
+                };
+                Err(down(message))
             }
         }
-        if vectors.len() != req.len() || vectors.iter().any(Vec::is_empty) {
-            return Err(unavailable(format!(
-                "expected {} vectors, got {}",
-                req.len(),
-                vectors.len()
-            )));
-        }
-        Ok(Embeddings {
-            vectors,
-            prompt_tokens: parsed.usage.prompt_tokens,
-        })
     }
 }

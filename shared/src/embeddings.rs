@@ -138,6 +138,18 @@ impl EmbeddingRequest {
         }
     }
 
+    /// A cautious token estimate for the rate limiter, before the model counts:
+    /// about 4 bytes a token plus the two special tokens, at most the model's limit.
+    pub fn estimate_tokens(&self) -> u64 {
+        let text = |s: &String| (s.len() as u64 / 4 + 2).min(258);
+        match &self.input {
+            Input::Text(s) => text(s),
+            Input::Texts(v) => v.iter().map(text).sum(),
+            Input::Tokens(t) => t.len() as u64,
+            Input::TokenBatches(v) => v.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -34,6 +34,13 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429: over a requests- or tokens-per-minute limit.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+        limits: crate::ratelimit::Limits,
+    },
     /// 503: no backend can serve now; retry later.
     #[error("{message}")]
     Unavailable {
@@ -78,6 +85,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -95,6 +103,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("invalid_request_error", Some("unsupported_media_type"))
             }
+            ApiError::RateLimited { .. } => ("rate_limit_exceeded", Some("rate_limit_exceeded")),
             ApiError::Unavailable { .. } => ("server_error", Some("service_unavailable")),
             ApiError::Internal(_) => ("server_error", None),
         }
@@ -136,14 +145,34 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::Unavailable {
-            retry_after_secs, ..
-        } = &self
-        {
-            resp.headers_mut().insert(
-                "retry-after",
-                HeaderValue::from(retry_after_secs.max(&1).to_owned()),
-            );
+        match &self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                resp.headers_mut()
+                    .insert("retry-after", HeaderValue::from((*retry_after_secs).max(1)));
+            }
+            ApiError::RateLimited {
+                retry_after_ms,
+                limits,
+                ..
+            } => {
+                let h = resp.headers_mut();
+                h.insert(
+                    "retry-after",
+                    HeaderValue::from(retry_after_ms.div_ceil(1000).max(1)),
+                );
+                h.insert("retry-after-ms", HeaderValue::from(*retry_after_ms));
+                let standing = crate::ratelimit::Standing {
+                    limit_requests: limits.requests_per_minute,
+                    remaining_requests: 0,
+                    limit_tokens: limits.tokens_per_minute,
+                    remaining_tokens: 0,
+                    reset_ms: *retry_after_ms,
+                };
+                crate::ratelimit::insert_headers(h, &standing);
+            }
+            _ => {}
         }
         resp
     }

@@ -65,6 +65,9 @@ pub struct ApiKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
     pub created_at: i64,
+    /// Rate limits of this key (else the tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::ratelimit::Limits>,
 }
 
 impl ApiKey {
@@ -99,6 +102,7 @@ pub struct KeyRequest {
     pub scopes: Option<Vec<String>>,
     /// Unix seconds.
     pub expires_at: Option<i64>,
+    pub rate_limits: Option<crate::ratelimit::Limits>,
 }
 
 fn lookup_key(hash: &str) -> Key {
@@ -166,6 +170,7 @@ impl Keys {
             expires_at: req.expires_at,
             revoked_at: None,
             created_at: now_secs(),
+            rate_limits: req.rate_limits,
         };
         let hash = hash_secret(&secret);
         let mut listed = to_attrs(&key)?;
@@ -345,6 +350,7 @@ mod tests {
             expires_at: Some(100),
             revoked_at: None,
             created_at: 0,
+            rate_limits: None,
         };
         assert_eq!(key.refusal(99), None);
         assert!(key.refusal(100).is_some());

@@ -47,18 +47,23 @@ pub async fn app_from_env() -> Result<Arc<App>, String> {
     let storage = Storage::aws(&sdk, &resources_from_env(), false)
         .await
         .map_err(|e| e.to_string())?;
-    App::new(storage, config).map_err(|e| e.to_string())
+    App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }
 
 /// The context the authorizer hands API Gateway (flat strings, as HTTP API
 /// simple responses carry them).
 pub fn authorizer_context(ctx: &TenantContext) -> Value {
-    json!({
+    let mut c = json!({
         "tenant_id": ctx.tenant_id,
         "key_id": ctx.key_id,
         "tier": ctx.tier,
         "scopes": ctx.scopes.join(" "),
-    })
+    });
+    if let Some(l) = ctx.key_limits {
+        c["key_rpm"] = json!(l.requests_per_minute.to_string());
+        c["key_tpm"] = json!(l.tokens_per_minute.to_string());
+    }
+    c
 }
 
 /// The tenant context API Gateway passes on from the authorizer.
@@ -72,6 +77,18 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
             .split_whitespace()
             .map(str::to_string)
             .collect(),
+        key_limits: match (
+            text("key_rpm").and_then(|v| v.parse().ok()),
+            text("key_tpm").and_then(|v| v.parse().ok()),
+        ) {
+            (Some(requests_per_minute), Some(tokens_per_minute)) => {
+                Some(crate::ratelimit::Limits {
+                    requests_per_minute,
+                    tokens_per_minute,
+                })
+            }
+            _ => None,
+        },
     })
 }
 

@@ -110,12 +110,6 @@ impl ModelVersion {
         if self.endpoint.is_empty() {
             return Err(ApiError::invalid_param("endpoint", "endpoint is required"));
         }
-        if self.backend == BackendKind::Sagemaker {
-            return Err(ApiError::invalid_param(
-                "backend",
-                "backend 'sagemaker' is not supported by this version; use 'worker'",
-            ));
-        }
         if self.tier.is_some() != self.serves.is_some() {
             return Err(ApiError::invalid_param(
                 "serves",
@@ -322,36 +316,34 @@ impl Registry {
         Ok(out)
     }
 
-    /// Resolves a request for `requested` by this tenant.
-    pub async fn route(
+    /// Resolves a request for `requested` by this tenant: the first route serves,
+    /// the rest are its fallbacks along the hierarchy (tenant override -> tier
+    /// model -> the requested model), each at its live or sticky canary version.
+    pub async fn route_chain(
         &self,
         tenant: &Tenant,
         requested: &str,
         request_id: &str,
-    ) -> ApiResult<Route> {
+    ) -> ApiResult<Vec<Route>> {
         let all = self.all().await?;
-        let unknown = || ApiError::NotFound {
-            message: format!(
-                "The model '{requested}' does not exist or you do not have access to it."
-            ),
-            code: "model_not_found",
-        };
-        // The tenant may only name models it can see (or ones its override maps).
-        let override_target = tenant.model_overrides.get(requested);
         let tier_model = all
             .iter()
             .find(|v| {
-                v.tier.as_deref() == Some(&tenant.tier)
+                v.tier.as_deref() == Some(tenant.tier.as_str())
                     && v.serves.as_deref() == Some(requested)
                     && v.status == VersionStatus::Live
             })
             .map(|v| v.model.clone());
         let candidates = [
-            override_target.cloned(),
+            tenant.model_overrides.get(requested).cloned(),
             tier_model,
             Some(requested.to_string()),
         ];
+        let mut chain: Vec<Route> = Vec::new();
         for model in candidates.into_iter().flatten() {
+            if chain.iter().any(|r| r.version.model == model) {
+                continue;
+            }
             let versions: Vec<_> = all
                 .iter()
                 .filter(|v| v.model == model && v.visible_to(tenant))
@@ -366,12 +358,31 @@ impl Registry {
                 Some(c) if bucket(request_id) < u32::from(c.canary_weight) => c,
                 _ => live,
             };
-            return Ok(Route {
+            chain.push(Route {
                 requested: requested.to_string(),
                 version: (*chosen).clone(),
             });
         }
-        Err(unknown())
+        if chain.is_empty() {
+            return Err(ApiError::NotFound {
+                message: format!(
+                    "The model '{requested}' does not exist or you do not have access to it."
+                ),
+                code: "model_not_found",
+            });
+        }
+        Ok(chain)
+    }
+
+    /// The route that serves first (see [`Registry::route_chain`]).
+    pub async fn route(
+        &self,
+        tenant: &Tenant,
+        requested: &str,
+        request_id: &str,
+    ) -> ApiResult<Route> {
+        let mut chain = self.route_chain(tenant, requested, request_id).await?;
+        Ok(chain.remove(0))
     }
 }
 

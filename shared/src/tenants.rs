@@ -50,6 +50,15 @@ impl Default for Tiers {
     }
 }
 
+impl Tier {
+    pub fn limits(&self) -> crate::ratelimit::Limits {
+        crate::ratelimit::Limits {
+            requests_per_minute: u64::from(self.requests_per_minute),
+            tokens_per_minute: self.tokens_per_minute,
+        }
+    }
+}
+
 impl Tiers {
     /// From `TENANTAI_TIERS` (JSON), else the defaults.
     pub fn from_env() -> Result<Self, String> {
@@ -104,6 +113,9 @@ pub struct Tenant {
     /// Model overrides: requested model id -> model id to serve instead.
     #[serde(default)]
     pub model_overrides: BTreeMap<String, String>,
+    /// Rate limits overriding the tier's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::ratelimit::Limits>,
     pub created_at: i64,
     #[serde(skip)]
     pub version: u64,
@@ -118,6 +130,7 @@ pub struct TenantPatch {
     pub status: Option<TenantStatus>,
     pub cache_scope: Option<CacheScope>,
     pub monthly_budget_micros: Option<u64>,
+    pub rate_limits: Option<crate::ratelimit::Limits>,
 }
 
 pub const TENANTS_PK: &str = "TENANTS";
@@ -174,6 +187,7 @@ impl Tenants {
             cache_scope: CacheScope::Tenant,
             monthly_budget_micros: None,
             model_overrides: BTreeMap::new(),
+            rate_limits: None,
             created_at: crate::store::now_secs(),
             version: 1,
         };
@@ -258,6 +272,9 @@ impl Tenants {
             }
             if let Some(status) = patch.status {
                 t.status = status;
+            }
+            if let Some(limits) = patch.rate_limits {
+                t.rate_limits = Some(limits);
             }
             if let Some(budget) = patch.monthly_budget_micros {
                 t.monthly_budget_micros = Some(budget);

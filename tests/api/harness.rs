@@ -10,11 +10,12 @@ use tenantai::app::{App, Config};
 use tenantai::store::{Resources, Storage};
 use tower::ServiceExt;
 
+#[derive(Clone)]
 pub struct Harness {
     pub app: Arc<App>,
     pub router: Router,
     pub admin: String,
-    _dir: tempfile::TempDir,
+    pub _dir: Arc<tempfile::TempDir>,
 }
 
 pub struct Reply {
@@ -67,7 +68,7 @@ impl Harness {
             app,
             router,
             admin,
-            _dir: dir,
+            _dir: Arc::new(dir),
         }
     }
 

@@ -5,9 +5,14 @@
 
 mod admin;
 mod auth;
+mod breaker;
+mod embeddings;
 mod events;
 mod harness;
 mod isolation;
 mod jwt;
 mod malformed;
+mod ratelimit;
 mod routing;
+mod sagemaker;
+mod worker;

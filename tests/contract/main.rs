@@ -7,6 +7,7 @@ mod blobs;
 mod env;
 mod processes;
 mod queue;
+mod ratelimit;
 mod table;
 
 /// Instantiates every case once per adapter.
@@ -56,4 +57,6 @@ contract! {
     blobs::range_reads,
     blobs::listing_pages,
     blobs::keys_that_escape_are_rejected,
+    ratelimit::admitted_requests_never_exceed_the_limit,
+    ratelimit::token_limits_refuse_and_settle,
 }

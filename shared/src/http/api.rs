@@ -15,10 +15,16 @@ use super::{read_body, RequestId};
 use crate::app::App;
 use crate::auth::{bearer, TenantContext};
 use crate::cache::Cache;
-use crate::embeddings::{response_body, EmbeddingRequest};
+use std::time::Duration;
+
+use crate::backend::BackendFailure;
+use crate::breaker::Outcome;
+use crate::embeddings::{response_body, EmbeddingRequest, Embeddings};
 use crate::error::{ApiError, ApiResult};
-use crate::models::{BackendKind, ModelVersion};
-use crate::tenants::CacheScope;
+use crate::models::{BackendKind, ModelVersion, Route};
+use crate::ratelimit::{insert_headers, Scope};
+use crate::store::now_millis;
+use crate::tenants::{CacheScope, Tenant};
 
 /// The API's routes (host them with [`super::host`]).
 pub fn router(app: Arc<App>) -> Router {
@@ -89,8 +95,6 @@ async fn embeddings(
     let tier = app.config.tiers.get(&tenant.tier)?;
     let bytes = read_body(body, app.config.max_body_bytes).await?;
     let req = EmbeddingRequest::parse(&bytes, tier.max_inputs_per_request)?;
-    let route = app.registry.route(&tenant, &req.model, &request_id).await?;
-    let version = &route.version;
     if let Some(d) = req.dimensions {
         return Err(ApiError::invalid_param(
             "dimensions",
@@ -100,66 +104,179 @@ async fn embeddings(
             ),
         ));
     }
-    let scope = if tenant.cache_scope == CacheScope::Shared && version.is_shared() {
-        "shared".to_string()
-    } else {
-        tenant.id.clone()
-    };
-    let key = Cache::key(
-        &scope,
-        &version.model,
-        &version.version,
-        &req.canonical_hash(),
+    let tenant_limits = tenant.rate_limits.unwrap_or_else(|| tier.limits());
+    let scopes = [
+        Scope {
+            id: format!("tenant:{}", tenant.id),
+            limits: tenant_limits,
+        },
+        Scope {
+            id: format!("key:{}", ctx.key_id),
+            limits: ctx.key_limits.unwrap_or(tenant_limits),
+        },
+    ];
+    let spread = u64::from(crate::models::bucket(&request_id));
+    let admission = app
+        .limiter
+        .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
+        .await?;
+    let routes = app
+        .registry
+        .route_chain(&tenant, &req.model, &request_id)
+        .await?;
+    let served = serve(&app, &tenant, &routes, &req, cache_control(&headers)).await?;
+    let version = &served.version;
+
+    // The real token count replaces the estimate off the response path.
+    let (limiter, tokens, settled) = (
+        app.limiter.clone(),
+        served.result.prompt_tokens,
+        admission.clone(),
     );
-    let control = cache_control(&headers);
-    let cached = if control.read {
-        app.cache.get(&key).await
-    } else {
-        None
-    };
-    let hit = cached.is_some();
-    let result = match cached {
-        Some(e) => e,
-        None => {
-            let e = Arc::new(call_backend(&app, version, &req).await?);
-            if control.write {
-                app.cache.put(&key, e.clone()).await;
-            }
-            e
-        }
-    };
-    tracing::info!(
-        tenant_id = %ctx.tenant_id, key_id = %ctx.key_id, model = %version.model, version = %version.version,
-        inputs = req.len(), tokens = result.prompt_tokens, cache_hit = hit,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0, request_id = %request_id, "embeddings"
-    );
-    let mut resp = Json(response_body(&req.model, &result, req.encoding_format)).into_response();
+    tokio::spawn(async move { limiter.settle(&settled, tokens).await });
+    let mut resp = Json(response_body(
+        &req.model,
+        &served.result,
+        req.encoding_format,
+    ))
+    .into_response();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let overhead_ms = (latency_ms - served.backend_ms).max(0.0);
     let h = resp.headers_mut();
+    insert_headers(h, &admission.standing);
     h.insert(
         "x-tenantai-model-version",
         header(&format!("{}@{}", version.model, version.version)),
     );
     h.insert(
         "x-tenantai-cache",
-        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+        HeaderValue::from_static(if served.hit { "hit" } else { "miss" }),
     );
+    h.insert(
+        "x-tenantai-overhead-ms",
+        header(&format!("{overhead_ms:.3}")),
+    );
+    tracing::info!(
+        tenant_id = %ctx.tenant_id, key_id = %ctx.key_id, model = %version.model, version = %version.version,
+        inputs = req.len(), tokens = served.result.prompt_tokens, cache_hit = served.hit,
+        latency_ms, overhead_ms, request_id = %request_id, "embeddings"
+    );
+    crate::telemetry::record(&crate::telemetry::RequestMetrics {
+        model: &version.model,
+        version: &version.version,
+        tenant_id: &tenant.id,
+        latency_ms,
+        overhead_ms,
+        backend_ms: served.backend_ms,
+        cache_hit: served.hit,
+        tokens: served.result.prompt_tokens,
+        inputs: req.len(),
+    });
     Ok(resp)
+}
+
+/// What served a request.
+struct Served {
+    version: ModelVersion,
+    result: Arc<Embeddings>,
+    hit: bool,
+    /// Time spent waiting on backends (failed attempts included).
+    backend_ms: f64,
+}
+
+/// Serves from the cache or a backend, falling back along the route chain past
+/// open circuits and failing backends; 503 with Retry-After when none is left.
+async fn serve(
+    app: &App,
+    tenant: &Tenant,
+    routes: &[Route],
+    req: &EmbeddingRequest,
+    control: CacheControl,
+) -> ApiResult<Served> {
+    let mut backend_ms = 0.0;
+    let mut retry_after = Duration::from_secs(1);
+    let request_hash = req.canonical_hash();
+    for route in routes {
+        let version = &route.version;
+        let scope = if tenant.cache_scope == CacheScope::Shared && version.is_shared() {
+            "shared"
+        } else {
+            tenant.id.as_str()
+        };
+        let key = Cache::key(scope, &version.model, &version.version, &request_hash);
+        if control.read {
+            if let Some(result) = app.cache.get(&key).await {
+                return Ok(Served {
+                    version: version.clone(),
+                    result,
+                    hit: true,
+                    backend_ms,
+                });
+            }
+        }
+        let backend = format!("{:?}:{}", version.backend, version.endpoint);
+        if let Err(wait) = app.breakers.allow(&backend) {
+            retry_after = retry_after.max(wait);
+            tracing::info!(model = %version.model, backend = %backend, "circuit open; trying the next route");
+            continue;
+        }
+        let call = Instant::now();
+        let outcome = call_backend(app, version, req).await;
+        backend_ms += call.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(e) => {
+                app.breakers.record(&backend, Outcome::Success);
+                let result = Arc::new(e);
+                if control.write {
+                    app.cache.put(&key, result.clone()).await;
+                }
+                return Ok(Served {
+                    version: version.clone(),
+                    result,
+                    hit: false,
+                    backend_ms,
+                });
+            }
+            Err(BackendFailure::Rejected(e)) => {
+                app.breakers.record(&backend, Outcome::Success);
+                return Err(e);
+            }
+            Err(BackendFailure::Down { message, timeout }) => {
+                tracing::warn!(model = %version.model, version = %version.version, backend = %backend, error = %message, timeout, "backend failed; trying the next route");
+                app.breakers.record(
+                    &backend,
+                    if timeout {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Failure
+                    },
+                );
+            }
+        }
+    }
+    Err(ApiError::Unavailable {
+        message: format!(
+            "no backend for model '{}' can serve now; retry shortly",
+            req.model
+        ),
+        retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+    })
 }
 
 async fn call_backend(
     app: &App,
     version: &ModelVersion,
     req: &EmbeddingRequest,
-) -> ApiResult<crate::embeddings::Embeddings> {
+) -> Result<Embeddings, BackendFailure> {
     match version.backend {
         BackendKind::Worker => app.worker.embed(version, req).await,
-        BackendKind::Sagemaker => Err(ApiError::Unavailable {
-            message: format!(
-                "model '{}' is served by SageMaker, which this deployment does not reach",
-                version.model
-            ),
-            retry_after_secs: 60,
-        }),
+        BackendKind::Sagemaker => match &app.sagemaker {
+            Some(sm) => sm.embed(version, req).await,
+            None => Err(BackendFailure::Down {
+                message: "this deployment has no AWS configuration for SageMaker".into(),
+                timeout: false,
+            }),
+        },
     }
 }
 

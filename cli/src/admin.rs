@@ -1,0 +1,403 @@
+//! Admin commands: calls to the admin API of a running instance.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::output::print;
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Base URL of the instance.
+    #[arg(
+        long,
+        env = "TENANTAI_ENDPOINT",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    endpoint: String,
+    /// Admin bearer token (`tenantai dev` prints one and writes it to its credentials file).
+    #[arg(
+        long,
+        env = "TENANTAI_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    admin_token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Conn {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let token = self
+            .admin_token
+            .as_deref()
+            .context("no admin token: pass --admin-token or set TENANTAI_ADMIN_TOKEN")?;
+        tenantai::backend::install_crypto();
+        let url = format!("{}/admin/v1{path}", self.endpoint.trim_end_matches('/'));
+        let mut req = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{status}: {msg}");
+        }
+        Ok(body)
+    }
+}
+
+const TENANT_COLS: &[&str] = &[
+    "id",
+    "name",
+    "tier",
+    "status",
+    "cache_scope",
+    "monthly_budget_micros",
+];
+const KEY_COLS: &[&str] = &[
+    "key_id",
+    "prefix",
+    "name",
+    "scopes",
+    "expires_at",
+    "revoked_at",
+];
+const MODEL_COLS: &[&str] = &[
+    "model",
+    "version",
+    "status",
+    "canary_weight",
+    "backend",
+    "endpoint",
+    "price_per_1k_tokens_micros",
+    "owner_tenant",
+    "tier",
+];
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// free, pro, enterprise (or a configured tier).
+        #[arg(long, default_value = "free")]
+        tier: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List tenants, a page at a time.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// The `next` token of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one tenant.
+    Get {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Change a tenant's name, tier, status, cache scope or budget.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        /// active or suspended.
+        #[arg(long)]
+        status: Option<String>,
+        /// tenant or shared.
+        #[arg(long)]
+        cache_scope: Option<String>,
+        /// Monthly budget in micro-dollars.
+        #[arg(long)]
+        budget_micros: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Create { name, tier, conn } => {
+            let v = conn
+                .call(
+                    Method::POST,
+                    "/tenants",
+                    Some(json!({"name": name, "tier": tier})),
+                )
+                .await?;
+            print(&v, TENANT_COLS, conn.json);
+        }
+        TenantCmd::List { limit, after, conn } => {
+            let mut path = format!("/tenants?limit={limit}");
+            if let Some(a) = after {
+                path.push_str(&format!("&after={a}"));
+            }
+            print(
+                &conn.call(Method::GET, &path, None).await?,
+                TENANT_COLS,
+                conn.json,
+            );
+        }
+        TenantCmd::Get { id, conn } => print(
+            &conn
+                .call(Method::GET, &format!("/tenants/{id}"), None)
+                .await?,
+            TENANT_COLS,
+            conn.json,
+        ),
+        TenantCmd::Update {
+            id,
+            name,
+            tier,
+            status,
+            cache_scope,
+            budget_micros,
+            conn,
+        } => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in [
+                ("name", name.map(Value::from)),
+                ("tier", tier.map(Value::from)),
+                ("status", status.map(Value::from)),
+                ("cache_scope", cache_scope.map(Value::from)),
+                ("monthly_budget_micros", budget_micros.map(Value::from)),
+            ] {
+                if let Some(v) = v {
+                    patch.insert(k.into(), v);
+                }
+            }
+            if patch.is_empty() {
+                bail!("nothing to change: pass at least one of --name, --tier, --status, --cache-scope, --budget-micros");
+            }
+            print(
+                &conn
+                    .call(
+                        Method::PATCH,
+                        &format!("/tenants/{id}"),
+                        Some(Value::Object(patch)),
+                    )
+                    .await?,
+                TENANT_COLS,
+                conn.json,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create an API key; its secret is shown this once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated: embeddings, models, usage, batches (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// Expiry, Unix seconds.
+        #[arg(long)]
+        expires_at: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        key_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create {
+            tenant,
+            name,
+            scopes,
+            expires_at,
+            conn,
+        } => {
+            let body = json!({"name": name, "scopes": scopes, "expires_at": expires_at});
+            let v = conn
+                .call(Method::POST, &format!("/tenants/{tenant}/keys"), Some(body))
+                .await?;
+            if conn.json {
+                print(&v, &[], true);
+            } else {
+                print(&v, &["key_id", "prefix", "scopes", "expires_at"], false);
+                println!(
+                    "\nsecret (shown once, store it now): {}",
+                    v["secret"].as_str().unwrap_or("")
+                );
+            }
+        }
+        KeyCmd::List { tenant, conn } => print(
+            &conn
+                .call(
+                    Method::GET,
+                    &format!("/tenants/{tenant}/keys?limit=100"),
+                    None,
+                )
+                .await?,
+            KEY_COLS,
+            conn.json,
+        ),
+        KeyCmd::Revoke {
+            tenant,
+            key_id,
+            conn,
+        } => print(
+            &conn
+                .call(
+                    Method::DELETE,
+                    &format!("/tenants/{tenant}/keys/{key_id}"),
+                    None,
+                )
+                .await?,
+            KEY_COLS,
+            conn.json,
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum ModelCmd {
+    /// Register a model version.
+    Register {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        version: String,
+        /// Base URL of the worker serving it.
+        #[arg(long)]
+        endpoint: String,
+        /// Price per 1,000 input tokens, micro-dollars.
+        #[arg(long)]
+        price_micros: u64,
+        /// staged, canary or live.
+        #[arg(long, default_value = "staged")]
+        status: String,
+        #[arg(long, default_value_t = 0)]
+        canary_weight: u8,
+        /// Make it a tenant-specific model.
+        #[arg(long)]
+        owner_tenant: Option<String>,
+        /// Make it a tier model (with --serves).
+        #[arg(long, requires = "serves")]
+        tier: Option<String>,
+        /// The base model a tier model stands in for.
+        #[arg(long, requires = "tier")]
+        serves: Option<String>,
+        #[arg(long)]
+        artifact_uri: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a version live (the previous live version is retired).
+    Promote {
+        model: String,
+        version: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Retire the live version and restore the previous one.
+    Rollback {
+        model: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List every model version.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModelCmd::Register {
+            model,
+            version,
+            endpoint,
+            price_micros,
+            status,
+            canary_weight,
+            owner_tenant,
+            tier,
+            serves,
+            artifact_uri,
+            conn,
+        } => {
+            let body = json!({
+                "model": model, "version": version, "backend": "worker", "endpoint": endpoint,
+                "price_per_1k_tokens_micros": price_micros, "status": status, "canary_weight": canary_weight,
+                "owner_tenant": owner_tenant, "tier": tier, "serves": serves, "artifact_uri": artifact_uri,
+            });
+            print(
+                &conn.call(Method::POST, "/models", Some(body)).await?,
+                MODEL_COLS,
+                conn.json,
+            );
+        }
+        ModelCmd::Promote {
+            model,
+            version,
+            conn,
+        } => print(
+            &conn
+                .call(
+                    Method::POST,
+                    &format!("/models/{model}/versions/{version}/promote"),
+                    None,
+                )
+                .await?,
+            MODEL_COLS,
+            conn.json,
+        ),
+        ModelCmd::Rollback { model, conn } => print(
+            &conn
+                .call(Method::POST, &format!("/models/{model}/rollback"), None)
+                .await?,
+            MODEL_COLS,
+            conn.json,
+        ),
+        ModelCmd::List { conn } => print(
+            &conn.call(Method::GET, "/models", None).await?,
+            MODEL_COLS,
+            conn.json,
+        ),
+    }
+    Ok(())
+}

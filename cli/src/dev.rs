@@ -1,0 +1,201 @@
+//! `tenantai dev`: the api, admin and authorizer logic and an embeddings worker
+//! in one process, on embedded storage (or the AWS adapters with `--aws`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tenantai::app::{App, Config};
+use tenantai::models::{BackendKind, ModelVersion, VersionStatus};
+use tenantai::store::{aws, Resources, Storage};
+
+/// The model `tenantai dev` serves, and the id clients ask for.
+pub const DEV_MODEL: &str = "all-MiniLM-L6-v2";
+/// OpenAI's small embedding model costs $0.02 per million tokens: 20 micro-dollars per 1k.
+const DEV_PRICE_MICROS: u64 = 20;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the embedded table, queues and blobs live.
+    #[arg(long, env = "TENANTAI_DATA_DIR", default_value = "./.tenantai")]
+    data_dir: PathBuf,
+    /// Port of the API (/v1) and the admin API (/admin/v1).
+    #[arg(long, env = "TENANTAI_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Address to bind; loopback by default.
+    #[arg(long, env = "TENANTAI_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Use the AWS adapters (AWS_ENDPOINT_URL, AWS_REGION, credentials chain) instead of
+    /// embedded storage; creates the table, queues and bucket when absent.
+    #[arg(long)]
+    aws: bool,
+    /// The model directory (fetched with scripts/fetch-model.sh when absent).
+    #[arg(
+        long,
+        env = "TENANTAI_MODEL_DIR",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
+    model_dir: PathBuf,
+    /// Use a running `gpu-worker serve` at this URL instead of the in-process worker.
+    #[arg(long, env = "TENANTAI_WORKER_URL")]
+    worker_url: Option<String>,
+}
+
+/// What the first start creates, kept in `<data-dir>/credentials.json` (mode 0600).
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    admin_token: String,
+    tenant_id: String,
+    api_key: String,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::from_env().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let storage = if args.aws {
+        let sdk = aws::sdk_config().await;
+        Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), true)
+            .await
+            .context("AWS storage")?
+    } else {
+        Storage::embedded(&args.data_dir, &Resources::named("tenantai"))
+            .await
+            .context("embedded storage")?
+    };
+    let app = App::new(storage, config)?;
+
+    let worker_url = match &args.worker_url {
+        Some(url) => url.clone(),
+        None => crate::worker::start(&args.model_dir).await?,
+    };
+    ensure_model(&app, &worker_url).await?;
+    let creds = bootstrap(&app, &args.data_dir).await?;
+
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .context("--host/--port")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    print_banner(&base, &creds, &args.data_dir);
+    let router = tenantai::http::host(
+        tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app)),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tenantai=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+/// Registers the dev model as the live base model, pointing at this run's worker.
+async fn ensure_model(app: &Arc<App>, worker_url: &str) -> anyhow::Result<()> {
+    match app.registry.get(DEV_MODEL, "1").await {
+        Ok(mut v) => {
+            if v.endpoint != worker_url {
+                v.endpoint = worker_url.to_string();
+                app.registry.update(&v).await?;
+            }
+        }
+        Err(_) => {
+            app.registry
+                .register(ModelVersion {
+                    model: DEV_MODEL.into(),
+                    version: "1".into(),
+                    backend: BackendKind::Worker,
+                    endpoint: worker_url.to_string(),
+                    artifact_uri: None,
+                    price_per_1k_tokens_micros: DEV_PRICE_MICROS,
+                    status: VersionStatus::Live,
+                    canary_weight: 0,
+                    owner_tenant: None,
+                    tier: None,
+                    serves: None,
+                    created_at: 0,
+                    promoted_at: None,
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// On the first start: an admin token, a demo tenant and its key, written to
+/// the credentials file; later starts read them back.
+async fn bootstrap(app: &Arc<App>, data_dir: &Path) -> anyhow::Result<Credentials> {
+    let path = data_dir.join("credentials.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        let creds: Credentials = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is unreadable", path.display()))?;
+        if app.admins.verify(&creds.admin_token).await.is_ok() {
+            return Ok(creds);
+        }
+        tracing::warn!(
+            "{} does not match this storage; creating new credentials",
+            path.display()
+        );
+    }
+    let admin_token = app.admins.create("dev-admin").await?;
+    let tenant = app.tenants.create("demo", "pro", &app.config.tiers).await?;
+    let key = app.keys.create(&tenant.id, &Default::default()).await?;
+    let creds = Credentials {
+        admin_token,
+        tenant_id: tenant.id,
+        api_key: key.secret,
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&creds)?)?;
+    Ok(creds)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
+    let lines = [
+        format!("tenantai dev is serving on {base}"),
+        format!("  OpenAI-compatible API: {base}/v1   (model: {DEV_MODEL})"),
+        format!("  admin API:             {base}/admin/v1"),
+        format!("  demo tenant:           {}", c.tenant_id),
+        format!("  API key:               {}", c.api_key),
+        format!("  admin token:           {}", c.admin_token),
+        format!("  (saved in {}, mode 0600)", data_dir.join("credentials.json").display()),
+        String::new(),
+        format!("  curl {base}/v1/embeddings -H 'Authorization: Bearer {}' \\", c.api_key),
+        format!("       -H 'Content-Type: application/json' -d '{{\"model\":\"{DEV_MODEL}\",\"input\":\"hello\"}}'"),
+    ];
+    for l in lines {
+        println!("{l}");
+    }
+}

@@ -1,0 +1,42 @@
+//! `tenantai`: run the whole stack on a laptop (`tenantai dev`) and manage a
+//! running instance through its admin API.
+
+mod admin;
+mod dev;
+mod output;
+mod worker;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tenantai", version, about = "Multi-tenant, OpenAI-compatible AI backend", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run api, admin, authorizer and an embeddings worker in one process.
+    Dev(dev::DevArgs),
+    /// Create, list, inspect and change tenants.
+    #[command(subcommand)]
+    Tenants(admin::TenantCmd),
+    /// Create, list and revoke a tenant's API keys.
+    #[command(subcommand)]
+    Keys(admin::KeyCmd),
+    /// Register, promote, roll back and list model versions.
+    #[command(subcommand)]
+    Models(admin::ModelCmd),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Tenants(cmd) => admin::tenants(cmd).await,
+        Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Models(cmd) => admin::models(cmd).await,
+    }
+}

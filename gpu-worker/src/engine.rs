@@ -1,0 +1,129 @@
+//! The embeddings engine: tokenisation (on the blocking pool, off the model thread)
+//! in front of the batcher.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::Device;
+
+use crate::batcher::{BatchConfig, Batcher};
+use crate::error::{ArtifactError, EmbedError};
+use crate::metrics::Metrics;
+use crate::model::{self, ModelInfo};
+use crate::tokenize::{RawInput, TextEncoder};
+
+/// Vectors for a request's inputs, in order, and the tokens each took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens per input, special tokens included.
+    pub tokens: Vec<usize>,
+}
+
+/// A loaded model behind its batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    encoder: Arc<TextEncoder>,
+    batcher: Batcher,
+    metrics: Arc<Metrics>,
+    info: ModelInfo,
+    device: String,
+}
+
+impl Engine {
+    /// Loads (and verifies) the model in `dir` onto `device` and starts its model
+    /// threads (`config.model_threads`). Join the handles after
+    /// [`Engine::shutdown`] to drain.
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        config: BatchConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Engine, Vec<JoinHandle<()>>), ArtifactError> {
+        let (encoder, embedders) = model::load(dir, device, config.model_threads)?;
+        let Some(info) = embedders.first().map(|e| e.info.clone()) else {
+            return Err(ArtifactError::BadFile {
+                file: "model_threads".into(),
+                reason: "at least one model thread is needed".into(),
+            });
+        };
+        if config.max_batch_tokens < info.max_seq_length {
+            return Err(ArtifactError::BadFile {
+                file: "max_batch_tokens".into(),
+                reason: format!(
+                    "must be at least the model's max_seq_length {}",
+                    info.max_seq_length
+                ),
+            });
+        }
+        let (batcher, handles) =
+            Batcher::start_many(embedders, config, metrics.clone()).map_err(|source| {
+                ArtifactError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
+        let engine = Engine {
+            encoder: Arc::new(encoder),
+            batcher,
+            metrics,
+            info,
+            device: crate::device::describe(device),
+        };
+        Ok((engine, handles))
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn batch_config(&self) -> BatchConfig {
+        self.batcher.config()
+    }
+
+    /// Tokenises `inputs` (rejecting any over the token limit unless `truncate`)
+    /// and embeds them.
+    pub async fn embed(
+        &self,
+        inputs: Vec<RawInput>,
+        truncate: bool,
+    ) -> Result<Embedded, EmbedError> {
+        let encoder = self.encoder.clone();
+        let seqs = tokio::task::spawn_blocking(move || {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| encoder.encode(i, input, truncate))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EmbedError::Tokenizer(e.to_string()))??;
+        let tokens = seqs.iter().map(Vec::len).collect();
+        let vectors = self.batcher.embed(seqs).await?;
+        Ok(Embedded { vectors, tokens })
+    }
+
+    /// Tokenises without embedding (token counts, limit checks).
+    pub fn tokenize(
+        &self,
+        index: usize,
+        input: &RawInput,
+        truncate: bool,
+    ) -> Result<Vec<u32>, EmbedError> {
+        self.encoder.encode(index, input, truncate)
+    }
+
+    /// Stops accepting work; queued inputs are still answered.
+    pub fn shutdown(&self) {
+        self.batcher.shutdown();
+    }
+}

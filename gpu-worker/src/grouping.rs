@@ -1,0 +1,137 @@
+//! Splitting a window of waiting inputs into forward passes. Inputs are sorted by
+//! length and cut into consecutive groups that minimise an estimated cost, so short
+//! inputs are not padded to the length of long ones.
+
+/// Estimated fixed cost of one forward pass, in token-equivalents (kernel launches,
+/// small-matrix inefficiency).
+const PASS_OVERHEAD: usize = 48;
+/// A padded row of length `L` costs `L * (1 + L / ATTENTION_SCALE)`: the linear
+/// layers are linear in `L`, attention is quadratic.
+const ATTENTION_SCALE: usize = 1024;
+
+fn cost(rows: usize, width: usize) -> usize {
+    PASS_OVERHEAD + rows * width + rows * width * width / ATTENTION_SCALE
+}
+
+/// Groups `lengths` (by index) into forward passes of at most `max_size` inputs and
+/// at most `max_tokens` padded tokens (a single input always fits on its own).
+/// Every index appears exactly once; groups come shortest first.
+pub fn plan_groups(lengths: &[usize], max_tokens: usize, max_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
+    let m = sorted.len();
+    let max_size = max_size.max(1);
+    // best[k]: the cheapest plan for the first k sorted inputs; cut[k]: where its
+    // last group starts.
+    let mut best = vec![usize::MAX; m + 1];
+    let mut cut = vec![0usize; m + 1];
+    best[0] = 0;
+    for end in 1..=m {
+        let width = sorted[end - 1];
+        for start in (end.saturating_sub(max_size)..end).rev() {
+            let rows = end - start;
+            if rows > 1 && rows * width > max_tokens {
+                break;
+            }
+            if best[start] == usize::MAX {
+                continue;
+            }
+            let total = best[start].saturating_add(cost(rows, width));
+            if total < best[end] {
+                best[end] = total;
+                cut[end] = start;
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut end = m;
+    while end > 0 {
+        let start = cut[end];
+        groups.push(order[start..end].to_vec());
+        end = start;
+    }
+    groups.reverse();
+    groups
+}
+
+/// Splits the costliest groups in halves until there are at least `workers`
+/// groups (or every group is a single input), so parallel model threads all get
+/// work from one big request.
+pub fn split_for_workers(
+    mut groups: Vec<Vec<usize>>,
+    lengths: &[usize],
+    workers: usize,
+) -> Vec<Vec<usize>> {
+    while groups.len() < workers {
+        let group_cost =
+            |g: &Vec<usize>| cost(g.len(), g.iter().map(|&i| lengths[i]).max().unwrap_or(0));
+        let Some((at, _)) = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.len() > 1)
+            .max_by_key(|(_, g)| group_cost(g))
+        else {
+            break;
+        };
+        let mut first = groups.remove(at);
+        let second = first.split_off(first.len() / 2);
+        groups.insert(at, second);
+        groups.insert(at, first);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(lengths: &[usize], max_tokens: usize, max_size: usize) -> Vec<Vec<usize>> {
+        let groups = plan_groups(lengths, max_tokens, max_size);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for g in &groups {
+            let width = g.iter().map(|&i| lengths[i]).max().unwrap();
+            assert!(g.len() <= max_size);
+            assert!(g.len() == 1 || g.len() * width <= max_tokens);
+        }
+        groups
+    }
+
+    #[test]
+    fn similar_lengths_share_one_pass() {
+        let lengths = vec![14, 15, 13, 16, 15, 14, 12, 15];
+        assert_eq!(check(&lengths, 16384, 64).len(), 1);
+    }
+
+    #[test]
+    fn short_and_long_inputs_are_not_padded_together() {
+        let mut lengths = vec![5; 32];
+        lengths.extend(vec![250; 32]);
+        let groups = check(&lengths, 16384, 256);
+        assert_eq!(groups.len(), 2);
+        assert!(groups[0].iter().all(|&i| lengths[i] == 5));
+    }
+
+    #[test]
+    fn one_big_group_is_split_for_parallel_workers() {
+        let lengths = vec![15; 64];
+        let groups = split_for_workers(plan_groups(&lengths, 16384, 256), &lengths, 2);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![32, 32]
+        );
+        let single = split_for_workers(plan_groups(&[4], 16384, 256), &[4], 4);
+        assert_eq!(single, vec![vec![0]]);
+    }
+
+    #[test]
+    fn limits_bound_every_pass() {
+        let lengths: Vec<usize> = (0..300).map(|i| 3 + (i * 37) % 250).collect();
+        check(&lengths, 4096, 32);
+        check(&lengths, 256, 8);
+        assert_eq!(check(&[300, 2], 100, 4).len(), 2);
+        assert!(check(&[], 100, 4).is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! `gpu-worker`: the tenantai embeddings worker.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use gpu_worker::batcher::BatchConfig;
+use gpu_worker::device::{configure_cpu_threads, DeviceChoice};
+use gpu_worker::http::Limits;
+use gpu_worker::serve::{run, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "gpu-worker",
+    version,
+    about = "tenantai embeddings worker (candle BERT models)"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "TENANTAI_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model over HTTP (the SageMaker container entry point: `<image> serve`).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TENANTAI_WORKER_HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Port to listen on (SageMaker expects 8080).
+    #[arg(long, env = "TENANTAI_WORKER_PORT", default_value_t = 8080)]
+    port: u16,
+    /// The model: a local directory with manifest.json, or s3://bucket/prefix
+    /// (on SageMaker: /opt/ml/model).
+    #[arg(
+        long,
+        env = "TENANTAI_MODEL",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
+    model: String,
+    /// Where a model fetched from S3 is cached.
+    #[arg(
+        long,
+        env = "TENANTAI_MODEL_CACHE_DIR",
+        default_value = ".tenantai/model-cache"
+    )]
+    model_cache_dir: PathBuf,
+    /// The model name put in answers.
+    #[arg(long, env = "TENANTAI_MODEL_ID", default_value = "all-MiniLM-L6-v2")]
+    model_id: String,
+    /// Device: auto, cpu or cuda:N (cuda needs a build with the `cuda` feature).
+    #[arg(long, env = "TENANTAI_DEVICE", default_value = "auto")]
+    device: DeviceChoice,
+    /// Model threads, each with its own copy of the model (0 = one per core on a
+    /// CPU, one on a GPU). With several on a CPU, RAYON_NUM_THREADS defaults to 1.
+    #[arg(long, env = "TENANTAI_MODEL_THREADS", default_value_t = 0)]
+    model_threads: usize,
+    /// Most padded tokens (inputs x longest input) in one forward pass.
+    #[arg(long, env = "TENANTAI_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Most inputs in one forward pass.
+    #[arg(long, env = "TENANTAI_MAX_BATCH_SIZE", default_value_t = 256)]
+    max_batch_size: usize,
+    /// Most inputs waiting for the model; beyond it requests get 503 + Retry-After.
+    #[arg(long, env = "TENANTAI_MAX_QUEUE", default_value_t = 4096)]
+    max_queue: usize,
+    /// Seconds a client refused for a full queue is told to wait.
+    #[arg(long, env = "TENANTAI_RETRY_AFTER_SECS", default_value_t = 1)]
+    retry_after_secs: u64,
+    /// Most inputs in one request.
+    #[arg(long, env = "TENANTAI_MAX_INPUTS", default_value_t = 2048)]
+    max_inputs: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TENANTAI_MAX_BODY_BYTES", default_value_t = 2_000_000)]
+    max_body_bytes: usize,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let model_threads = match args.model_threads {
+                0 => args.device.auto_model_threads(),
+                n => n,
+            };
+            // Before the runtime starts any thread.
+            configure_cpu_threads(args.device, model_threads);
+            anyhow::ensure!(args.max_batch_size > 0, "--max-batch-size must be positive");
+            anyhow::ensure!(args.max_inputs > 0, "--max-inputs must be positive");
+            let config = ServeConfig {
+                addr: SocketAddr::new(args.host, args.port),
+                model: args.model,
+                cache_dir: args.model_cache_dir,
+                model_id: args.model_id,
+                device: args.device,
+                batch: BatchConfig {
+                    model_threads,
+                    max_batch_tokens: args.max_batch_tokens,
+                    max_batch_size: args.max_batch_size,
+                    max_queue: args.max_queue,
+                    retry_after_secs: args.retry_after_secs,
+                },
+                limits: Limits {
+                    max_body_bytes: args.max_body_bytes,
+                    max_inputs: args.max_inputs,
+                },
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime
+                .block_on(run(config))
+                .context("gpu-worker serve failed")
+        }
+    }
+}

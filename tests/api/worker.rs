@@ -1,0 +1,63 @@
+//! One real embeddings worker per test binary: the gpu-worker engine and its
+//! HTTP API on a loopback port, on a thread of its own (test runtimes come and go).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use gpu_worker::batcher::BatchConfig;
+use gpu_worker::device::DeviceChoice;
+use gpu_worker::http::{router, AppState, Limits};
+use gpu_worker::metrics::Metrics;
+use gpu_worker::Engine;
+
+pub fn model_dir() -> PathBuf {
+    match std::env::var("TENANTAI_MODEL_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/all-MiniLM-L6-v2"
+        )),
+    }
+}
+
+/// The base URL of the shared worker (started on first use).
+pub fn url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let dir = model_dir();
+        assert!(
+            dir.join("manifest.json").is_file(),
+            "no model at {}: run scripts/fetch-model.sh",
+            dir.display()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let device = DeviceChoice::Cpu.open().unwrap();
+                let (engine, _thread) = Engine::load(
+                    &dir,
+                    &device,
+                    BatchConfig::default(),
+                    Arc::new(Metrics::default()),
+                )
+                .unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(format!("http://{}", listener.local_addr().unwrap()))
+                    .unwrap();
+                let state = AppState {
+                    engine,
+                    limits: Limits::default(),
+                    model_id: "all-MiniLM-L6-v2".into(),
+                };
+                axum::serve(listener, router(state)).await.unwrap();
+            });
+        });
+        rx.recv().unwrap()
+    })
+    .clone()
+}

@@ -1,0 +1,114 @@
+//! Rate limits on the shared counters of either adapter: under 32 concurrent
+//! clients the requests admitted in a window never exceed the limit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tenantai::error::ApiError;
+use tenantai::ratelimit::{Limits, RateLimiter, Scope};
+
+use crate::env::Env;
+
+/// One instant for the whole test, so it never straddles two windows.
+fn now_ms() -> i64 {
+    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *NOW.get_or_init(tenantai::store::now_millis)
+}
+
+async fn hammer(limiter: RateLimiter, scopes: Vec<Scope>, attempts_each: u64) -> (u64, u64) {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..32u64 {
+        let (limiter, scopes, admitted, refused) = (
+            limiter.clone(),
+            scopes.clone(),
+            admitted.clone(),
+            refused.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in 0..attempts_each {
+                match limiter
+                    .admit(&scopes, 10, now_ms(), client * 7919 + i)
+                    .await
+                {
+                    Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
+                    Err(ApiError::RateLimited { retry_after_ms, .. }) => {
+                        assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => panic!("unexpected: {e}"),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        admitted.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
+
+fn scope(id: &str, rpm: u64, tpm: u64) -> Scope {
+    Scope {
+        id: id.into(),
+        limits: Limits {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        },
+    }
+}
+
+pub async fn admitted_requests_never_exceed_the_limit(env: &Env) {
+    let limiter = RateLimiter::new(env.table().clone());
+    // One shard.
+    let (admitted, refused) =
+        hammer(limiter.clone(), vec![scope("tenant:a", 100, 1_000_000)], 5).await;
+    assert_eq!((admitted, refused), (100, 60));
+    // A hot tenant sharded over three counters: still exactly the limit.
+    let (admitted, refused) = hammer(
+        limiter.clone(),
+        vec![scope("tenant:hot", 1200, 10_000_000)],
+        45,
+    )
+    .await;
+    assert_eq!((admitted, refused), (1200, 240));
+    // Two scopes: the key's tighter limit binds, and the tenant is charged only
+    // for what the key admitted.
+    let scopes = vec![
+        scope("tenant:b", 400, 1_000_000),
+        scope("key:b1", 40, 1_000_000),
+    ];
+    let (admitted, _) = hammer(limiter.clone(), scopes, 3).await;
+    assert_eq!(admitted, 40);
+    // The tenant's counter holds exactly the 40 admitted: at a limit of 41 one more fits.
+    assert!(limiter
+        .admit(&[scope("tenant:b", 41, 1_000_000)], 10, now_ms(), 0)
+        .await
+        .is_ok());
+    assert!(limiter
+        .admit(&[scope("tenant:b", 41, 1_000_000)], 10, now_ms(), 0)
+        .await
+        .is_err());
+}
+
+pub async fn token_limits_refuse_and_settle(env: &Env) {
+    let limiter = RateLimiter::new(env.table().clone());
+    let s = vec![scope("tenant:t", 1000, 100)];
+    let first = limiter.admit(&s, 60, now_ms(), 0).await.unwrap();
+    assert_eq!(first.standing.remaining_tokens, 40);
+    match limiter.admit(&s, 60, now_ms(), 0).await {
+        Err(ApiError::RateLimited { message, .. }) => {
+            assert!(message.contains("tokens"), "{message}")
+        }
+        other => panic!("expected a token refusal, got {other:?}"),
+    }
+    // The real count was 20: settling frees 40 tokens for the next request.
+    limiter.settle(&first, 20).await;
+    let second = limiter.admit(&s, 60, now_ms(), 0).await.unwrap();
+    assert_eq!(second.standing.remaining_tokens, 20);
+    // A new window starts from zero.
+    assert!(limiter.admit(&s, 90, now_ms() + 60_000, 0).await.is_ok());
+}
