@@ -40,7 +40,7 @@ fn texts() -> Vec<String> {
 #[tokio::test]
 async fn openai_route_answers_reference_vectors_as_float_and_base64() {
     let worker = spawn_worker(&[]).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let url = format!("{}/v1/embeddings", worker.url);
     let texts = texts();
     let expected_tokens: usize = reference()
@@ -194,7 +194,7 @@ async fn sagemaker_runtime_sdk_invokes_the_worker_end_to_end() {
 #[tokio::test]
 async fn container_contract_health_and_metrics() {
     let worker = spawn_worker(&["--max-batch-size", "32"]).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     assert_eq!(
         http.get(format!("{}/ping", worker.url))
             .send()
@@ -268,7 +268,7 @@ async fn container_contract_health_and_metrics() {
 #[tokio::test]
 async fn bad_input_gets_4xx_in_the_openai_error_shape() {
     let worker = spawn_worker(&["--max-inputs", "3", "--max-body-bytes", "10000"]).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let url = format!("{}/v1/embeddings", worker.url);
     let long = "word ".repeat(300);
     let cases: Vec<(Vec<u8>, u16, Option<&str>, &str)> = vec![

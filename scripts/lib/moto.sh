@@ -35,7 +35,8 @@ moto_start() {
     local port
     port="$(free_port)"
     mkdir -p "$TOOLS_DIR"
-    "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$TOOLS_DIR/moto.log" 2>&1 &
+    # moto's server with DynamoDB calls serialised (see moto_server.py).
+    "$MOTO_VENV/bin/python" "$(dirname "${BASH_SOURCE[0]}")/moto_server.py" 127.0.0.1 "$port" >"$TOOLS_DIR/moto.log" 2>&1 &
     MOTO_PID=$!
     trap moto_stop EXIT
     trap 'moto_stop; exit 130' INT TERM

@@ -113,7 +113,7 @@ pub async fn spawn_worker(extra: &[&str]) -> Worker {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let client = reqwest::Client::new();
+    let client = http();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(r) = client.get(format!("{}/ping", worker.url)).send().await {
@@ -130,4 +130,11 @@ pub async fn spawn_worker(extra: &[&str]) -> Worker {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An HTTP client for the tests. The workspace builds reqwest's rustls without a
+/// bundled crypto provider (the ring one is installed per process), so install it.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
