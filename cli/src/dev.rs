@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tenantai::app::{App, Config};
-use tenantai::models::{BackendKind, ModelVersion, VersionStatus};
+use tenantai::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
 
 /// The model `tenantai dev` serves, and the id clients ask for.
@@ -118,21 +118,12 @@ async fn ensure_model(app: &Arc<App>, worker_url: &str) -> anyhow::Result<()> {
         }
         Err(_) => {
             app.registry
-                .register(ModelVersion {
-                    model: DEV_MODEL.into(),
-                    version: "1".into(),
-                    backend: BackendKind::Worker,
-                    endpoint: worker_url.to_string(),
-                    artifact_uri: None,
-                    price_per_1k_tokens_micros: DEV_PRICE_MICROS,
-                    status: VersionStatus::Live,
-                    canary_weight: 0,
-                    owner_tenant: None,
-                    tier: None,
-                    serves: None,
-                    created_at: 0,
-                    promoted_at: None,
-                })
+                .register(ModelVersion::live_worker(
+                    DEV_MODEL,
+                    "1",
+                    worker_url,
+                    DEV_PRICE_MICROS,
+                ))
                 .await?;
         }
     }

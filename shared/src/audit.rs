@@ -5,7 +5,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Page, Query, Table};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,10 +56,7 @@ impl Audit {
             before,
             after,
         };
-        let attrs = match serde_json::to_value(&rec) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(ApiError::Internal("audit record does not serialise".into())),
-        };
+        let attrs = to_attrs(&rec)?;
         self.table
             .put(
                 &Item::new(Key::new(pk(tenant_id), rec.id.clone()), attrs),
@@ -88,11 +86,7 @@ impl Audit {
             items: page
                 .items
                 .into_iter()
-                .map(|i| {
-                    serde_json::from_value(Value::Object(i.attrs)).map_err(|e| {
-                        ApiError::Internal(format!("stored audit record is unreadable: {e}"))
-                    })
-                })
+                .map(from_item)
                 .collect::<ApiResult<_>>()?,
             next: page.next,
         })

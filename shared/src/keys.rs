@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Page, Query, StoreError, Table, TxOp, Update};
 
 pub const KEY_PREFIX: &str = "tk_";
@@ -113,18 +114,6 @@ fn tenant_key(tenant_id: &str, key_id: &str) -> Key {
     Key::new(format!("TENANT#{tenant_id}"), format!("KEY#{key_id}"))
 }
 
-fn to_attrs<T: Serialize>(value: &T) -> ApiResult<crate::store::Attrs> {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::Internal("record does not serialise".into())),
-    }
-}
-
-fn from_attrs<T: serde::de::DeserializeOwned>(item: Item) -> ApiResult<T> {
-    serde_json::from_value(serde_json::Value::Object(item.attrs))
-        .map_err(|e| ApiError::Internal(format!("stored record is unreadable: {e}")))
-}
-
 #[derive(Clone)]
 pub struct Keys {
     table: Arc<dyn Table>,
@@ -193,7 +182,7 @@ impl Keys {
             return Ok(None);
         }
         match self.table.get(&lookup_key(&hash_secret(secret))).await? {
-            Some(item) => Ok(Some(from_attrs(item)?)),
+            Some(item) => Ok(Some(from_item(item)?)),
             None => Ok(None),
         }
     }
@@ -217,7 +206,7 @@ impl Keys {
             items: page
                 .items
                 .into_iter()
-                .map(from_attrs)
+                .map(from_item)
                 .collect::<ApiResult<_>>()?,
             next: page.next,
         })
@@ -239,7 +228,7 @@ impl Keys {
             .and_then(|h| h.as_str())
             .ok_or_else(|| ApiError::Internal("stored key has no hash".into()))?
             .to_string();
-        let before: ApiKey = from_attrs(listed)?;
+        let before: ApiKey = from_item(listed)?;
         if before.revoked_at.is_some() {
             return Ok((before.clone(), before));
         }

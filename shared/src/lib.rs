@@ -19,6 +19,7 @@ pub mod keys;
 pub mod lambda;
 pub mod models;
 pub mod ratelimit;
+pub mod records;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;

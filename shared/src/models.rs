@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Query, StoreError, Table};
 use crate::tenants::Tenant;
 
@@ -68,6 +69,30 @@ pub struct ModelVersion {
 }
 
 impl ModelVersion {
+    /// A live version of a shared model served by a worker at `endpoint`.
+    pub fn live_worker(
+        model: &str,
+        version: &str,
+        endpoint: &str,
+        price_per_1k_tokens_micros: u64,
+    ) -> Self {
+        ModelVersion {
+            model: model.into(),
+            version: version.into(),
+            backend: BackendKind::Worker,
+            endpoint: endpoint.into(),
+            artifact_uri: None,
+            price_per_1k_tokens_micros,
+            status: VersionStatus::Live,
+            canary_weight: 0,
+            owner_tenant: None,
+            tier: None,
+            serves: None,
+            created_at: 0,
+            promoted_at: None,
+        }
+    }
+
     /// Whether this tenant may use the model.
     pub fn visible_to(&self, tenant: &Tenant) -> bool {
         match (&self.owner_tenant, &self.tier) {
@@ -162,11 +187,7 @@ impl Registry {
                 .query(&Query::new(MODELS_PK).prefix("M#").limit(500).after(cursor))
                 .await?;
             for item in page.items {
-                out.push(
-                    serde_json::from_value(serde_json::Value::Object(item.attrs)).map_err(|e| {
-                        ApiError::Internal(format!("stored model is unreadable: {e}"))
-                    })?,
-                );
+                out.push(from_item(item)?);
             }
             cursor = page.next;
             if cursor.is_none() {
@@ -186,15 +207,11 @@ impl Registry {
         let item = self.table.get(&key(model, version)).await?.ok_or_else(|| {
             ApiError::not_found(format!("no version '{version}' of model '{model}'"))
         })?;
-        serde_json::from_value(serde_json::Value::Object(item.attrs))
-            .map_err(|e| ApiError::Internal(format!("stored model is unreadable: {e}")))
+        from_item(item)
     }
 
     async fn put(&self, v: &ModelVersion, cond: Cond) -> ApiResult<()> {
-        let attrs = match serde_json::to_value(v) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => return Err(ApiError::Internal("model does not serialise".into())),
-        };
+        let attrs = to_attrs(v)?;
         match self
             .table
             .put(&Item::new(key(&v.model, &v.version), attrs), &cond)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
+use crate::records::{from_item, to_attrs};
 use crate::store::{Cond, Item, Key, Page, Query, StoreError, Table};
 
 /// Limits and defaults of one tier.
@@ -160,19 +161,15 @@ impl Tenants {
     }
 
     fn to_item(t: &Tenant) -> ApiResult<Item> {
-        let attrs = match serde_json::to_value(t) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => return Err(ApiError::Internal("tenant does not serialise".into())),
-        };
-        let mut item = Item::new(key(&t.id), attrs);
+        let mut item = Item::new(key(&t.id), to_attrs(t)?);
         item.version = t.version;
         Ok(item)
     }
 
     fn from_item(item: Item) -> ApiResult<Tenant> {
-        let mut t: Tenant = serde_json::from_value(serde_json::Value::Object(item.attrs))
-            .map_err(|e| ApiError::Internal(format!("stored tenant is unreadable: {e}")))?;
-        t.version = item.version;
+        let version = item.version;
+        let mut t: Tenant = from_item(item)?;
+        t.version = version;
         Ok(t)
     }
 

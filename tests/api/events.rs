@@ -10,6 +10,9 @@ use tower::ServiceExt;
 
 use crate::harness::Harness;
 
+#[path = "../common/expected_events.rs"]
+mod expected_events;
+
 const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
 
 /// An event file with its placeholders filled in.
@@ -78,41 +81,16 @@ async fn api_events() {
         (status, body["data"][0]["id"].as_str()),
         (200, Some("all-MiniLM-L6-v2"))
     );
-    assert_eq!(handle(&s, "api/model.json").await.0, 200);
-    // Without an authorizer context (and without a key) nothing is served.
-    let (status, body) = handle(&s, "api/unauthenticated.json").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("invalid_api_key"))
-    );
-    assert_eq!(handle(&s, "api/embeddings-malformed.json").await.0, 400);
-    let (status, body) = handle(&s, "api/embeddings-unknown-model.json").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("model_not_found"))
-    );
+    for (name, want) in expected_events::API {
+        let (got, body) = handle(&s, name).await;
+        assert_eq!(got, want, "{name}: {body}");
+    }
 }
 
 #[tokio::test]
 async fn admin_events() {
     let s = seed().await;
-    let expect = [
-        ("admin/create-tenant.json", 201),
-        ("admin/list-tenants.json", 200),
-        ("admin/get-tenant.json", 200),
-        ("admin/update-tenant.json", 200),
-        ("admin/create-key.json", 201),
-        ("admin/list-keys.json", 200),
-        ("admin/register-model.json", 201),
-        ("admin/list-models.json", 200),
-        ("admin/promote-model.json", 200),
-        ("admin/rollback-model.json", 200),
-        ("admin/set-override.json", 200),
-        ("admin/revoke-key.json", 200),
-        ("admin/audit.json", 200),
-        ("admin/forged-token.json", 401),
-    ];
-    for (name, status) in expect {
+    for (name, status) in expected_events::ADMIN {
         let (got, body) = handle(&s, name).await;
         assert_eq!(got, status, "{name}: {body}");
     }
@@ -152,12 +130,7 @@ async fn authorizer_events() {
     assert_eq!(ok.context["key_id"], s.vars["KEY_ID"].as_str());
     assert_eq!(ok.context["tier"], "pro");
     assert_eq!(ok.context["scopes"], "embeddings models usage batches");
-    for name in [
-        "authorizer/revoked-key.json",
-        "authorizer/forged-key.json",
-        "authorizer/missing-header.json",
-        "authorizer/malformed-header.json",
-    ] {
+    for name in expected_events::AUTHORIZER_REFUSED {
         let resp = run(name).await;
         assert!(!resp.is_authorized, "{name}");
         assert_eq!(resp.context, json!({}), "{name}");

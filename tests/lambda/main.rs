@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tenantai::app::{App, Config};
-use tenantai::models::{BackendKind, ModelVersion, VersionStatus};
+use tenantai::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
+
+#[path = "../common/expected_events.rs"]
+mod expected_events;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -151,21 +154,12 @@ async fn functions_through_cargo_lambda() {
         .await
         .unwrap();
     app.registry
-        .register(ModelVersion {
-            model: "all-MiniLM-L6-v2".into(),
-            version: "1".into(),
-            backend: BackendKind::Worker,
-            endpoint: worker_url.clone(),
-            artifact_uri: None,
-            price_per_1k_tokens_micros: 20,
-            status: VersionStatus::Live,
-            canary_weight: 0,
-            owner_tenant: None,
-            tier: None,
-            serves: None,
-            created_at: 0,
-            promoted_at: None,
-        })
+        .register(ModelVersion::live_worker(
+            "all-MiniLM-L6-v2",
+            "1",
+            &worker_url,
+            20,
+        ))
         .await
         .unwrap();
     let vars = HashMap::from([
@@ -206,12 +200,7 @@ async fn functions_through_cargo_lambda() {
     assert_eq!(ok["isAuthorized"], true, "{ok}");
     assert_eq!(ok["context"]["tenant_id"], tenant.id.as_str());
     assert_eq!(ok["context"]["scopes"], "embeddings models usage batches");
-    for event in [
-        "authorizer/revoked-key.json",
-        "authorizer/forged-key.json",
-        "authorizer/missing-header.json",
-        "authorizer/malformed-header.json",
-    ] {
+    for event in expected_events::AUTHORIZER_REFUSED {
         assert_eq!(
             invoke(port, "authorizer", event, &vars)["isAuthorized"],
             false,
@@ -228,36 +217,15 @@ async fn functions_through_cargo_lambda() {
     let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings-base64.json", &vars));
     assert_eq!(status, 200, "{body}");
     assert!(body["data"][0]["embedding"].is_string());
-    for (event, want) in [
-        ("api/models.json", 200),
-        ("api/model.json", 200),
-        ("api/unauthenticated.json", 401),
-        ("api/embeddings-malformed.json", 400),
-        ("api/embeddings-unknown-model.json", 404),
-    ] {
+    for (event, want) in expected_events::API {
         let (status, body) = status_and_body(&invoke(port, "api", event, &vars));
-        assert_eq!(status, want, "{event}: {body}");
+        assert_eq!(status, u64::from(want), "{event}: {body}");
     }
 
     // The admin API, route by route.
-    for (event, want) in [
-        ("admin/create-tenant.json", 201),
-        ("admin/list-tenants.json", 200),
-        ("admin/get-tenant.json", 200),
-        ("admin/update-tenant.json", 200),
-        ("admin/create-key.json", 201),
-        ("admin/list-keys.json", 200),
-        ("admin/register-model.json", 201),
-        ("admin/list-models.json", 200),
-        ("admin/promote-model.json", 200),
-        ("admin/rollback-model.json", 200),
-        ("admin/set-override.json", 200),
-        ("admin/revoke-key.json", 200),
-        ("admin/audit.json", 200),
-        ("admin/forged-token.json", 401),
-    ] {
+    for (event, want) in expected_events::ADMIN {
         let (status, body) = status_and_body(&invoke(port, "admin", event, &vars));
-        assert_eq!(status, want, "{event}: {body}");
+        assert_eq!(status, u64::from(want), "{event}: {body}");
     }
     // The key revoked through the admin function no longer passes the api's
     // authorizer (a fresh process: nothing cached).

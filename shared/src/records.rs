@@ -1,0 +1,30 @@
+//! Domain records as table attributes, and back.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{Attrs, Item};
+
+/// A record's fields as the attributes of an item.
+pub fn to_attrs<T: Serialize>(record: &T) -> ApiResult<Attrs> {
+    match serde_json::to_value(record) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::Internal(
+            "a record must serialise to an object".into(),
+        )),
+        Err(e) => Err(ApiError::Internal(format!(
+            "record does not serialise: {e}"
+        ))),
+    }
+}
+
+/// The record an item stores.
+pub fn from_item<T: DeserializeOwned>(item: Item) -> ApiResult<T> {
+    serde_json::from_value(serde_json::Value::Object(item.attrs)).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored record {}/{} is unreadable: {e}",
+            item.key.pk, item.key.sk
+        ))
+    })
+}

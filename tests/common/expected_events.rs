@@ -1,0 +1,37 @@
+//! What each sample event in `events/` must produce, for the tests that call the
+//! handlers directly and for those that invoke the functions through cargo-lambda.
+
+/// api events that need no backend, and their status.
+pub const API: [(&str, u16); 5] = [
+    ("api/models.json", 200),
+    ("api/model.json", 200),
+    ("api/unauthenticated.json", 401),
+    ("api/embeddings-malformed.json", 400),
+    ("api/embeddings-unknown-model.json", 404),
+];
+
+/// admin events, in an order where each one's preconditions hold, and their status.
+pub const ADMIN: [(&str, u16); 14] = [
+    ("admin/create-tenant.json", 201),
+    ("admin/list-tenants.json", 200),
+    ("admin/get-tenant.json", 200),
+    ("admin/update-tenant.json", 200),
+    ("admin/create-key.json", 201),
+    ("admin/list-keys.json", 200),
+    ("admin/register-model.json", 201),
+    ("admin/list-models.json", 200),
+    ("admin/promote-model.json", 200),
+    ("admin/rollback-model.json", 200),
+    ("admin/set-override.json", 200),
+    ("admin/revoke-key.json", 200),
+    ("admin/audit.json", 200),
+    ("admin/forged-token.json", 401),
+];
+
+/// authorizer events that must be refused.
+pub const AUTHORIZER_REFUSED: [&str; 4] = [
+    "authorizer/revoked-key.json",
+    "authorizer/forged-key.json",
+    "authorizer/missing-header.json",
+    "authorizer/malformed-header.json",
+];
