@@ -35,7 +35,8 @@ impl Storage {
         })
     }
 
-    /// AWS storage; with `provision`, creates absent resources first.
+    /// AWS storage; with `provision`, creates absent resources first (and checks
+    /// every queue exists). Without it nothing is called until first use.
     pub async fn aws(config: &SdkConfig, res: &Resources, provision: bool) -> StoreResult<Storage> {
         if provision {
             aws::provision(config, res).await?;
@@ -43,10 +44,12 @@ impl Storage {
         let sqs = aws_sdk_sqs::Client::new(config);
         let mut queues: HashMap<String, Arc<dyn Queue>> = HashMap::new();
         for name in queue_names(res) {
-            queues.insert(
-                name.clone(),
-                Arc::new(SqsQueue::open(sqs.clone(), &name).await?),
-            );
+            let queue = if provision {
+                SqsQueue::open(sqs.clone(), &name).await?
+            } else {
+                SqsQueue::new(sqs.clone(), &name)
+            };
+            queues.insert(name.clone(), Arc::new(queue));
         }
         Ok(Storage {
             table: Arc::new(DynamoTable::new(

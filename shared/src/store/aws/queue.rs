@@ -1,6 +1,9 @@
 //! The `Queue` port on SQS (dead-lettering by the queue's redrive policy).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::OnceCell;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
@@ -10,29 +13,57 @@ use super::{build_err, sdk_err};
 use crate::store::queue::{check_outgoing, check_receive, check_visibility, whole_secs};
 use crate::store::{Message, Outgoing, Queue, Receive, StoreError, StoreResult};
 
+/// A queue by name; its URL is looked up on first use (no network call at
+/// start-up, which keeps a function's cold start short) and then remembered.
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
     client: Client,
-    url: String,
+    name: String,
+    url: Arc<OnceCell<String>>,
 }
 
 impl SqsQueue {
-    /// A handle on an existing queue, looked up by name.
+    pub fn new(client: Client, name: &str) -> Self {
+        SqsQueue {
+            client,
+            name: name.to_string(),
+            url: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// A handle on an existing queue, checked now.
     pub async fn open(client: Client, name: &str) -> StoreResult<Self> {
-        let out = client.get_queue_url().queue_name(name).send().await;
-        let url = match out {
-            Ok(out) => out.queue_url.unwrap_or_default(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|x| x.is_queue_does_not_exist()) =>
-            {
-                return Err(StoreError::NotFound(format!(
-                    "queue '{name}' does not exist"
-                )))
-            }
-            Err(e) => return Err(sdk_err(e)),
-        };
-        Ok(SqsQueue { client, url })
+        let q = SqsQueue::new(client, name);
+        q.url().await?;
+        Ok(q)
+    }
+
+    async fn url(&self) -> StoreResult<&str> {
+        let url = self
+            .url
+            .get_or_try_init(|| async {
+                match self
+                    .client
+                    .get_queue_url()
+                    .queue_name(&self.name)
+                    .send()
+                    .await
+                {
+                    Ok(out) => Ok(out.queue_url.unwrap_or_default()),
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|x| x.is_queue_does_not_exist()) =>
+                    {
+                        Err(StoreError::NotFound(format!(
+                            "queue '{}' does not exist",
+                            self.name
+                        )))
+                    }
+                    Err(e) => Err(sdk_err(e)),
+                }
+            })
+            .await?;
+        Ok(url.as_str())
     }
 }
 
@@ -43,7 +74,7 @@ impl Queue for SqsQueue {
         let out = self
             .client
             .send_message()
-            .queue_url(&self.url)
+            .queue_url(self.url().await?)
             .message_body(&msg.body)
             .set_delay_seconds(msg.delay.map(whole_secs))
             .send()
@@ -69,7 +100,7 @@ impl Queue for SqsQueue {
         let out = self
             .client
             .send_message_batch()
-            .queue_url(&self.url)
+            .queue_url(self.url().await?)
             .set_entries(Some(entries))
             .send()
             .await
@@ -96,7 +127,7 @@ impl Queue for SqsQueue {
         let out = self
             .client
             .receive_message()
-            .queue_url(&self.url)
+            .queue_url(self.url().await?)
             .max_number_of_messages(opts.max as i32)
             .wait_time_seconds(whole_secs(opts.wait))
             .visibility_timeout(whole_secs(opts.visibility))
@@ -127,7 +158,7 @@ impl Queue for SqsQueue {
     async fn delete(&self, receipt: &str) -> StoreResult<()> {
         self.client
             .delete_message()
-            .queue_url(&self.url)
+            .queue_url(self.url().await?)
             .receipt_handle(receipt)
             .send()
             .await
@@ -140,7 +171,7 @@ impl Queue for SqsQueue {
         let res = self
             .client
             .change_message_visibility()
-            .queue_url(&self.url)
+            .queue_url(self.url().await?)
             .receipt_handle(receipt)
             .visibility_timeout(whole_secs(timeout))
             .send()
