@@ -103,13 +103,17 @@ def main():
         )
         if profile:
             spans = c["span_seconds_per_round"]
-            total = c["seconds_per_round"]
+            # Span times add up over the model threads: shares are of thread time.
+            total = c["seconds_per_round"] * c["model_threads"]
             parts = ", ".join(
                 f"{k} {1000 * v:.1f} ms ({100 * v / total:.0f}%)"
                 for k, v in sorted(spans.items(), key=lambda kv: -kv[1])
                 if v > 0.0005
             )
-            print(f"    profile (exclusive time per round of {1000 * total:.0f} ms): {parts}")
+            print(
+                f"    profile, exclusive thread time per round ({1000 * c['seconds_per_round']:.0f} ms wall x "
+                f"{c['model_threads']} threads; tokenizer {1000 * c['tokenize_seconds_per_round']:.1f} ms): {parts}"
+            )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,10 @@ impl Breakers {
             }
             if outcome == Outcome::Success {
                 c.consecutive_failures = 0;
-                c.state = State::Closed;
+                // A call that started before the circuit opened does not close it.
+                if !matches!(c.state, State::Open { .. }) {
+                    c.state = State::Closed;
+                }
                 return false;
             }
             c.consecutive_failures += 1;

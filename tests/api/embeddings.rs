@@ -125,6 +125,15 @@ async fn cache_hits_misses_and_directives() {
     assert_eq!(cache(&first), "miss");
     let second = embed(&h, &key, body.clone(), &[]).await;
     assert_eq!(cache(&second), "hit");
+    // Time not spent waiting on the backend: all of a hit's latency, a part of a miss's.
+    for r in [&first, &second] {
+        let overhead: f64 = r.headers["x-tenantai-overhead-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(overhead >= 0.0 && overhead.is_finite());
+    }
     assert_eq!(first.body["data"], second.body["data"]);
     assert_eq!(first.body["usage"], second.body["usage"]);
     // The encoding and `user` are not part of the key; the input is.
