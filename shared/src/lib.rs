@@ -17,6 +17,7 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod lambda;
+pub mod metering;
 pub mod models;
 pub mod ratelimit;
 pub mod records;

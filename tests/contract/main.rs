@@ -5,6 +5,7 @@
 
 mod blobs;
 mod env;
+mod metering;
 mod processes;
 mod queue;
 mod ratelimit;
@@ -59,4 +60,5 @@ contract! {
     blobs::keys_that_escape_are_rejected,
     ratelimit::admitted_requests_never_exceed_the_limit,
     ratelimit::token_limits_refuse_and_settle,
+    metering::usage_folds_exactly_once,
 }

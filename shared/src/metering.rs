@@ -1,0 +1,301 @@
+//! Usage metering: every billable call emits a usage event; events fold into
+//! per-tenant, per-day, per-model aggregates exactly once.
+//!
+//! Exactly once: the event id is claimed with a conditional put in the same
+//! transaction as the adds. A redelivered event fails its claim and adds nothing.
+//! The claim lives 30 days, longer than SQS keeps a message (14 days at most).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Month, OffsetDateTime};
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{now_secs, Attrs, Cond, Item, Key, Query, StoreError, Table, TxOp, Update};
+
+/// How long a claimed event id is remembered.
+pub const CLAIM_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// The counters of one aggregate.
+pub const COUNTERS: [&str; 6] = [
+    "requests",
+    "inputs",
+    "tokens",
+    "cache_hits",
+    "cost_micros",
+    "compute_ms",
+];
+
+/// One billable call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub inputs: u64,
+    pub tokens: u64,
+    pub cache_hit: bool,
+    pub latency_ms: f64,
+    /// Time the backend spent computing (0 for a cache hit).
+    pub compute_ms: u64,
+    /// Cost at the price in force when the call was made.
+    pub cost_micros: u64,
+    /// When the call was made, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+impl UsageEvent {
+    /// Checks what a producer could have got wrong (a malformed event is dead-lettered).
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("event_id", &self.event_id),
+            ("tenant_id", &self.tenant_id),
+            ("model", &self.model),
+        ] {
+            if v.is_empty() || v.len() > 256 {
+                return Err(format!("{name} must hold 1 to 256 characters"));
+            }
+        }
+        if !self.latency_ms.is_finite() || self.latency_ms < 0.0 {
+            return Err("latency_ms must be a non-negative number".into());
+        }
+        if self.at_ms <= 0 {
+            return Err("at_ms must be a Unix time in milliseconds".into());
+        }
+        Ok(())
+    }
+
+    pub fn day(&self) -> String {
+        day_of(self.at_ms)
+    }
+}
+
+/// Integer micro-dollars for `tokens` at `price_per_1k_micros`, rounded up.
+pub fn cost_micros(tokens: u64, price_per_1k_micros: u64) -> u64 {
+    (u128::from(tokens) * u128::from(price_per_1k_micros))
+        .div_ceil(1000)
+        .min(u128::from(u64::MAX)) as u64
+}
+
+/// The UTC date (YYYY-MM-DD) of a Unix time in milliseconds.
+pub fn day_of(at_ms: i64) -> String {
+    let date = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
+        .map(|t| t.date())
+        .unwrap_or(Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Parses YYYY-MM-DD.
+pub fn parse_day(s: &str) -> Option<Date> {
+    let mut parts = s.splitn(3, '-');
+    let year = parts.next()?.parse().ok()?;
+    let month = Month::try_from(parts.next()?.parse::<u8>().ok()?).ok()?;
+    let day = parts.next()?.parse().ok()?;
+    if s.len() != 10 {
+        return None;
+    }
+    Date::from_calendar_date(year, month, day).ok()
+}
+
+fn claim_key(event_id: &str) -> Key {
+    Key::new(format!("EVENT#{event_id}"), "CLAIM")
+}
+
+pub fn usage_pk(tenant_id: &str) -> String {
+    format!("USAGE#{tenant_id}")
+}
+
+/// Sort key of a day's aggregate for one model: days sort in order.
+fn day_sk(day: &str, model: &str) -> String {
+    format!("D#{day}#M#{model}")
+}
+
+/// Sort key of a month's spend (what budgets read).
+pub fn month_sk(month: &str) -> String {
+    format!("MONTH#{month}")
+}
+
+/// What folding one event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Folded {
+    Added,
+    /// Its id was claimed before: a redelivery, nothing added.
+    Duplicate,
+}
+
+#[derive(Clone)]
+pub struct Meter {
+    table: Arc<dyn Table>,
+}
+
+impl Meter {
+    pub fn new(table: Arc<dyn Table>) -> Self {
+        Meter { table }
+    }
+
+    /// Folds one event into its day/model aggregate and its month's spend, exactly once.
+    pub async fn fold(&self, e: &UsageEvent) -> Result<Folded, StoreError> {
+        let mut claim = Attrs::new();
+        claim.insert("tenant_id".into(), e.tenant_id.clone().into());
+        let mut claim = Item::new(claim_key(&e.event_id), claim);
+        claim.expires_at = Some(now_secs() + CLAIM_TTL_SECS);
+        let day = e.day();
+        let adds = |u: Update| {
+            u.add("requests", 1)
+                .add("inputs", e.inputs as i64)
+                .add("tokens", e.tokens as i64)
+                .add("cache_hits", i64::from(e.cache_hit))
+                .add("cost_micros", e.cost_micros as i64)
+                .add("compute_ms", e.compute_ms as i64)
+        };
+        let aggregate = adds(Update::new(Key::new(
+            usage_pk(&e.tenant_id),
+            day_sk(&day, &e.model),
+        )))
+        .set("day", day.clone().into())
+        .set("model", e.model.clone().into());
+        let month = Update::new(Key::new(usage_pk(&e.tenant_id), month_sk(&day[..7])))
+            .add("cost_micros", e.cost_micros as i64)
+            .add("requests", 1);
+        match self
+            .table
+            .transact(&[
+                TxOp::Put(claim, Cond::Absent),
+                TxOp::Update(aggregate),
+                TxOp::Update(month),
+            ])
+            .await
+        {
+            Ok(()) => Ok(Folded::Added),
+            Err(StoreError::TransactionCancelled { index: 0 }) => Ok(Folded::Duplicate),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A tenant's spend in a month (YYYY-MM), micro-dollars.
+    pub async fn month_spend(&self, tenant_id: &str, month: &str) -> ApiResult<u64> {
+        let item = self
+            .table
+            .get(&Key::new(usage_pk(tenant_id), month_sk(month)))
+            .await?;
+        Ok(item.map_or(0, |i| i.number("cost_micros").max(0) as u64))
+    }
+
+    /// The day/model aggregates of a tenant from `from` to `to` (inclusive).
+    pub async fn aggregates(
+        &self,
+        tenant_id: &str,
+        from: Date,
+        to: Date,
+    ) -> ApiResult<Vec<Aggregate>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        let first = format!(
+            "{:04}-{:02}-{:02}",
+            from.year(),
+            u8::from(from.month()),
+            from.day()
+        );
+        let last = format!(
+            "{:04}-{:02}-{:02}",
+            to.year(),
+            u8::from(to.month()),
+            to.day()
+        );
+        loop {
+            let page = self
+                .table
+                .query(
+                    &Query::new(usage_pk(tenant_id))
+                        .prefix("D#")
+                        .limit(500)
+                        .after(cursor),
+                )
+                .await?;
+            for item in page.items {
+                let day = item
+                    .attrs
+                    .get("day")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                if day.as_str() < first.as_str() || day.as_str() > last.as_str() {
+                    continue;
+                }
+                let counters = COUNTERS
+                    .iter()
+                    .map(|c| (c.to_string(), item.number(c).max(0) as u64))
+                    .collect();
+                let model = item
+                    .attrs
+                    .get("model")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                out.push(Aggregate {
+                    day,
+                    model,
+                    counters,
+                });
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One day's usage of one model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Aggregate {
+    pub day: String,
+    pub model: String,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Parses a usage event from a queue message body.
+pub fn parse_event(body: &str) -> Result<UsageEvent, String> {
+    let e: UsageEvent =
+        serde_json::from_str(body).map_err(|e| format!("not a usage event: {e}"))?;
+    e.validate()?;
+    Ok(e)
+}
+
+pub fn invalid_dates(message: &str) -> ApiError {
+    ApiError::invalid_param("from", message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_round_up_to_whole_micro_dollars() {
+        assert_eq!(cost_micros(0, 20), 0);
+        assert_eq!(cost_micros(1, 20), 1);
+        assert_eq!(cost_micros(1000, 20), 20);
+        assert_eq!(cost_micros(1001, 20), 21);
+        assert_eq!(cost_micros(u64::MAX, u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn days() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(1_795_489_200_000), "2026-11-24");
+        assert_eq!(parse_day("2026-11-24").map(|d| d.day()), Some(24));
+        assert!(parse_day("2026-13-01").is_none());
+        assert!(parse_day("2026-1-1").is_none());
+        assert!(parse_day("yesterday").is_none());
+    }
+}

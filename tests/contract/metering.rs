@@ -1,0 +1,145 @@
+//! Metering folds usage events into aggregates exactly once on either adapter,
+//! whatever the redeliveries, their order and their concurrency.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tenantai::metering::{parse_day, Folded, Meter, UsageEvent};
+
+use crate::env::Env;
+
+/// A small deterministic generator (the test needs no randomness crate).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
+    let day_ms = 86_400_000;
+    let base = 1_795_478_400_000i64; // 2026-11-24T00:00Z
+    (0..n)
+        .map(|i| {
+            let tokens = 1 + rng.next(500);
+            UsageEvent {
+                event_id: format!("evt-{i:04}"),
+                tenant_id: format!("ten_{}", rng.next(3)),
+                key_id: "key_1".into(),
+                model: ["all-MiniLM-L6-v2", "tuned"][rng.next(2) as usize].into(),
+                model_version: "1".into(),
+                inputs: 1 + rng.next(8),
+                tokens,
+                cache_hit: rng.next(4) == 0,
+                latency_ms: 3.5,
+                compute_ms: rng.next(40),
+                cost_micros: tenantai::metering::cost_micros(tokens, 20),
+                at_ms: base + (rng.next(3) as i64) * day_ms + rng.next(day_ms as u64) as i64,
+            }
+        })
+        .collect()
+}
+
+type Truth = BTreeMap<(String, String, String), [u64; 6]>;
+
+fn truth(events: &[UsageEvent]) -> Truth {
+    let mut t = Truth::new();
+    for e in events {
+        let c = t
+            .entry((e.tenant_id.clone(), e.day(), e.model.clone()))
+            .or_default();
+        c[0] += 1;
+        c[1] += e.inputs;
+        c[2] += e.tokens;
+        c[3] += u64::from(e.cache_hit);
+        c[4] += e.cost_micros;
+        c[5] += e.compute_ms;
+    }
+    t
+}
+
+pub async fn usage_folds_exactly_once(env: &Env) {
+    let mut rng = Lcg(42);
+    let evs = events(150, &mut rng);
+    // Each event delivered 1 to 3 times, in shuffled order.
+    let mut deliveries: Vec<UsageEvent> = Vec::new();
+    for e in &evs {
+        for _ in 0..=rng.next(3) {
+            deliveries.push(e.clone());
+        }
+    }
+    for i in (1..deliveries.len()).rev() {
+        deliveries.swap(i, rng.next(i as u64 + 1) as usize);
+    }
+    let total = deliveries.len();
+    let work = Arc::new(Mutex::new(deliveries));
+    let meter = Meter::new(env.table().clone());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (work, meter) = (work.clone(), meter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut added = 0;
+            loop {
+                let Some(e) = work.lock().unwrap().pop() else {
+                    return added;
+                };
+                if meter.fold(&e).await.unwrap() == Folded::Added {
+                    added += 1;
+                }
+            }
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        added += t.await.unwrap();
+    }
+    assert_eq!(
+        added,
+        evs.len(),
+        "each event added once out of {total} deliveries"
+    );
+    // A crash after the fold but before the message was deleted: the redelivery adds nothing.
+    assert_eq!(meter.fold(&evs[0]).await.unwrap(), Folded::Duplicate);
+
+    let want = truth(&evs);
+    let (from, to) = (
+        parse_day("2026-11-24").unwrap(),
+        parse_day("2026-11-26").unwrap(),
+    );
+    let mut got = Truth::new();
+    let mut month_spend: BTreeMap<String, u64> = BTreeMap::new();
+    for tenant in ["ten_0", "ten_1", "ten_2"] {
+        for a in meter.aggregates(tenant, from, to).await.unwrap() {
+            let c = [
+                "requests",
+                "inputs",
+                "tokens",
+                "cache_hits",
+                "cost_micros",
+                "compute_ms",
+            ]
+            .map(|k| a.counters[k]);
+            got.insert((tenant.to_string(), a.day, a.model), c);
+        }
+        month_spend.insert(
+            tenant.to_string(),
+            meter.month_spend(tenant, "2026-11").await.unwrap(),
+        );
+    }
+    assert_eq!(got, want);
+    for tenant in ["ten_0", "ten_1", "ten_2"] {
+        let cost: u64 = evs
+            .iter()
+            .filter(|e| e.tenant_id == tenant)
+            .map(|e| e.cost_micros)
+            .sum();
+        assert_eq!(month_spend[tenant], cost, "{tenant}'s month spend");
+    }
+    // A date range selects days.
+    let one_day = meter.aggregates("ten_0", to, to).await.unwrap();
+    assert!(one_day.iter().all(|a| a.day == "2026-11-26"));
+}
