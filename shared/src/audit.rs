@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiResult;
-use crate::records::{from_item, to_attrs};
+use crate::records::{page_of, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Page, Query, Table};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,13 +82,6 @@ impl Audit {
                     .after(cursor),
             )
             .await?;
-        Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(from_item)
-                .collect::<ApiResult<_>>()?,
-            next: page.next,
-        })
+        page_of(page)
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
-use crate::records::{from_item, to_attrs};
+use crate::records::{from_item, page_of, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Page, Query, StoreError, Table, TxOp, Update};
 
 pub const KEY_PREFIX: &str = "tk_";
@@ -202,14 +202,7 @@ impl Keys {
                     .after(cursor),
             )
             .await?;
-        Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(from_item)
-                .collect::<ApiResult<_>>()?,
-            next: page.next,
-        })
+        page_of(page)
     }
 
     /// Revokes a key of this tenant; returns (before, after). Another tenant's

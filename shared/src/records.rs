@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{Attrs, Item};
+use crate::store::{Attrs, Item, Page};
 
 /// A record's fields as the attributes of an item.
 pub fn to_attrs<T: Serialize>(record: &T) -> ApiResult<Attrs> {
@@ -26,5 +26,17 @@ pub fn from_item<T: DeserializeOwned>(item: Item) -> ApiResult<T> {
             "stored record {}/{} is unreadable: {e}",
             item.key.pk, item.key.sk
         ))
+    })
+}
+
+/// A page of items as a page of records.
+pub fn page_of<T: DeserializeOwned>(page: Page<Item>) -> ApiResult<Page<T>> {
+    Ok(Page {
+        items: page
+            .items
+            .into_iter()
+            .map(from_item)
+            .collect::<ApiResult<_>>()?,
+        next: page.next,
     })
 }

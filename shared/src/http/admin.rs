@@ -231,25 +231,10 @@ async fn set_override(
             format!("no model '{}' this tenant may use", req.target),
         ));
     }
-    let (before, after) = app
-        .tenants
-        .modify(&id, |t| {
-            t.model_overrides.insert(model.clone(), req.target.clone());
-            Ok(())
-        })
-        .await?;
-    app.forget_tenant(&id);
-    app.audit
-        .record(
-            &actor,
-            "tenant.override.set",
-            Some(&id),
-            &model,
-            value(&before.model_overrides),
-            value(&after.model_overrides),
-        )
-        .await?;
-    Ok(Json(value(&after)))
+    change_override(&app, &actor, &id, "tenant.override.set", |t| {
+        t.model_overrides.insert(model.clone(), req.target.clone());
+    })
+    .await
 }
 
 async fn clear_override(
@@ -257,20 +242,35 @@ async fn clear_override(
     Extension(Actor(actor)): Extension<Actor>,
     Path((id, model)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
+    change_override(&app, &actor, &id, "tenant.override.clear", |t| {
+        t.model_overrides.remove(&model);
+    })
+    .await
+}
+
+/// Changes a tenant's model overrides and audits the change.
+async fn change_override(
+    app: &App,
+    actor: &str,
+    id: &str,
+    action: &str,
+    change: impl Fn(&mut crate::tenants::Tenant),
+) -> ApiResult<Json<Value>> {
     let (before, after) = app
         .tenants
-        .modify(&id, |t| {
-            t.model_overrides.remove(&model);
+        .modify(id, |t| {
+            change(t);
             Ok(())
         })
         .await?;
-    app.forget_tenant(&id);
+    app.forget_tenant(id);
+    let target = format!("{id}/model-overrides");
     app.audit
         .record(
-            &actor,
-            "tenant.override.clear",
-            Some(&id),
-            &model,
+            actor,
+            action,
+            Some(id),
+            &target,
             value(&before.model_overrides),
             value(&after.model_overrides),
         )
