@@ -9,9 +9,12 @@ use aws_lambda_events::apigw::{
 };
 use serde_json::{json, Value};
 
+use crate::alerts::{CostAlerts, Notifier, Retry};
 use crate::app::{App, Config};
 use crate::auth::{bearer, Authenticator, TenantContext};
-use crate::store::{aws, Resources, Storage};
+use crate::metering::{Meter, Record};
+use crate::store::{aws, Queue, Resources, Storage};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
 /// JSON logs (CloudWatch) at `RUST_LOG` or `info`.
 pub fn init_logging() {
@@ -48,6 +51,66 @@ pub async fn app_from_env() -> Result<Arc<App>, String> {
         .await
         .map_err(|e| e.to_string())?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
+}
+
+/// The metering function's state: the meter over the deployment's table and the
+/// usage dead-letter queue (where malformed events go).
+pub async fn metering_from_env() -> Result<(Meter, Arc<dyn Queue>), String> {
+    let sdk = aws::sdk_config().await;
+    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, dlq) = storage.usage_queues().map_err(|e| e.to_string())?;
+    Ok((Meter::new(storage.table.clone()), dlq))
+}
+
+/// The cost-alerts function's state: alerts go to the SNS topic
+/// `TENANTAI_ALERTS_TOPIC_ARN` (when set) and to each tenant's webhook.
+pub async fn alerts_from_env() -> Result<CostAlerts, String> {
+    let config = Config::from_env()?;
+    let sdk = aws::sdk_config().await;
+    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut notifier = Notifier::new(Retry::default()).map_err(|e| e.to_string())?;
+    if let Ok(topic) = std::env::var("TENANTAI_ALERTS_TOPIC_ARN") {
+        notifier = notifier.with_sns(aws_sdk_sns::Client::new(&sdk), topic);
+    }
+    Ok(CostAlerts::new(
+        storage.table.clone(),
+        config.tiers,
+        notifier,
+    ))
+}
+
+/// Folds an SQS batch and names the records to redeliver (ReportBatchItemFailures).
+pub async fn sqs_batch(meter: &Meter, dlq: &dyn Queue, event: SqsEvent) -> SqsBatchResponse {
+    let records: Vec<Record> = event
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Record {
+            // A record without an id cannot be named in a failure; give it one.
+            id: m.message_id.unwrap_or_else(|| format!("record-{i}")),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect();
+    let outcome = meter.process(dlq, &records).await;
+    tracing::info!(
+        received = records.len(),
+        added = outcome.added,
+        duplicates = outcome.duplicates,
+        dead_lettered = outcome.dead_lettered,
+        failed = outcome.failed.len(),
+        "usage batch folded"
+    );
+    let mut resp = SqsBatchResponse::default();
+    for id in outcome.failed {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id;
+        resp.batch_item_failures.push(failure);
+    }
+    resp
 }
 
 /// The context the authorizer hands API Gateway (flat strings, as HTTP API

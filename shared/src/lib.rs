@@ -5,6 +5,7 @@
 //! the AWS one ([`store::aws`]) and the embedded one ([`store::embedded`]) that
 //! runs a whole deployment in one process on a laptop.
 
+pub mod alerts;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -24,3 +25,4 @@ pub mod records;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;
+pub mod usage;

@@ -7,12 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime};
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{now_secs, Attrs, Cond, Item, Key, Query, StoreError, Table, TxOp, Update};
+use crate::store::{
+    now_secs, Attrs, Cond, Item, Key, Outgoing, Query, Queue, Receive, StoreError, Table, TxOp,
+    Update,
+};
 
 /// How long a claimed event id is remembered.
 pub const CLAIM_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -262,6 +266,140 @@ pub struct Aggregate {
     pub day: String,
     pub model: String,
     pub counters: BTreeMap<String, u64>,
+}
+
+/// One queue message to fold: its id (what a partial batch failure names) and body.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub id: String,
+    pub body: String,
+}
+
+/// What one batch came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub added: usize,
+    pub duplicates: usize,
+    /// Malformed events moved to the dead-letter queue.
+    pub dead_lettered: usize,
+    /// Ids of the records to redeliver (the store or the DLQ failed for them).
+    pub failed: Vec<String>,
+}
+
+/// Events folded concurrently within one batch (adds commute, so order is free).
+const FOLD_CONCURRENCY: usize = 10;
+
+enum RecordOutcome {
+    Folded(Folded),
+    DeadLettered,
+    Failed,
+}
+
+impl Meter {
+    /// Folds a batch of queue messages: a malformed one goes to `dlq` with a log
+    /// line saying why (and counts as handled); a fold the store refuses is
+    /// reported in `failed`, so only it is redelivered.
+    pub async fn process(&self, dlq: &dyn Queue, records: &[Record]) -> BatchOutcome {
+        use futures::stream::{self, StreamExt};
+        let outcomes: Vec<(String, RecordOutcome)> = stream::iter(records)
+            .map(|r| async move { (r.id.clone(), self.process_one(dlq, r).await) })
+            .buffer_unordered(FOLD_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = BatchOutcome::default();
+        for (id, outcome) in outcomes {
+            match outcome {
+                RecordOutcome::Folded(Folded::Added) => out.added += 1,
+                RecordOutcome::Folded(Folded::Duplicate) => out.duplicates += 1,
+                RecordOutcome::DeadLettered => out.dead_lettered += 1,
+                RecordOutcome::Failed => out.failed.push(id),
+            }
+        }
+        out
+    }
+
+    async fn process_one(&self, dlq: &dyn Queue, r: &Record) -> RecordOutcome {
+        match parse_event(&r.body) {
+            Ok(event) => match self.fold(&event).await {
+                Ok(f) => RecordOutcome::Folded(f),
+                Err(e) => {
+                    tracing::error!(message_id = %r.id, event_id = %event.event_id, error = %e, "usage event not folded; it will be redelivered");
+                    RecordOutcome::Failed
+                }
+            },
+            Err(why) => {
+                tracing::warn!(message_id = %r.id, reason = %why, body = %truncated(&r.body), "malformed usage event moved to the dead-letter queue");
+                match dlq.send(&Outgoing::new(r.body.clone())).await {
+                    Ok(_) => RecordOutcome::DeadLettered,
+                    Err(e) => {
+                        tracing::error!(message_id = %r.id, error = %e, "malformed usage event could not be dead-lettered; it will be redelivered");
+                        RecordOutcome::Failed
+                    }
+                }
+            }
+        }
+    }
+
+    /// Receives one batch from the usage queue, folds it and deletes what was
+    /// handled; returns how many messages it received. What failed stays in the
+    /// queue and reappears after the visibility timeout (the queue dead-letters it
+    /// after its max receives).
+    pub async fn drain_once(
+        &self,
+        queue: &dyn Queue,
+        dlq: &dyn Queue,
+        wait: Duration,
+    ) -> Result<usize, StoreError> {
+        let messages = queue
+            .receive(&Receive {
+                max: crate::store::queue::MAX_BATCH,
+                wait,
+                visibility: Duration::from_secs(60),
+            })
+            .await?;
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| Record {
+                id: m.id.clone(),
+                body: m.body.clone(),
+            })
+            .collect();
+        let outcome = self.process(dlq, &records).await;
+        for m in &messages {
+            if !outcome.failed.contains(&m.id) {
+                queue.delete(&m.receipt).await?;
+            }
+        }
+        Ok(messages.len())
+    }
+
+    /// Drains the usage queue until `stop` turns true (`tenantai dev`'s stand-in
+    /// for the SQS trigger of the metering function).
+    pub async fn drain(
+        &self,
+        queue: Arc<dyn Queue>,
+        dlq: Arc<dyn Queue>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let round = self.drain_once(queue.as_ref(), dlq.as_ref(), Duration::from_secs(1));
+            tokio::select! {
+                r = round => if let Err(e) = r {
+                    tracing::error!(error = %e, "usage queue unreadable; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+fn truncated(s: &str) -> &str {
+    let mut end = s.len().min(512);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Parses a usage event from a queue message body.

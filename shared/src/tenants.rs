@@ -21,6 +21,9 @@ pub struct Tier {
     pub monthly_budget_micros: u64,
     /// Whether tenants of this tier may opt into the shared cache scope.
     pub shared_cache_allowed: bool,
+    /// Whether the monthly budget is a hard cap (requests over it are refused).
+    #[serde(default)]
+    pub hard_cap: bool,
 }
 
 /// The tiers by name: free / pro / enterprise by default, or a JSON object
@@ -36,9 +39,16 @@ impl Default for Tiers {
             max_inputs_per_request: max_inputs,
             monthly_budget_micros: budget,
             shared_cache_allowed: shared,
+            hard_cap: false,
         };
         Tiers(BTreeMap::from([
-            ("free".to_string(), tier(60, 100_000, 64, 5_000_000, false)),
+            (
+                "free".to_string(),
+                Tier {
+                    hard_cap: true,
+                    ..tier(60, 100_000, 64, 5_000_000, false)
+                },
+            ),
             (
                 "pro".to_string(),
                 tier(3_000, 5_000_000, 2048, 500_000_000, true),
@@ -117,9 +127,74 @@ pub struct Tenant {
     /// Rate limits overriding the tier's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<crate::ratelimit::Limits>,
+    /// Whether the budget is a hard cap (else the tier's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_cap: Option<bool>,
+    /// Percentages of the budget that raise a cost alert (else 50, 80, 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_thresholds: Option<Vec<u16>>,
+    /// Where cost alerts are posted, signed with the webhook's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<Webhook>,
     pub created_at: i64,
     #[serde(skip)]
     pub version: u64,
+}
+
+/// A tenant's alert webhook: alerts are POSTed to `url` with an HMAC-SHA256
+/// signature made with `secret` (see [`crate::alerts::sign`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: String,
+}
+
+/// Alert thresholds when a tenant sets none: 50 %, 80 % and 100 % of the budget.
+pub const DEFAULT_ALERT_THRESHOLDS: [u16; 3] = [50, 80, 100];
+
+/// A tenant's budget as the gate and the alerts apply it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    pub monthly_micros: u64,
+    pub hard_cap: bool,
+    pub thresholds: Vec<u16>,
+}
+
+impl Tenant {
+    /// The tenant's budget: its overrides, else its tier's.
+    pub fn budget(&self, tier: &Tier) -> Budget {
+        Budget {
+            monthly_micros: self
+                .monthly_budget_micros
+                .unwrap_or(tier.monthly_budget_micros),
+            hard_cap: self.hard_cap.unwrap_or(tier.hard_cap),
+            thresholds: self
+                .alert_thresholds
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ALERT_THRESHOLDS.to_vec()),
+        }
+    }
+}
+
+fn check_thresholds(t: &[u16]) -> ApiResult<()> {
+    if t.is_empty() || t.len() > 10 || t.iter().any(|p| *p == 0 || *p > 1000) {
+        return Err(ApiError::invalid_param(
+            "alert_thresholds",
+            "alert_thresholds holds 1 to 10 percentages, each 1 to 1000",
+        ));
+    }
+    Ok(())
+}
+
+fn check_webhook_url(url: &str) -> ApiResult<()> {
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid_param(
+            "alert_webhook_url",
+            "alert_webhook_url must be an http(s) URL of at most 2048 characters",
+        ));
+    }
+    Ok(())
 }
 
 /// The changes an admin may make to a tenant.
@@ -132,6 +207,10 @@ pub struct TenantPatch {
     pub cache_scope: Option<CacheScope>,
     pub monthly_budget_micros: Option<u64>,
     pub rate_limits: Option<crate::ratelimit::Limits>,
+    pub hard_cap: Option<bool>,
+    pub alert_thresholds: Option<Vec<u16>>,
+    /// Sets the alert webhook (a new signing secret is generated); "" removes it.
+    pub alert_webhook_url: Option<String>,
 }
 
 pub const TENANTS_PK: &str = "TENANTS";
@@ -185,6 +264,9 @@ impl Tenants {
             monthly_budget_micros: None,
             model_overrides: BTreeMap::new(),
             rate_limits: None,
+            hard_cap: None,
+            alert_thresholds: None,
+            alert_webhook: None,
             created_at: crate::store::now_secs(),
             version: 1,
         };
@@ -260,7 +342,30 @@ impl Tenants {
         if let Some(tier) = &patch.tier {
             tiers.get(tier)?;
         }
+        if let Some(t) = &patch.alert_thresholds {
+            check_thresholds(t)?;
+        }
+        let webhook = match patch.alert_webhook_url.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(url) => {
+                check_webhook_url(url)?;
+                Some(Some(Webhook {
+                    url: url.to_string(),
+                    secret: crate::keys::generate_secret("whsec_")?,
+                }))
+            }
+        };
         self.modify(id, |t| {
+            if let Some(cap) = patch.hard_cap {
+                t.hard_cap = Some(cap);
+            }
+            if let Some(thresholds) = &patch.alert_thresholds {
+                t.alert_thresholds = Some(thresholds.clone());
+            }
+            if let Some(w) = &webhook {
+                t.alert_webhook = w.clone();
+            }
             if let Some(name) = &patch.name {
                 t.name = name.trim().to_string();
             }

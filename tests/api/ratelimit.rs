@@ -18,6 +18,7 @@ async fn setup() -> Harness {
         max_inputs_per_request: 16,
         monthly_budget_micros: 1_000_000,
         shared_cache_allowed: false,
+        hard_cap: false,
     };
     let config = Config {
         tiers: Tiers(BTreeMap::from([("tiny".to_string(), tiny)])),

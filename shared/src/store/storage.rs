@@ -16,7 +16,11 @@ pub struct Storage {
     pub table: Arc<dyn Table>,
     pub blobs: Arc<dyn Blobs>,
     queues: HashMap<String, Arc<dyn Queue>>,
+    resources: Resources,
 }
+
+/// The usage queue's name ends with this (see [`Resources::named`]).
+const USAGE_SUFFIX: &str = "-usage";
 
 impl Storage {
     /// Embedded storage under `dir`: `dir/tenantai.db` (table and queues) and
@@ -32,6 +36,7 @@ impl Storage {
             table: Arc::new(db.table()),
             blobs: Arc::new(DirBlobs::open(dir.join("blobs"))?),
             queues,
+            resources: res.clone(),
         })
     }
 
@@ -58,7 +63,28 @@ impl Storage {
             )),
             blobs: Arc::new(S3Blobs::new(aws::s3_client(config), &res.bucket)),
             queues,
+            resources: res.clone(),
         })
+    }
+
+    /// The usage queue and its dead-letter queue.
+    pub fn usage_queues(&self) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
+        self.queue_pair(USAGE_SUFFIX)
+    }
+
+    fn queue_pair(&self, suffix: &str) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
+        let spec = self
+            .resources
+            .queues
+            .iter()
+            .find(|q| q.name.ends_with(suffix))
+            .ok_or_else(|| {
+                StoreError::NotFound(format!("no '*{suffix}' queue in this deployment"))
+            })?;
+        let dlq = spec.dead_letter.as_ref().ok_or_else(|| {
+            StoreError::NotFound(format!("queue '{}' has no dead-letter queue", spec.name))
+        })?;
+        Ok((self.queue(&spec.name)?, self.queue(&dlq.queue)?))
     }
 
     /// A queue (or dead-letter queue) of the deployment, by name.

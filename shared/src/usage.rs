@@ -1,0 +1,278 @@
+//! The api's side of metering: usage events leave the response path through an
+//! in-process buffer and reach the usage queue in batches of up to ten.
+//!
+//! A request only pushes its event into a channel; a background task sends what
+//! accumulated after `linger` (or at once when ten are waiting). Where a process
+//! may be frozen between requests (Lambda), [`UsageSink::flush_after_request`]
+//! runs after each invocation's response, before the environment is frozen, so
+//! nothing waits in memory across invocations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::metering::UsageEvent;
+use crate::store::queue::MAX_BATCH;
+use crate::store::{Outgoing, Queue};
+
+/// How long an event may wait for neighbours before its batch is sent.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(50);
+/// Batches in flight at once when a backlog is sent.
+const SEND_CONCURRENCY: usize = 8;
+/// Attempts per batch before its events are logged as undelivered.
+const SEND_ATTEMPTS: u32 = 4;
+
+enum Cmd {
+    Event(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sends usage events to the usage queue off the response path.
+#[derive(Clone)]
+pub struct UsageSink {
+    tx: mpsc::UnboundedSender<Cmd>,
+    completed: Arc<watch::Sender<u64>>,
+}
+
+impl UsageSink {
+    /// Starts the sender task on the current Tokio runtime.
+    pub fn new(queue: Arc<dyn Queue>, linger: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(queue, rx, linger));
+        UsageSink {
+            tx,
+            completed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Queues one event; never waits.
+    pub fn emit(&self, event: &UsageEvent) {
+        match serde_json::to_string(event) {
+            Ok(body) => {
+                if self.tx.send(Cmd::Event(body)).is_err() {
+                    tracing::error!(event_id = %event.event_id, "usage sink is closed; event not sent");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "usage event does not serialise"),
+        }
+    }
+
+    /// Returns once every event emitted before the call has been sent (or given up on).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Marks the end of one request (its event, if any, is already emitted).
+    pub fn request_done(&self) {
+        self.completed.send_modify(|n| *n += 1);
+    }
+
+    /// For a Lambda invocation: waits (at most `wait`) until a request has ended
+    /// since `seen`, then flushes. `seen` carries the count between invocations.
+    pub async fn flush_after_request(&self, seen: &mut u64, wait: Duration) {
+        let mut rx = self.completed.subscribe();
+        let since = *seen;
+        let _ = tokio::time::timeout(wait, rx.wait_for(|n| *n > since)).await;
+        *seen = *rx.borrow();
+        self.flush().await;
+    }
+}
+
+async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Cmd>, linger: Duration) {
+    let mut buffer: Vec<String> = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let cmd = match deadline {
+            Some(at) => tokio::select! {
+                cmd = rx.recv() => cmd,
+                _ = tokio::time::sleep_until(at) => {
+                    send_all(&queue, &mut buffer).await;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match cmd {
+            Some(Cmd::Event(body)) => {
+                buffer.push(body);
+                // Take whatever else is already waiting before deciding.
+                while buffer.len() < MAX_BATCH * SEND_CONCURRENCY {
+                    match rx.try_recv() {
+                        Ok(Cmd::Event(b)) => buffer.push(b),
+                        Ok(Cmd::Flush(done)) => {
+                            send_all(&queue, &mut buffer).await;
+                            let _ = done.send(());
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if buffer.len() >= MAX_BATCH {
+                    send_all(&queue, &mut buffer).await;
+                    deadline = None;
+                } else if !buffer.is_empty() && deadline.is_none() {
+                    deadline = Some(Instant::now() + linger);
+                }
+            }
+            Some(Cmd::Flush(done)) => {
+                send_all(&queue, &mut buffer).await;
+                deadline = None;
+                let _ = done.send(());
+            }
+            None => {
+                send_all(&queue, &mut buffer).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends the buffer in batches of ten, several at once, retrying each batch
+/// with backoff; a batch that still fails is logged event by event (the log
+/// line holds the event, so it can be replayed).
+async fn send_all(queue: &Arc<dyn Queue>, buffer: &mut Vec<String>) {
+    if buffer.is_empty() {
+        return;
+    }
+    let batches: Vec<Vec<Outgoing>> = buffer
+        .drain(..)
+        .collect::<Vec<_>>()
+        .chunks(MAX_BATCH)
+        .map(|c| c.iter().map(|b| Outgoing::new(b.clone())).collect())
+        .collect();
+    stream::iter(batches)
+        .for_each_concurrent(SEND_CONCURRENCY, |batch| async move {
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=SEND_ATTEMPTS {
+                match queue.send_batch(&batch).await {
+                    Ok(_) => return,
+                    Err(e) if attempt < SEND_ATTEMPTS => {
+                        tracing::warn!(error = %e, attempt, "usage batch not sent; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 4;
+                    }
+                    Err(e) => {
+                        for m in &batch {
+                            tracing::error!(error = %e, event = %m.body, "usage event not delivered to the usage queue");
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::Db;
+    use crate::store::{QueueSpec, Receive};
+
+    fn event(i: usize) -> UsageEvent {
+        UsageEvent {
+            event_id: format!("ev{i}"),
+            tenant_id: "t".into(),
+            key_id: "k".into(),
+            model: "m".into(),
+            model_version: "1".into(),
+            inputs: 1,
+            tokens: 3,
+            cache_hit: false,
+            latency_ms: 1.0,
+            compute_ms: 1,
+            cost_micros: 1,
+            at_ms: 1_700_000_000_000,
+        }
+    }
+
+    async fn queue() -> (tempfile::TempDir, Arc<dyn Queue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("db")).unwrap();
+        let spec = QueueSpec {
+            name: "u".into(),
+            dead_letter: None,
+        };
+        db.provision_queues(&[spec]).await.unwrap();
+        let q = db.queue("u").await.unwrap();
+        (dir, Arc::new(q))
+    }
+
+    async fn drain(q: &dyn Queue) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let got = q
+                .receive(&Receive {
+                    wait: Duration::ZERO,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            for m in got {
+                out.push(m.body.clone());
+                let _ = q.delete(&m.receipt).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_sends_everything_emitted_before_it() {
+        let (_dir, q) = queue().await;
+        // A linger far longer than the test: only flush can have sent them.
+        let sink = UsageSink::new(q.clone(), Duration::from_secs(3600));
+        for i in 0..25 {
+            sink.emit(&event(i));
+        }
+        sink.flush().await;
+        let mut got: Vec<UsageEvent> = drain(q.as_ref())
+            .await
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect();
+        got.sort_by_key(|e| e.event_id[2..].parse::<usize>().unwrap_or(0));
+        assert_eq!(got, (0..25).map(event).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_goes_out_after_the_linger() {
+        let (_dir, q) = queue().await;
+        let sink = UsageSink::new(q.clone(), Duration::from_millis(10));
+        sink.emit(&event(1));
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got = drain(q.as_ref()).await;
+            if !got.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn flush_after_request_waits_for_the_request_to_end() {
+        let (_dir, q) = queue().await;
+        let sink = UsageSink::new(q.clone(), Duration::from_secs(3600));
+        let handler = sink.clone();
+        // The invocation's handler ends after the flusher has started waiting.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            handler.emit(&event(7));
+            handler.request_done();
+        });
+        let mut seen = 0;
+        sink.flush_after_request(&mut seen, Duration::from_secs(30))
+            .await;
+        assert_eq!(seen, 1);
+        assert_eq!(drain(q.as_ref()).await.len(), 1);
+    }
+}
