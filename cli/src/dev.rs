@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
 use tenantai::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
@@ -42,6 +44,11 @@ pub struct DevArgs {
     /// Use a running `gpu-worker serve` at this URL instead of the in-process worker.
     #[arg(long, env = "TENANTAI_WORKER_URL")]
     worker_url: Option<String>,
+    /// Seconds between cost-alert runs (the in-process stand-in for the
+    /// EventBridge schedule); alerts go to tenants' webhooks and to the log.
+    #[arg(long, env = "TENANTAI_ALERTS_INTERVAL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    alerts_interval_secs: u64,
 }
 
 /// What the first start creates, kept in `<data-dir>/credentials.json` (mode 0600).
@@ -84,13 +91,66 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let base = format!("http://{}", listener.local_addr()?);
     print_banner(&base, &creds, &args.data_dir);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metering = spawn_metering(&app, stopped.clone())?;
+    let alerts = spawn_alerts(
+        &app,
+        Duration::from_secs(args.alerts_interval_secs),
+        stopped,
+    )?;
     let router = tenantai::http::host(
-        tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app)),
+        tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app.clone())),
     );
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown())
         .await?;
+    // Events still buffered reach the (persistent) usage queue; the next start folds them.
+    app.usage.flush().await;
+    let _ = stop.send(true);
+    let _ = tokio::join!(metering, alerts);
     Ok(())
+}
+
+/// Folds the embedded usage queue as the metering function does on AWS.
+fn spawn_metering(
+    app: &Arc<App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (queue, dlq) = app.storage.usage_queues()?;
+    let meter = app.meter.clone();
+    Ok(tokio::spawn(
+        async move { meter.drain(queue, dlq, stop).await },
+    ))
+}
+
+/// Runs the cost alerts every `interval`, as the EventBridge schedule does on AWS.
+fn spawn_alerts(
+    app: &Arc<App>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let alerts = CostAlerts::new(
+        app.storage.table.clone(),
+        app.config.tiers.clone(),
+        Notifier::new(Retry::default())?,
+    );
+    Ok(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = tenantai::metering::stopped(&mut stop) => return,
+            }
+            match alerts.run(time::OffsetDateTime::now_utc()).await {
+                Ok(summary) if summary.sent + summary.failed > 0 => {
+                    tracing::info!(?summary, "cost alerts run")
+                }
+                Ok(summary) => tracing::debug!(?summary, "cost alerts run"),
+                Err(e) => tracing::error!(error = %e, "cost alerts run failed"),
+            }
+        }
+    }))
 }
 
 fn init_logging() {

@@ -31,6 +31,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// When a backend's circuit opens and for how long.
     pub breaker: crate::breaker::BreakerConfig,
+    /// How long a usage event waits for others to share its queue message batch.
+    pub usage_linger: Duration,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             record_cache_ttl: Duration::from_secs(5),
             max_body_bytes: 6 * 1024 * 1024,
             breaker: crate::breaker::BreakerConfig::default(),
+            usage_linger: crate::usage::DEFAULT_LINGER,
         }
     }
 }
@@ -96,12 +99,19 @@ pub struct App {
     pub sagemaker: Option<crate::backend::SagemakerClient>,
     pub limiter: crate::ratelimit::RateLimiter,
     pub breakers: crate::breaker::Breakers,
+    /// Where usage events leave the request path.
+    pub usage: crate::usage::UsageSink,
+    pub meter: crate::metering::Meter,
+    pub budget: crate::budget::BudgetGate,
     tenant_cache: moka::future::Cache<String, Tenant>,
 }
 
 impl App {
+    /// Builds the services; must run inside a Tokio runtime (the usage sink
+    /// starts its sender task).
     pub fn new(storage: Storage, config: Config) -> ApiResult<Arc<App>> {
         let table = storage.table.clone();
+        let (usage_queue, _) = storage.usage_queues()?;
         let tenants = Tenants::new(table.clone());
         let keys = Keys::new(table.clone());
         let jwt = config.jwt.clone().map(JwtVerifier::new).transpose()?;
@@ -115,6 +125,9 @@ impl App {
             sagemaker: None,
             limiter: crate::ratelimit::RateLimiter::new(table.clone()),
             breakers: crate::breaker::Breakers::new(config.breaker.clone()),
+            usage: crate::usage::UsageSink::new(usage_queue, config.usage_linger),
+            meter: crate::metering::Meter::new(table.clone()),
+            budget: crate::budget::BudgetGate::new(table.clone()),
             tenant_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.record_cache_ttl)

@@ -13,6 +13,10 @@ pub const MAX_INPUTS: usize = 2048;
 /// Longest single string input, in bytes (well above any model's token limit).
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
+/// The most tokens one text input is billed for: the longest sequence of the
+/// BERT-family models served (512 positions).
+pub const MAX_BILLED_TOKENS_PER_INPUT: u64 = 512;
+
 /// The inputs: strings, or token-id arrays.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -142,6 +146,20 @@ impl EmbeddingRequest {
     /// about 4 bytes a token plus the two special tokens, at most the model's limit.
     pub fn estimate_tokens(&self) -> u64 {
         let text = |s: &String| (s.len() as u64 / 4 + 2).min(258);
+        match &self.input {
+            Input::Text(s) => text(s),
+            Input::Texts(v) => v.iter().map(text).sum(),
+            Input::Tokens(t) => t.len() as u64,
+            Input::TokenBatches(v) => v.iter().map(|t| t.len() as u64).sum(),
+        }
+    }
+
+    /// The most tokens the request can be billed for: a word-piece tokenizer
+    /// makes at most one token per byte of text plus the two special tokens, and
+    /// no input is served past [`MAX_BILLED_TOKENS_PER_INPUT`]; token-id inputs
+    /// count exactly.
+    pub fn max_tokens(&self) -> u64 {
+        let text = |s: &String| (s.len() as u64 + 2).min(MAX_BILLED_TOKENS_PER_INPUT);
         match &self.input {
             Input::Text(s) => text(s),
             Input::Texts(v) => v.iter().map(text).sum(),

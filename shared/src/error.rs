@@ -41,6 +41,9 @@ pub enum ApiError {
         retry_after_ms: u64,
         limits: crate::ratelimit::Limits,
     },
+    /// 429: the tenant's hard budget cap leaves no room for this request.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// 503: no backend can serve now; retry later.
     #[error("{message}")]
     Unavailable {
@@ -85,7 +88,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +109,7 @@ impl ApiError {
                 ("invalid_request_error", Some("unsupported_media_type"))
             }
             ApiError::RateLimited { .. } => ("rate_limit_exceeded", Some("rate_limit_exceeded")),
+            ApiError::QuotaExceeded(_) => ("insufficient_quota", Some("insufficient_quota")),
             ApiError::Unavailable { .. } => ("server_error", Some("service_unavailable")),
             ApiError::Internal(_) => ("server_error", None),
         }
@@ -171,6 +177,11 @@ impl IntoResponse for ApiError {
                     reset_ms: *retry_after_ms,
                 };
                 crate::ratelimit::insert_headers(h, &standing);
+            }
+            ApiError::QuotaExceeded(_) => {
+                // Retrying cannot help until the budget is raised or the month turns.
+                resp.headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
             }
             _ => {}
         }

@@ -53,6 +53,46 @@ pub async fn app_from_env() -> Result<Arc<App>, String> {
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }
 
+/// Longest an invocation's usage flush waits for its response.
+const FLUSH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Registers an internal Lambda extension (INVOKE events) that keeps usage
+/// events from waiting in memory while the environment is frozen: for each
+/// invocation it waits until the api has answered (see
+/// [`crate::usage::UsageSink::request_done`]) and flushes the sink. Lambda
+/// freezes the environment only once every extension has asked for its next
+/// event, so the flush happens after the response is sent and costs the
+/// client nothing. Returns the extension's run loop, to run beside the runtime.
+pub async fn register_usage_flush(
+    sink: crate::usage::UsageSink,
+) -> Result<
+    impl std::future::Future<Output = Result<(), lambda_extension::Error>>,
+    lambda_extension::Error,
+> {
+    let seen = Arc::new(tokio::sync::Mutex::new(0u64));
+    let processor = lambda_extension::service_fn(move |event: lambda_extension::LambdaEvent| {
+        let (sink, seen) = (sink.clone(), seen.clone());
+        async move {
+            if let lambda_extension::NextEvent::Invoke(invoke) = event.next {
+                let now_ms = u64::try_from(crate::store::now_millis()).unwrap_or(0);
+                let wait =
+                    std::time::Duration::from_millis(invoke.deadline_ms.saturating_sub(now_ms))
+                        .min(FLUSH_WAIT_MAX);
+                let mut seen = seen.lock().await;
+                sink.flush_after_request(&mut seen, wait).await;
+            }
+            Ok::<(), lambda_extension::Error>(())
+        }
+    });
+    let registered = lambda_extension::Extension::new()
+        .with_extension_name("tenantai-usage-flush")
+        .with_events(&["INVOKE"])
+        .with_events_processor(processor)
+        .register()
+        .await?;
+    Ok(registered.run())
+}
+
 /// The metering function's state: the meter over the deployment's table and the
 /// usage dead-letter queue (where malformed events go).
 pub async fn metering_from_env() -> Result<(Meter, Arc<dyn Queue>), String> {

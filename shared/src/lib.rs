@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod breaker;
+pub mod budget;
 pub mod cache;
 pub mod embeddings;
 pub mod error;

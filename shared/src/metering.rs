@@ -300,12 +300,16 @@ impl Meter {
     /// line saying why (and counts as handled); a fold the store refuses is
     /// reported in `failed`, so only it is redelivered.
     pub async fn process(&self, dlq: &dyn Queue, records: &[Record]) -> BatchOutcome {
-        use futures::stream::{self, StreamExt};
-        let outcomes: Vec<(String, RecordOutcome)> = stream::iter(records)
-            .map(|r| async move { (r.id.clone(), self.process_one(dlq, r).await) })
-            .buffer_unordered(FOLD_CONCURRENCY)
-            .collect()
-            .await;
+        // Chunks of concurrent folds: a plain loop (no closures held across an
+        // await) keeps the future `Send` for callers that spawn it.
+        let mut outcomes: Vec<(String, RecordOutcome)> = Vec::with_capacity(records.len());
+        for chunk in records.chunks(FOLD_CONCURRENCY) {
+            let mut folds = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                folds.push(async move { (r.id.clone(), self.process_one(dlq, r).await) });
+            }
+            outcomes.extend(futures::future::join_all(folds).await);
+        }
         let mut out = BatchOutcome::default();
         for (id, outcome) in outcomes {
             match outcome {
@@ -388,10 +392,15 @@ impl Meter {
                     tracing::error!(error = %e, "usage queue unreadable; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stopped(&mut stop) => return,
             }
         }
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn truncated(s: &str) -> &str {

@@ -30,6 +30,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{id}", get(get_tenant).patch(update_tenant))
         .route("/tenants/{id}/keys", post(create_key).get(list_keys))
+        .route("/tenants/{id}/usage", get(super::usage::tenant_usage))
+        .route("/usage", get(super::usage::all_usage))
         .route(
             "/tenants/{id}/keys/{key_id}",
             axum::routing::delete(revoke_key),

@@ -21,6 +21,7 @@ use crate::backend::BackendFailure;
 use crate::breaker::Outcome;
 use crate::embeddings::{response_body, EmbeddingRequest, Embeddings};
 use crate::error::{ApiError, ApiResult};
+use crate::metering::{cost_micros, UsageEvent};
 use crate::models::{BackendKind, ModelVersion, Route};
 use crate::ratelimit::{insert_headers, Scope};
 use crate::store::now_millis;
@@ -32,6 +33,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        .route("/v1/usage", get(super::usage::own_usage))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .with_state(app)
 }
@@ -124,7 +126,35 @@ async fn embeddings(
         .registry
         .route_chain(&tenant, &req.model, &request_id)
         .await?;
-    let served = serve(&app, &tenant, &routes, &req, cache_control(&headers)).await?;
+    // The budget gate holds back the most this request can cost (at the dearest
+    // version it may fall back to) until the real cost is known.
+    let now_ms = now_millis();
+    let month = crate::metering::day_of(now_ms)[..7].to_string();
+    let dearest = routes
+        .iter()
+        .map(|r| r.version.price_per_1k_tokens_micros)
+        .max()
+        .unwrap_or(0);
+    let reservation = app
+        .budget
+        .reserve(
+            &tenant.id,
+            &month,
+            &tenant.budget(tier),
+            cost_micros(req.max_tokens(), dearest),
+        )
+        .await?;
+    let served = serve(&app, &tenant, &routes, &req, cache_control(&headers)).await;
+    let cost = served
+        .as_ref()
+        .ok()
+        .map(|s| cost_micros(s.result.prompt_tokens, s.version.price_per_1k_tokens_micros));
+    if let Some(r) = reservation {
+        let budget = app.budget.clone();
+        tokio::spawn(async move { budget.settle(&r, cost).await });
+    }
+    let served = served?;
+    let cost = cost.unwrap_or(0);
     let version = &served.version;
 
     // The real token count replaces the estimate off the response path.
@@ -156,6 +186,27 @@ async fn embeddings(
         "x-tenantai-overhead-ms",
         header(&format!("{overhead_ms:.3}")),
     );
+    h.insert("x-tenantai-cost-micros", HeaderValue::from(cost));
+    // Cache hits are billed like misses (the price of the version that served
+    // them) and marked as hits; compute time is only what a backend spent.
+    app.usage.emit(&UsageEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: tenant.id.clone(),
+        key_id: ctx.key_id.clone(),
+        model: version.model.clone(),
+        model_version: version.version.clone(),
+        inputs: req.len() as u64,
+        tokens: served.result.prompt_tokens,
+        cache_hit: served.hit,
+        latency_ms,
+        compute_ms: if served.hit {
+            0
+        } else {
+            served.backend_ms.round() as u64
+        },
+        cost_micros: cost,
+        at_ms: now_ms,
+    });
     tracing::info!(
         tenant_id = %ctx.tenant_id, key_id = %ctx.key_id, model = %version.model, version = %version.version,
         inputs = req.len(), tokens = served.result.prompt_tokens, cache_hit = served.hit,

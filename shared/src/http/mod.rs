@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod usage;
 
 use axum::body::Body;
 use axum::extract::Request;

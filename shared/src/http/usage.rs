@@ -1,0 +1,442 @@
+//! Usage reports: the metered aggregates of a date range, grouped by day,
+//! model and (for admins) tenant, with totals and cursor pagination.
+//!
+//! `GET /v1/usage` reports the calling tenant; the admin API reports any tenant
+//! (`/admin/v1/tenants/{id}/usage`) or all of them (`/admin/v1/usage`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use time::{Date, Duration as Days, OffsetDateTime};
+
+use crate::app::App;
+use crate::auth::TenantContext;
+use crate::error::{ApiError, ApiResult};
+use crate::metering::{day_of, parse_day, Aggregate, COUNTERS};
+
+/// The longest range one report covers.
+pub const MAX_DAYS: i64 = 366;
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UsageParams {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub group_by: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dimension {
+    Tenant,
+    Day,
+    Model,
+}
+
+impl Dimension {
+    fn name(self) -> &'static str {
+        match self {
+            Dimension::Tenant => "tenant_id",
+            Dimension::Day => "day",
+            Dimension::Model => "model",
+        }
+    }
+}
+
+/// A validated report request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageQuery {
+    pub from: Date,
+    pub to: Date,
+    pub group_by: Vec<Dimension>,
+    pub limit: usize,
+    /// The last group of the previous page.
+    pub after: Option<String>,
+}
+
+fn format_day(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+impl UsageQuery {
+    /// Validates the parameters; `from` defaults to the first of `today`'s
+    /// month, `to` to `today`, `group_by` to `default_group`.
+    pub fn parse(
+        p: &UsageParams,
+        today: Date,
+        admin_across_tenants: bool,
+        default_group: &str,
+    ) -> ApiResult<Self> {
+        let day = |param: &'static str, v: &Option<String>, default: Date| match v {
+            None => Ok(default),
+            Some(s) => parse_day(s).ok_or_else(|| {
+                ApiError::invalid_param(
+                    param,
+                    format!("{param} must be a date YYYY-MM-DD, not '{s}'"),
+                )
+            }),
+        };
+        let from = day("from", &p.from, today.replace_day(1).unwrap_or(today))?;
+        let to = day("to", &p.to, today)?;
+        if to < from {
+            return Err(ApiError::invalid_param("to", "to must not be before from"));
+        }
+        if (to - from) >= Days::days(MAX_DAYS) {
+            return Err(ApiError::invalid_param(
+                "to",
+                format!("a report covers at most {MAX_DAYS} days"),
+            ));
+        }
+        let mut group_by = Vec::new();
+        let groups = p.group_by.as_deref().unwrap_or(default_group);
+        for g in groups.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            let d = match g {
+                "day" => Dimension::Day,
+                "model" => Dimension::Model,
+                "tenant" | "tenant_id" if admin_across_tenants => Dimension::Tenant,
+                other => {
+                    let allowed = if admin_across_tenants {
+                        "tenant, day, model"
+                    } else {
+                        "day, model"
+                    };
+                    return Err(ApiError::invalid_param(
+                        "group_by",
+                        format!("cannot group by '{other}'; group_by is a comma-separated list of {allowed}"),
+                    ));
+                }
+            };
+            if !group_by.contains(&d) {
+                group_by.push(d);
+            }
+        }
+        // A fixed order keeps pages stable whatever order the caller listed.
+        group_by.sort_by_key(|d| *d as u8);
+        let limit = match &p.limit {
+            None => DEFAULT_LIMIT,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "limit",
+                        format!("limit must be between 1 and {MAX_LIMIT}"),
+                    ))
+                }
+            },
+        };
+        let after = match &p.after {
+            None => None,
+            Some(c) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid_param("after", "after is not a cursor this API returned")
+                    })?,
+            ),
+        };
+        Ok(UsageQuery {
+            from,
+            to,
+            group_by,
+            limit,
+            after,
+        })
+    }
+}
+
+fn zero() -> BTreeMap<String, u64> {
+    COUNTERS.iter().map(|c| (c.to_string(), 0)).collect()
+}
+
+fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Groups `(tenant, aggregate)` rows and cuts the page after the cursor.
+pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
+    let mut groups: BTreeMap<Vec<String>, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut totals = zero();
+    for (tenant, agg) in rows {
+        let key = q
+            .group_by
+            .iter()
+            .map(|d| match d {
+                Dimension::Tenant => tenant.clone(),
+                Dimension::Day => agg.day.clone(),
+                Dimension::Model => agg.model.clone(),
+            })
+            .collect::<Vec<_>>();
+        add(groups.entry(key).or_insert_with(zero), &agg.counters);
+        add(&mut totals, &agg.counters);
+    }
+    // Group keys hold no NUL, so joining on it keeps the order and is reversible.
+    let cursor_of = |key: &[String]| key.join("\u{0}");
+    let mut data = Vec::new();
+    let mut next = None;
+    let pending = groups
+        .iter()
+        .filter(|(k, _)| q.after.as_ref().is_none_or(|a| cursor_of(k) > *a));
+    for (key, counters) in pending {
+        if data.len() == q.limit {
+            next = data
+                .last()
+                .map(|(k, _): &(&Vec<String>, _)| URL_SAFE_NO_PAD.encode(cursor_of(k)));
+            break;
+        }
+        data.push((key, counters));
+    }
+    let data = data
+        .into_iter()
+        .map(|(key, counters)| {
+            let mut bucket = Map::new();
+            bucket.insert("object".into(), "usage.bucket".into());
+            for (d, v) in q.group_by.iter().zip(key) {
+                bucket.insert(d.name().into(), v.clone().into());
+            }
+            for (c, v) in counters {
+                bucket.insert(c.clone(), (*v).into());
+            }
+            Value::Object(bucket)
+        })
+        .collect::<Vec<_>>();
+    json!({
+        "object": "list",
+        "from": format_day(q.from),
+        "to": format_day(q.to),
+        "group_by": q.group_by.iter().map(|d| d.name()).collect::<Vec<_>>(),
+        "data": data,
+        "totals": totals,
+        "has_more": next.is_some(),
+        "next": next,
+    })
+}
+
+fn today() -> Date {
+    OffsetDateTime::now_utc().date()
+}
+
+fn params(p: Result<Query<UsageParams>, QueryRejection>) -> ApiResult<UsageParams> {
+    p.map(|Query(p)| p)
+        .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+}
+
+async fn tenant_rows(
+    app: &App,
+    tenant_id: &str,
+    q: &UsageQuery,
+) -> ApiResult<Vec<(String, Aggregate)>> {
+    Ok(app
+        .meter
+        .aggregates(tenant_id, q.from, q.to)
+        .await?
+        .into_iter()
+        .map(|a| (tenant_id.to_string(), a))
+        .collect())
+}
+
+/// The tenant's budget and its month so far, beside its report.
+async fn budget_block(app: &App, tenant_id: &str) -> ApiResult<Value> {
+    let tenant = app.tenant(tenant_id).await?;
+    let tier = app.config.tiers.get(&tenant.tier)?;
+    let budget = tenant.budget(tier);
+    let month = day_of(crate::store::now_millis())[..7].to_string();
+    let spent = app.meter.month_spend(tenant_id, &month).await?;
+    Ok(json!({
+        "month": month,
+        "monthly_budget_micros": budget.monthly_micros,
+        "hard_cap": budget.hard_cap,
+        "alert_thresholds": budget.thresholds,
+        "month_to_date_cost_micros": spent,
+    }))
+}
+
+async fn tenant_report(app: &App, tenant_id: &str, p: &UsageParams) -> ApiResult<Value> {
+    let q = UsageQuery::parse(p, today(), false, "day")?;
+    let mut body = report(&tenant_rows(app, tenant_id, &q).await?, &q);
+    body["budget"] = budget_block(app, tenant_id).await?;
+    Ok(body)
+}
+
+/// `GET /v1/usage`: the calling tenant's usage (scope `usage`).
+pub async fn own_usage(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    p: Result<Query<UsageParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    ctx.require("usage")?;
+    Ok(Json(
+        tenant_report(&app, &ctx.tenant_id, &params(p)?).await?,
+    ))
+}
+
+/// `GET /admin/v1/tenants/{id}/usage`.
+pub async fn tenant_usage(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    p: Result<Query<UsageParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = params(p)?;
+    app.tenants.get(&id).await?;
+    Ok(Json(tenant_report(&app, &id, &p).await?))
+}
+
+/// `GET /admin/v1/usage`: every tenant's usage, grouped by tenant by default.
+pub async fn all_usage(
+    State(app): State<Arc<App>>,
+    p: Result<Query<UsageParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = UsageQuery::parse(&params(p)?, today(), true, "tenant")?;
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = app.tenants.list(cursor, 100).await?;
+        for tenant in &page.items {
+            rows.extend(tenant_rows(&app, &tenant.id, &q).await?);
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(Json(report(&rows, &q)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn agg(day: &str, model: &str, tokens: u64) -> Aggregate {
+        let mut counters = zero();
+        counters.insert("tokens".into(), tokens);
+        counters.insert("requests".into(), 1);
+        Aggregate {
+            day: day.into(),
+            model: model.into(),
+            counters,
+        }
+    }
+
+    fn query(group_by: &str, limit: &str) -> UsageQuery {
+        let p = UsageParams {
+            from: Some("2026-11-01".into()),
+            group_by: Some(group_by.into()),
+            limit: Some(limit.into()),
+            ..Default::default()
+        };
+        UsageQuery::parse(&p, date!(2026 - 11 - 25), true, "day").unwrap()
+    }
+
+    #[test]
+    fn groups_total_and_pages_through_every_bucket_once() {
+        let rows = vec![
+            ("t1".to_string(), agg("2026-11-02", "a", 5)),
+            ("t1".to_string(), agg("2026-11-02", "b", 7)),
+            ("t2".to_string(), agg("2026-11-03", "a", 11)),
+        ];
+        let by_model = report(&rows, &query("model", "10"));
+        assert_eq!(by_model["data"].as_array().unwrap().len(), 2);
+        assert_eq!(by_model["data"][0]["model"], "a");
+        assert_eq!(by_model["data"][0]["tokens"], 16);
+        assert_eq!(by_model["totals"]["tokens"], 23);
+        assert_eq!(by_model["totals"]["requests"], 3);
+
+        let mut q = query("model,day,tenant", "1");
+        assert_eq!(
+            q.group_by,
+            vec![Dimension::Tenant, Dimension::Day, Dimension::Model]
+        );
+        let mut seen = Vec::new();
+        loop {
+            let page = report(&rows, &q);
+            assert_eq!(page["totals"]["tokens"], 23);
+            seen.extend(
+                page["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b["tokens"].as_u64().unwrap()),
+            );
+            match page["next"].as_str() {
+                Some(c) => {
+                    q = UsageQuery::parse(
+                        &UsageParams {
+                            from: Some("2026-11-01".into()),
+                            group_by: Some("tenant,day,model".into()),
+                            limit: Some("1".into()),
+                            after: Some(c.into()),
+                            ..Default::default()
+                        },
+                        date!(2026 - 11 - 25),
+                        true,
+                        "day",
+                    )
+                    .unwrap()
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![5, 7, 11]);
+    }
+
+    #[test]
+    fn bad_parameters_are_400s() {
+        let today = date!(2026 - 11 - 25);
+        let bad = [
+            UsageParams {
+                from: Some("2026-13-01".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                from: Some("2026-11-20".into()),
+                to: Some("2026-11-19".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                from: Some("2024-01-01".into()),
+                to: Some("2026-01-01".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                group_by: Some("tenant".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                group_by: Some("week".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                limit: Some("0".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                limit: Some("x".into()),
+                ..Default::default()
+            },
+            UsageParams {
+                after: Some("!!".into()),
+                ..Default::default()
+            },
+        ];
+        for p in bad {
+            let e = UsageQuery::parse(&p, today, false, "day").unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{p:?}");
+        }
+        let q = UsageQuery::parse(&UsageParams::default(), today, false, "day").unwrap();
+        assert_eq!((q.from, q.to), (date!(2026 - 11 - 01), today));
+        assert_eq!(q.group_by, vec![Dimension::Day]);
+    }
+}
