@@ -11,6 +11,10 @@ pub struct Env {
 }
 
 impl Env {
+    /// Whether this environment runs on the AWS adapters (the emulator).
+    pub fn is_aws(&self) -> bool {
+        self._dir.is_none()
+    }
     pub fn table(&self) -> &Arc<dyn Table> {
         &self.storage.table
     }

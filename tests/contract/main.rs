@@ -3,13 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
+mod alerts;
 mod blobs;
+mod budget;
 mod env;
 mod metering;
 mod processes;
 mod queue;
 mod ratelimit;
 mod table;
+#[path = "../common/webhook.rs"]
+mod webhook;
 
 /// Instantiates every case once per adapter.
 macro_rules! contract {
@@ -61,4 +65,7 @@ contract! {
     ratelimit::admitted_requests_never_exceed_the_limit,
     ratelimit::token_limits_refuse_and_settle,
     metering::usage_folds_exactly_once,
+    metering::batches_dead_letter_malformed_events_only,
+    budget::hard_cap_holds_under_concurrent_reservations,
+    alerts::alerts_fire_once_under_concurrent_runs,
 }

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tenantai::metering::{parse_day, Folded, Meter, UsageEvent};
+use tenantai::metering::{parse_day, Folded, Meter, Record, UsageEvent};
+use tenantai::store::{Outgoing, Receive};
 
 use crate::env::Env;
 
@@ -142,4 +144,103 @@ pub async fn usage_folds_exactly_once(env: &Env) {
     // A date range selects days.
     let one_day = meter.aggregates("ten_0", to, to).await.unwrap();
     assert!(one_day.iter().all(|a| a.day == "2026-11-26"));
+}
+
+fn body(e: &UsageEvent) -> String {
+    serde_json::to_string(e).unwrap()
+}
+
+/// One bad message never costs its neighbours: malformed events go to the
+/// dead-letter queue (and count as handled), duplicates add nothing, and a
+/// drained queue is left empty.
+pub async fn batches_dead_letter_malformed_events_only(env: &Env) {
+    let mut rng = Lcg(7);
+    let evs = events(4, &mut rng);
+    let (queue, dlq) = env.queue_with_dlq();
+    let meter = Meter::new(env.table().clone());
+    let mut empty_tenant = evs[1].clone();
+    empty_tenant.tenant_id = String::new();
+    let records = vec![
+        Record {
+            id: "m1".into(),
+            body: body(&evs[0]),
+        },
+        Record {
+            id: "m2".into(),
+            body: "{\"event_id\": 3".into(),
+        },
+        Record {
+            id: "m3".into(),
+            body: body(&empty_tenant),
+        },
+        Record {
+            id: "m4".into(),
+            body: body(&evs[2]),
+        },
+        Record {
+            id: "m5".into(),
+            body: body(&evs[0]),
+        },
+    ];
+    let outcome = meter.process(dlq.as_ref(), &records).await;
+    assert_eq!(
+        (outcome.added, outcome.duplicates, outcome.dead_lettered),
+        (2, 1, 2),
+        "{outcome:?}"
+    );
+    assert!(outcome.failed.is_empty(), "{outcome:?}");
+    let dead = dlq
+        .receive(&Receive {
+            max: 10,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let mut bodies: Vec<String> = dead.iter().map(|m| m.body.clone()).collect();
+    bodies.sort();
+    let mut want = vec![records[1].body.clone(), records[2].body.clone()];
+    want.sort();
+    assert_eq!(bodies, want, "the malformed bodies, unchanged, in the DLQ");
+
+    // Through the queue: everything received is folded and deleted.
+    for e in &evs {
+        queue.send(&Outgoing::new(body(e))).await.unwrap();
+    }
+    let mut received = 0;
+    while received < evs.len() {
+        let n = meter
+            .drain_once(queue.as_ref(), dlq.as_ref(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "the queue ran dry after {received} of {} messages",
+            evs.len()
+        );
+        received += n;
+    }
+    assert_eq!(
+        meter
+            .drain_once(queue.as_ref(), dlq.as_ref(), Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+    let day_range = (
+        parse_day("2026-11-24").unwrap(),
+        parse_day("2026-11-26").unwrap(),
+    );
+    let mut requests = 0;
+    for tenant in ["ten_0", "ten_1", "ten_2"] {
+        for a in meter
+            .aggregates(tenant, day_range.0, day_range.1)
+            .await
+            .unwrap()
+        {
+            requests += a.counters["requests"];
+        }
+    }
+    // evs[0] and evs[2] were folded by the batch; evs[1] and evs[3] only now.
+    assert_eq!(requests, 4);
 }
