@@ -139,6 +139,21 @@ impl Harness {
         .await
     }
 
+    /// Sends every buffered usage event and folds the usage queue, as the
+    /// metering function would.
+    pub async fn settle_usage(&self) {
+        self.app.usage.flush().await;
+        let (queue, dlq) = self.app.storage.usage_queues().unwrap();
+        while self
+            .app
+            .meter
+            .drain_once(queue.as_ref(), dlq.as_ref(), std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            > 0
+        {}
+    }
+
     /// A new tenant of this tier; returns its id.
     pub async fn tenant(&self, name: &str, tier: &str) -> String {
         let r = self

@@ -12,6 +12,7 @@ mod harness;
 mod isolation;
 mod jwt;
 mod malformed;
+mod metering;
 mod ratelimit;
 mod routing;
 mod sagemaker;
