@@ -123,6 +123,21 @@ pub async fn alerts_from_env() -> Result<CostAlerts, String> {
     ))
 }
 
+/// One scheduled run of the cost alerts. The schedule's time is the run's
+/// "now", so a retried delivery of the same event judges the same moment.
+pub async fn scheduled_alerts(
+    alerts: &CostAlerts,
+    event: aws_lambda_events::eventbridge::EventBridgeEvent<Value>,
+) -> crate::error::ApiResult<crate::alerts::RunSummary> {
+    let now = event
+        .time
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    let summary = alerts.run(now).await?;
+    tracing::info!(?summary, "cost alerts run");
+    Ok(summary)
+}
+
 /// Folds an SQS batch and names the records to redeliver (ReportBatchItemFailures).
 pub async fn sqs_batch(meter: &Meter, dlq: &dyn Queue, event: SqsEvent) -> SqsBatchResponse {
     let records: Vec<Record> = event

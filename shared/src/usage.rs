@@ -141,12 +141,14 @@ async fn send_all(queue: &Arc<dyn Queue>, buffer: &mut Vec<String>) {
     if buffer.is_empty() {
         return;
     }
-    let batches: Vec<Vec<Outgoing>> = buffer
-        .drain(..)
-        .collect::<Vec<_>>()
-        .chunks(MAX_BATCH)
-        .map(|c| c.iter().map(|b| Outgoing::new(b.clone())).collect())
-        .collect();
+    let mut pending = std::mem::take(buffer)
+        .into_iter()
+        .map(Outgoing::new)
+        .peekable();
+    let mut batches: Vec<Vec<Outgoing>> = Vec::new();
+    while pending.peek().is_some() {
+        batches.push(pending.by_ref().take(MAX_BATCH).collect());
+    }
     stream::iter(batches)
         .for_each_concurrent(SEND_CONCURRENCY, |batch| async move {
             let mut delay = Duration::from_millis(100);

@@ -136,3 +136,92 @@ async fn authorizer_events() {
         assert_eq!(resp.context, json!({}), "{name}");
     }
 }
+
+#[tokio::test]
+async fn metering_and_cost_alert_events() {
+    use tenantai::alerts::{CostAlerts, Notifier, Retry};
+    use tenantai::lambda::{scheduled_alerts, sqs_batch};
+    use tenantai::store::Receive;
+
+    let s = seed().await;
+    let tenant = &s.vars["TENANT_ID"];
+    let app = &s.h.app;
+    let (_, dlq) = app.storage.usage_queues().unwrap();
+    let batch = |name: &'static str| {
+        serde_json::from_str::<aws_lambda_events::sqs::SqsEvent>(&load_event(name, &s.vars))
+            .unwrap()
+    };
+    let spend = || app.meter.month_spend(tenant, "2026-11");
+
+    let resp = sqs_batch(&app.meter, dlq.as_ref(), batch("metering/sqs-batch.json")).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(spend().await.unwrap(), 60);
+    // Redelivered: nothing is added twice.
+    let resp = sqs_batch(&app.meter, dlq.as_ref(), batch("metering/sqs-batch.json")).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(spend().await.unwrap(), 60);
+    // The malformed record goes to the DLQ; its neighbour is folded.
+    let resp = sqs_batch(
+        &app.meter,
+        dlq.as_ref(),
+        batch("metering/sqs-malformed.json"),
+    )
+    .await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(spend().await.unwrap(), 70);
+    let dead = dlq
+        .receive(&Receive {
+            max: 10,
+            wait: std::time::Duration::ZERO,
+            visibility: std::time::Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body.contains("evt_sample_0004"));
+
+    // The schedule: 70 of a 100 budget crosses 50 %; the event's time is "now".
+    let hook = crate::webhook::Webhook::start(0).await;
+    s.h.admin(
+        axum::http::Method::PATCH,
+        &format!("/tenants/{tenant}"),
+        Some(json!({"monthly_budget_micros": 100, "alert_webhook_url": hook.url})),
+    )
+    .await
+    .ok();
+    let secret = app
+        .tenants
+        .get(tenant)
+        .await
+        .unwrap()
+        .alert_webhook
+        .unwrap()
+        .secret;
+    hook.expect_secret(&secret);
+    let alerts = CostAlerts::new(
+        app.storage.table.clone(),
+        app.config.tiers.clone(),
+        Notifier::new(Retry::default()).unwrap(),
+    );
+    let schedule = || {
+        serde_json::from_str::<aws_lambda_events::eventbridge::EventBridgeEvent<Value>>(
+            &load_event("cost-alerts/schedule.json", &s.vars),
+        )
+        .unwrap()
+    };
+    let first = scheduled_alerts(&alerts, schedule()).await.unwrap();
+    let ids: Vec<String> = hook
+        .accepted()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&format!("{tenant}:2026-11:50:crossed")),
+        "{ids:?}"
+    );
+    assert!(!ids.iter().any(|i| i.contains(":100:")), "{ids:?}");
+    assert_eq!(first.sent, ids.len());
+    let again = scheduled_alerts(&alerts, schedule()).await.unwrap();
+    assert_eq!((again.sent, again.already_sent), (0, first.sent));
+    assert_eq!(hook.accepted().len(), ids.len());
+}

@@ -16,4 +16,6 @@ mod metering;
 mod ratelimit;
 mod routing;
 mod sagemaker;
+#[path = "../common/webhook.rs"]
+mod webhook;
 mod worker;

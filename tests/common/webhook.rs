@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of it
 //! A webhook receiver on loopback that checks every delivery's signature the
 //! way the README tells tenants to, and records the alerts it accepted.
 

@@ -20,6 +20,8 @@ use tenantai::store::{aws, Resources, Storage};
 
 #[path = "../common/expected_events.rs"]
 mod expected_events;
+#[path = "../common/webhook.rs"]
+mod webhook;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,6 +85,10 @@ fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) 
     for (k, v) in vars {
         text = text.replace(&format!("${{{k}}}"), v);
     }
+    invoke_text(port, function, event, &text)
+}
+
+fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
     let out = Command::new("cargo")
@@ -117,7 +123,7 @@ fn status_and_body(resp: &Value) -> (u64, Value) {
     (resp["statusCode"].as_u64().unwrap_or(0), body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn functions_through_cargo_lambda() {
     if std::env::var_os("TENANTAI_LAMBDA_E2E").is_none() {
         eprintln!("SKIPPED here: scripts/test.sh runs this test in its cargo-lambda phase (TENANTAI_LAMBDA_E2E=1)");
@@ -162,6 +168,28 @@ async fn functions_through_cargo_lambda() {
         ))
         .await
         .unwrap();
+    // Cost alerts: a small budget, a webhook that checks signatures, an SNS topic.
+    let hook = webhook::Webhook::start(0).await;
+    let patch = tenantai::tenants::TenantPatch {
+        monthly_budget_micros: Some(100),
+        alert_webhook_url: Some(hook.url.clone()),
+        ..Default::default()
+    };
+    let (_, alerted) = app
+        .tenants
+        .update(&tenant.id, &patch, &app.config.tiers)
+        .await
+        .unwrap();
+    hook.expect_secret(&alerted.alert_webhook.unwrap().secret);
+    let topic = aws_sdk_sns::Client::new(&sdk)
+        .create_topic()
+        .name(format!("{prefix}-alerts"))
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
     let vars = HashMap::from([
         ("TENANT_ID", tenant.id.clone()),
         ("KEY_ID", key.key.key_id.clone()),
@@ -173,7 +201,7 @@ async fn functions_through_cargo_lambda() {
 
     let port = free_port();
     let env = format!(
-        "AWS_ENDPOINT_URL={endpoint},AWS_REGION=us-east-1,AWS_ACCESS_KEY_ID=test,AWS_SECRET_ACCESS_KEY=test,TENANTAI_RESOURCE_PREFIX={prefix},RUST_LOG=warn"
+        "AWS_ENDPOINT_URL={endpoint},AWS_REGION=us-east-1,AWS_ACCESS_KEY_ID=test,AWS_SECRET_ACCESS_KEY=test,TENANTAI_RESOURCE_PREFIX={prefix},TENANTAI_ALERTS_TOPIC_ARN={topic},RUST_LOG=warn"
     );
     let mut watch = Command::new("cargo")
         .args([
@@ -221,6 +249,96 @@ async fn functions_through_cargo_lambda() {
         let (status, body) = status_and_body(&invoke(port, "api", event, &vars));
         assert_eq!(status, u64::from(want), "{event}: {body}");
     }
+
+    // The api's usage events reach the usage queue once its invocations end
+    // (flushed by its extension while the environment is still running).
+    let (usage_queue, dlq) = app.storage.usage_queues().unwrap();
+    let mut emitted = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emitted.len() < 2 && Instant::now() < deadline {
+        let got = usage_queue
+            .receive(&tenantai::store::Receive {
+                max: 10,
+                wait: Duration::from_secs(1),
+                visibility: Duration::from_secs(300),
+            })
+            .await
+            .unwrap();
+        emitted.extend(got);
+    }
+    assert_eq!(emitted.len(), 2, "one usage event per embeddings call");
+    for m in &emitted {
+        let e = tenantai::metering::parse_event(&m.body).unwrap();
+        assert_eq!(e.tenant_id, tenant.id);
+        assert_eq!(e.key_id, key.key.key_id);
+    }
+    // ... and the metering function folds them, as the SQS trigger would hand them over.
+    let records: Vec<Value> = emitted
+        .iter()
+        .map(|m| {
+            serde_json::json!({"messageId": m.id, "receiptHandle": m.receipt, "body": m.body,
+            "eventSource": "aws:sqs", "awsRegion": "us-east-1"})
+        })
+        .collect();
+    let live = serde_json::json!({ "Records": records }).to_string();
+    let resp = invoke_text(port, "metering", "live usage batch", &live);
+    assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
+    let meter = tenantai::metering::Meter::new(app.storage.table.clone());
+    let today = time::OffsetDateTime::now_utc().date();
+    let folded: u64 = meter
+        .aggregates(&tenant.id, today.previous_day().unwrap(), today)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.counters["requests"])
+        .sum();
+    assert_eq!(folded, 2);
+
+    // The sample batches: folded once however often delivered; the malformed
+    // record is dead-lettered without failing its neighbour.
+    for _ in 0..2 {
+        let resp = invoke(port, "metering", "metering/sqs-batch.json", &vars);
+        assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
+    }
+    let resp = invoke(port, "metering", "metering/sqs-malformed.json", &vars);
+    assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
+    let sample_day = tenantai::metering::parse_day("2026-11-24").unwrap();
+    let sample = meter
+        .aggregates(&tenant.id, sample_day, sample_day)
+        .await
+        .unwrap();
+    assert_eq!(
+        sample.iter().map(|a| a.counters["requests"]).sum::<u64>(),
+        3
+    );
+    let dead = dlq
+        .receive(&tenantai::store::Receive {
+            max: 10,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(300),
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body.contains("evt_sample_0004"));
+
+    // The schedule: 70+ of a 100 budget in 2026-11 crosses 50 %, once.
+    let summary = invoke(port, "cost-alerts", "cost-alerts/schedule.json", &vars);
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let ids: Vec<String> = hook
+        .accepted()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&format!("{}:2026-11:50:crossed", tenant.id)),
+        "{ids:?}"
+    );
+    assert_eq!(summary["sent"].as_u64().unwrap(), ids.len() as u64);
+    let again = invoke(port, "cost-alerts", "cost-alerts/schedule.json", &vars);
+    assert_eq!(again["sent"], 0, "{again}");
+    assert_eq!(again["already_sent"].as_u64().unwrap(), ids.len() as u64);
+    assert!(hook.rejected().is_empty());
 
     // The admin API, route by route.
     for (event, want) in expected_events::ADMIN {

@@ -6,7 +6,7 @@
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
-use tenantai::lambda::{alerts_from_env, init_logging};
+use tenantai::lambda::{alerts_from_env, init_logging, scheduled_alerts};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -15,14 +15,7 @@ async fn main() -> Result<(), Error> {
     let alerts = &alerts;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<EventBridgeEvent<Value>>| async move {
-            // The schedule's time is the run's "now", so a retried run judges the same moment.
-            let now = event
-                .payload
-                .time
-                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
-                .unwrap_or_else(time::OffsetDateTime::now_utc);
-            let summary = alerts.run(now).await?;
-            tracing::info!(?summary, "cost alerts run");
+            let summary = scheduled_alerts(alerts, event.payload).await?;
             Ok::<_, Error>(serde_json::to_value(summary)?)
         },
     ))
