@@ -3,12 +3,16 @@
 //! embedded adapters and on the AWS adapters (against `AWS_ENDPOINT_URL`, the
 //! emulator started by `scripts/bench-storage.sh`), side by side, with the ratio.
 //!
+//! The metering rows fold batches of ten usage events (an SQS batch) through
+//! the metering code and report events per second.
+//!
 //! Every run is bounded in operation count and in time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tenantai::metering::{Meter, Record, UsageEvent};
 use tenantai::store::{
     aws, Cond, Item, Key, Outgoing, Queue, QueueSpec, Receive, Resources, Storage, Table, Update,
 };
@@ -168,7 +172,76 @@ async fn run(storage: Storage, res: &Resources) -> Vec<Row> {
         op: "queue receive + delete",
         ops_per_sec: recv,
     });
+
     rows
+}
+
+/// Metering: SQS-sized batches of 10 usage events folded exactly once, as the
+/// metering function does; then the same batches redelivered. On a table of
+/// its own: the emulator copies the whole table for every transaction, so a
+/// table filled by the other rows would slow it further.
+async fn run_metering(storage: Storage, res: &Resources) -> Vec<Row> {
+    let table: Arc<dyn Table> = storage.table.clone();
+    let queue: Arc<dyn Queue> = storage.queue(&res.queues[0].name).expect("bench queue");
+    let mut rows = Vec::new();
+    let meter = Meter::new(table.clone());
+    let (m, q) = (meter.clone(), queue.clone());
+    let fold = measure(move |i| {
+        let (m, q) = (m.clone(), q.clone());
+        async move {
+            let outcome = m.process(q.as_ref(), &usage_batch(i)).await;
+            assert_eq!(outcome.added, FOLD_BATCH, "fold: {outcome:?}");
+        }
+    })
+    .await;
+    rows.push(Row {
+        op: "usage events folded (events/s)",
+        ops_per_sec: fold * FOLD_BATCH as f64,
+    });
+    let (m, q) = (meter.clone(), queue.clone());
+    let redelivered = measure(move |i| {
+        let (m, q) = (m.clone(), q.clone());
+        async move {
+            // Batches folded above (the smallest indices always are).
+            let outcome = m.process(q.as_ref(), &usage_batch(i % 4)).await;
+            assert_eq!(outcome.duplicates, FOLD_BATCH, "redelivery: {outcome:?}");
+        }
+    })
+    .await;
+    rows.push(Row {
+        op: "usage events redelivered (events/s)",
+        ops_per_sec: redelivered * FOLD_BATCH as f64,
+    });
+    rows
+}
+
+const FOLD_BATCH: usize = 10;
+
+/// Batch `i` of usage events: 3 tenants, 2 models, 2 days.
+fn usage_batch(i: usize) -> Vec<Record> {
+    (0..FOLD_BATCH)
+        .map(|j| {
+            let n = i * FOLD_BATCH + j;
+            let event = UsageEvent {
+                event_id: format!("bench-{n:08}"),
+                tenant_id: format!("ten_{}", n % 3),
+                key_id: "key_bench".into(),
+                model: ["all-MiniLM-L6-v2", "tuned"][n % 2].into(),
+                model_version: "1".into(),
+                inputs: 4,
+                tokens: 120,
+                cache_hit: n % 5 == 0,
+                latency_ms: 3.0,
+                compute_ms: 2,
+                cost_micros: 3,
+                at_ms: 1_795_478_400_000 + (n % 2) as i64 * 86_400_000,
+            };
+            Record {
+                id: format!("m{n}"),
+                body: serde_json::to_string(&event).expect("event"),
+            }
+        })
+        .collect()
 }
 
 fn main() {
@@ -180,14 +253,21 @@ fn main() {
         let res = resources();
         let dir = tempfile::tempdir().expect("temp dir");
         let embedded = Storage::embedded(dir.path(), &res).await.expect("embedded storage");
-        let emb = run(embedded, &res).await;
+        let mut emb = run(embedded, &res).await;
+        let fold_res = resources();
+        let fold_dir = tempfile::tempdir().expect("temp dir");
+        let embedded = Storage::embedded(fold_dir.path(), &fold_res).await.expect("embedded storage");
+        emb.extend(run_metering(embedded, &fold_res).await);
 
         let aws_rows = match std::env::var("AWS_ENDPOINT_URL") {
             Ok(endpoint) => {
                 let config = aws::sdk_config().await;
                 let storage = Storage::aws(&config, &res, true).await.expect("emulated AWS storage");
                 println!("AWS adapters against {endpoint}");
-                Some(run(storage, &res).await)
+                let mut rows = run(storage, &res).await;
+                let storage = Storage::aws(&config, &fold_res, true).await.expect("emulated AWS storage");
+                rows.extend(run_metering(storage, &fold_res).await);
+                Some(rows)
             }
             Err(_) => {
                 println!("AWS_ENDPOINT_URL not set: only the embedded adapters are measured (use scripts/bench-storage.sh)");
@@ -196,17 +276,17 @@ fn main() {
         };
 
         println!("\n{CONCURRENCY} concurrent tasks, up to {} ops or {}s per row\n", max_ops(), MAX_TIME.as_secs());
-        println!("{:<30} {:>14} {:>16} {:>10}", "operation", "embedded op/s", "emulated-AWS op/s", "ratio");
+        println!("{:<38} {:>14} {:>16} {:>10}", "operation", "embedded op/s", "emulated-AWS op/s", "ratio");
         for (i, row) in emb.iter().enumerate() {
             match aws_rows.as_ref().and_then(|r| r.get(i)) {
                 Some(a) => println!(
-                    "{:<30} {:>14.0} {:>16.0} {:>9.1}x",
+                    "{:<38} {:>14.0} {:>16.0} {:>9.1}x",
                     row.op,
                     row.ops_per_sec,
                     a.ops_per_sec,
                     row.ops_per_sec / a.ops_per_sec
                 ),
-                None => println!("{:<30} {:>14.0} {:>16} {:>10}", row.op, row.ops_per_sec, "-", "-"),
+                None => println!("{:<38} {:>14.0} {:>16} {:>10}", row.op, row.ops_per_sec, "-", "-"),
             }
         }
     });
