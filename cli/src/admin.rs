@@ -66,6 +66,93 @@ const TENANT_COLS: &[&str] = &[
     "cache_scope",
     "monthly_budget_micros",
 ];
+const USAGE_COLS: &[&str] = &[
+    "tenant_id",
+    "day",
+    "model",
+    "requests",
+    "inputs",
+    "tokens",
+    "cache_hits",
+    "cost_micros",
+    "compute_ms",
+];
+
+/// A usage report of one tenant or of all of them.
+#[derive(Args)]
+pub struct UsageArgs {
+    /// One tenant's usage (default: every tenant's).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// First day, YYYY-MM-DD (default: the first of this month).
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day, YYYY-MM-DD (default: today).
+    #[arg(long)]
+    to: Option<String>,
+    /// Comma-separated: tenant (all tenants only), day, model.
+    #[arg(long)]
+    group_by: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// The `next` token of the previous page.
+    #[arg(long)]
+    after: Option<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
+    let mut path = match &a.tenant {
+        Some(t) => format!("/tenants/{t}/usage?limit={}", a.limit),
+        None => format!("/usage?limit={}", a.limit),
+    };
+    for (k, v) in [
+        ("from", &a.from),
+        ("to", &a.to),
+        ("group_by", &a.group_by),
+        ("after", &a.after),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", urlencode(v)));
+        }
+    }
+    let report = a.conn.call(Method::GET, &path, None).await?;
+    let columns: Vec<&str> = USAGE_COLS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !matches!(*c, "tenant_id" | "day" | "model")
+                || report["group_by"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|d| d == c))
+        })
+        .collect();
+    print(&report, &columns, a.conn.json);
+    if !a.conn.json {
+        let mut totals = report["totals"].clone();
+        if let Some(t) = totals.as_object_mut() {
+            t.insert("tenant_id".into(), "TOTAL".into());
+            t.insert("day".into(), "TOTAL".into());
+            t.insert("model".into(), "TOTAL".into());
+        }
+        println!();
+        print(&totals, &columns, false);
+    }
+    Ok(())
+}
+
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 const KEY_COLS: &[&str] = &[
     "key_id",
     "prefix",
@@ -130,6 +217,15 @@ pub enum TenantCmd {
         /// Monthly budget in micro-dollars.
         #[arg(long)]
         budget_micros: Option<u64>,
+        /// Whether the budget is a hard cap (requests over it get 429 insufficient_quota).
+        #[arg(long)]
+        hard_cap: Option<bool>,
+        /// Budget percentages that raise cost alerts, e.g. 50,80,100.
+        #[arg(long, value_delimiter = ',')]
+        alert_thresholds: Option<Vec<u16>>,
+        /// Where cost alerts are POSTed (signed; the secret is shown once set); "" removes it.
+        #[arg(long)]
+        alert_webhook_url: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -172,6 +268,9 @@ pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
             status,
             cache_scope,
             budget_micros,
+            hard_cap,
+            alert_thresholds,
+            alert_webhook_url,
             conn,
         } => {
             let mut patch = serde_json::Map::new();
@@ -181,13 +280,16 @@ pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
                 ("status", status.map(Value::from)),
                 ("cache_scope", cache_scope.map(Value::from)),
                 ("monthly_budget_micros", budget_micros.map(Value::from)),
+                ("hard_cap", hard_cap.map(Value::from)),
+                ("alert_thresholds", alert_thresholds.map(Value::from)),
+                ("alert_webhook_url", alert_webhook_url.map(Value::from)),
             ] {
                 if let Some(v) = v {
                     patch.insert(k.into(), v);
                 }
             }
             if patch.is_empty() {
-                bail!("nothing to change: pass at least one of --name, --tier, --status, --cache-scope, --budget-micros");
+                bail!("nothing to change: pass at least one of --name, --tier, --status, --cache-scope, --budget-micros, --hard-cap, --alert-thresholds, --alert-webhook-url");
             }
             print(
                 &conn

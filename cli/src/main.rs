@@ -28,6 +28,8 @@ enum Command {
     /// Register, promote, roll back and list model versions.
     #[command(subcommand)]
     Models(admin::ModelCmd),
+    /// Usage and spend of one tenant or of all tenants, by day, model or tenant.
+    Usage(admin::UsageArgs),
 }
 
 #[tokio::main]
@@ -38,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenants(cmd) => admin::tenants(cmd).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
         Command::Models(cmd) => admin::models(cmd).await,
+        Command::Usage(args) => admin::usage(args).await,
     }
 }
