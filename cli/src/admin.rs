@@ -66,18 +66,6 @@ const TENANT_COLS: &[&str] = &[
     "cache_scope",
     "monthly_budget_micros",
 ];
-const USAGE_COLS: &[&str] = &[
-    "tenant_id",
-    "day",
-    "model",
-    "requests",
-    "inputs",
-    "tokens",
-    "cache_hits",
-    "cost_micros",
-    "compute_ms",
-];
-
 /// A usage report of one tenant or of all of them.
 #[derive(Args)]
 pub struct UsageArgs {
@@ -118,15 +106,12 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
         }
     }
     let report = a.conn.call(Method::GET, &path, None).await?;
-    let columns: Vec<&str> = USAGE_COLS
-        .iter()
-        .copied()
-        .filter(|c| {
-            !matches!(*c, "tenant_id" | "day" | "model")
-                || report["group_by"]
-                    .as_array()
-                    .is_some_and(|g| g.iter().any(|d| d == c))
-        })
+    // The grouping columns the report has, then every counter.
+    let groups = report["group_by"].as_array().cloned().unwrap_or_default();
+    let columns: Vec<&str> = ["tenant_id", "day", "model"]
+        .into_iter()
+        .filter(|c| groups.iter().any(|g| g == c))
+        .chain(tenantai::metering::COUNTERS)
         .collect();
     print(&report, &columns, a.conn.json);
     if !a.conn.json {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tenantai::metering::{parse_day, Folded, Meter, Record, UsageEvent};
+use tenantai::metering::{parse_day, Folded, Meter, Record, UsageEvent, COUNTERS};
 use tenantai::store::{Outgoing, Receive};
 
 use crate::env::Env;
@@ -116,15 +116,7 @@ pub async fn usage_folds_exactly_once(env: &Env) {
     let mut month_spend: BTreeMap<String, u64> = BTreeMap::new();
     for tenant in ["ten_0", "ten_1", "ten_2"] {
         for a in meter.aggregates(tenant, from, to).await.unwrap() {
-            let c = [
-                "requests",
-                "inputs",
-                "tokens",
-                "cache_hits",
-                "cost_micros",
-                "compute_ms",
-            ]
-            .map(|k| a.counters[k]);
+            let c = COUNTERS.map(|k| a.counters[k]);
             got.insert((tenant.to_string(), a.day, a.model), c);
         }
         month_spend.insert(

@@ -115,6 +115,24 @@ fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
         .unwrap_or_else(|e| panic!("{event}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Receives until `want` messages arrived or 30 s passed (left invisible for 5 minutes).
+async fn receive(queue: &dyn tenantai::store::Queue, want: usize) -> Vec<tenantai::store::Message> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want && Instant::now() < deadline {
+        let batch = queue
+            .receive(&tenantai::store::Receive {
+                max: 10,
+                wait: Duration::from_secs(1),
+                visibility: Duration::from_secs(300),
+            })
+            .await
+            .unwrap();
+        got.extend(batch);
+    }
+    got
+}
+
 fn status_and_body(resp: &Value) -> (u64, Value) {
     let body = resp["body"]
         .as_str()
@@ -253,19 +271,7 @@ async fn functions_through_cargo_lambda() {
     // The api's usage events reach the usage queue once its invocations end
     // (flushed by its extension while the environment is still running).
     let (usage_queue, dlq) = app.storage.usage_queues().unwrap();
-    let mut emitted = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while emitted.len() < 2 && Instant::now() < deadline {
-        let got = usage_queue
-            .receive(&tenantai::store::Receive {
-                max: 10,
-                wait: Duration::from_secs(1),
-                visibility: Duration::from_secs(300),
-            })
-            .await
-            .unwrap();
-        emitted.extend(got);
-    }
+    let emitted = receive(usage_queue.as_ref(), 2).await;
     assert_eq!(emitted.len(), 2, "one usage event per embeddings call");
     for m in &emitted {
         let e = tenantai::metering::parse_event(&m.body).unwrap();
@@ -311,14 +317,7 @@ async fn functions_through_cargo_lambda() {
         sample.iter().map(|a| a.counters["requests"]).sum::<u64>(),
         3
     );
-    let dead = dlq
-        .receive(&tenantai::store::Receive {
-            max: 10,
-            wait: Duration::from_secs(1),
-            visibility: Duration::from_secs(300),
-        })
-        .await
-        .unwrap();
+    let dead = receive(dlq.as_ref(), 1).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].body.contains("evt_sample_0004"));
 

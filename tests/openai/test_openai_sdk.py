@@ -10,6 +10,7 @@ import math
 import os
 import pathlib
 import struct
+import time
 
 import openai
 import pytest
@@ -114,5 +115,19 @@ def test_cli_manages_tenants_and_keys():
         client(key["secret"]).embeddings.create(model=MODEL, input="after revocation")
     updated = tenantai("tenants", "update", tenant["id"], "--tier", "pro")
     assert updated["tier"] == "pro"
+    capped = tenantai(
+        "tenants", "update", tenant["id"], "--hard-cap", "true", "--alert-thresholds", "25,75", "--budget-micros", "900"
+    )
+    assert capped["hard_cap"] is True and capped["alert_thresholds"] == [25, 75]
+    assert capped["monthly_budget_micros"] == 900
+    # The one embeddings call above shows up in the tenant's usage (metering is asynchronous).
+    for _ in range(100):
+        report = tenantai("usage", "--tenant", tenant["id"], "--group-by", "model")
+        if report["totals"]["requests"] == 1:
+            break
+        time.sleep(0.05)
+    assert report["totals"]["requests"] == 1
+    assert report["data"][0]["model"] == MODEL
+    assert any(b["tenant_id"] == tenant["id"] for b in tenantai("usage", "--limit", "1000")["data"])
     models = tenantai("models", "list")
     assert any(m["model"] == MODEL and m["status"] == "live" for m in models["data"])
