@@ -5,5 +5,5 @@
 # small Runtime API emulator) and peak memory, against a baseline process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --profile lambda -p api -p admin -p authorizer
-python3 scripts/lib/lambda_init_bench.py "${CARGO_TARGET_DIR:-target}/lambda" authorizer api admin
+cargo build --profile lambda -p api -p admin -p authorizer -p metering -p cost-alerts
+python3 scripts/lib/lambda_init_bench.py "${CARGO_TARGET_DIR:-target}/lambda" authorizer api admin metering cost-alerts
