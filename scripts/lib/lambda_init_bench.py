@@ -29,6 +29,24 @@ class RuntimeApi(http.server.BaseHTTPRequestHandler):
             RuntimeApi.polled_at = time.perf_counter()
             RuntimeApi.polled.set()
             time.sleep(5)  # hold the poll open; the function is stopped meanwhile
+        elif self.path.startswith("/2020-01-01/extension/event/next"):
+            time.sleep(5)  # an internal extension waits for its first event
+        self.send_response(500)
+        self.end_headers()
+
+    def do_POST(self):  # noqa: N802
+        # The Extensions API's register call, as Lambda answers it (the api
+        # function registers an internal extension during init).
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.startswith("/2020-01-01/extension/register"):
+            body = b'{"functionName":"bench","functionVersion":"$LATEST","handler":"bootstrap"}'
+            self.send_response(200)
+            self.send_header("Lambda-Extension-Identifier", "bench-extension")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(500)
         self.end_headers()
 
