@@ -42,6 +42,16 @@ impl Reply {
         e["message"].as_str().unwrap().to_string()
     }
 
+    /// A response header's value; panics (fails the test) when it is missing.
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn ok(&self) -> &Value {
         assert!(self.status.is_success(), "{}: {}", self.status, self.body);
         &self.body
@@ -135,6 +145,17 @@ impl Harness {
             &format!("/admin/v1{uri}"),
             Some(&self.admin.clone()),
             body,
+        )
+        .await
+    }
+
+    /// `POST /v1/embeddings` of `input` to all-MiniLM-L6-v2 with this key.
+    pub async fn embed(&self, key: &str, input: impl Into<Value>) -> Reply {
+        self.call(
+            Method::POST,
+            "/v1/embeddings",
+            Some(key),
+            Some(json!({"model": "all-MiniLM-L6-v2", "input": input.into()})),
         )
         .await
     }

@@ -13,25 +13,6 @@ use tenantai::tenants::{Tier, Tiers};
 use crate::harness::{Harness, Reply};
 use crate::worker;
 
-async fn embed(h: &Harness, key: &str, input: Value) -> Reply {
-    h.call(
-        Method::POST,
-        "/v1/embeddings",
-        Some(key),
-        Some(json!({"model": "all-MiniLM-L6-v2", "input": input})),
-    )
-    .await
-}
-
-fn header(r: &Reply, name: &str) -> String {
-    r.headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name}"))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 #[derive(Default, Debug, PartialEq)]
 struct Returned {
     requests: u64,
@@ -47,8 +28,8 @@ impl Returned {
         self.requests += 1;
         self.inputs += body["data"].as_array().unwrap().len() as u64;
         self.tokens += body["usage"]["prompt_tokens"].as_u64().unwrap();
-        self.cache_hits += u64::from(header(r, "x-tenantai-cache") == "hit");
-        self.cost_micros += header(r, "x-tenantai-cost-micros").parse::<u64>().unwrap();
+        self.cache_hits += u64::from(r.header("x-tenantai-cache") == "hit");
+        self.cost_micros += r.header("x-tenantai-cost-micros").parse::<u64>().unwrap();
     }
 
     fn matches(&self, totals: &Value) {
@@ -82,12 +63,12 @@ async fn usage_adds_up_to_what_the_api_returned() {
         (&key, json!([101, 7592, 2088, 102])),
         (&second_key, json!("hello world")),
     ] {
-        returned.add(&embed(&h, k, input).await);
+        returned.add(&h.embed(k, input).await);
     }
     assert_eq!(returned.cache_hits, 2);
     assert!(returned.cost_micros > 0);
     // Refused calls are not billed.
-    embed(&h, &key, json!("")).await.error(400);
+    h.embed(&key, json!("")).await.error(400);
     h.call(
         Method::POST,
         "/v1/embeddings",
@@ -267,7 +248,7 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
         clients.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..3 {
-                let r = embed(&h, &key, json!(format!("client {c} asks {i}"))).await;
+                let r = h.embed(&key, json!(format!("client {c} asks {i}"))).await;
                 outcomes.push(r);
             }
             outcomes
@@ -278,12 +259,12 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
         for r in c.await.unwrap() {
             if r.status.is_success() {
                 served += 1;
-                spent += header(&r, "x-tenantai-cost-micros").parse::<u64>().unwrap();
+                spent += r.header("x-tenantai-cost-micros").parse::<u64>().unwrap();
             } else {
                 r.error(429);
                 assert_eq!(r.body["error"]["type"], "insufficient_quota");
                 assert_eq!(r.body["error"]["code"], "insufficient_quota");
-                assert_eq!(header(&r, "x-should-retry"), "false");
+                assert_eq!(r.header("x-should-retry"), "false");
                 refused += 1;
             }
         }
@@ -310,12 +291,12 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
     // One at a time, requests are served until the next one could overrun.
     let mut last = None;
     for i in 0..100 {
-        let r = embed(&h, &key, json!(format!("sequential {i}"))).await;
+        let r = h.embed(&key, json!(format!("sequential {i}"))).await;
         if !r.status.is_success() {
             last = Some(r);
             break;
         }
-        spent += header(&r, "x-tenantai-cost-micros").parse::<u64>().unwrap();
+        spent += r.header("x-tenantai-cost-micros").parse::<u64>().unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let last = last.expect("the cap stops requests");
@@ -333,7 +314,7 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
     assert_eq!(usage.ok()["totals"]["cost_micros"].as_u64().unwrap(), spent);
     assert_eq!(usage.body["budget"]["hard_cap"], true);
     // A tenant without a hard cap is not stopped.
-    embed(&h, &soft_key, json!("not capped")).await.ok();
+    h.embed(&soft_key, json!("not capped")).await.ok();
 
     // Raising the budget lets the tenant back in.
     h.admin(
@@ -345,5 +326,5 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
     .ok();
     h.app.forget_tenant(&t);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    embed(&h, &key, json!("after the raise")).await.ok();
+    h.embed(&key, json!("after the raise")).await.ok();
 }

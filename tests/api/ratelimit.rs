@@ -30,61 +30,42 @@ async fn setup() -> Harness {
     h
 }
 
-async fn embed(h: &Harness, key: &str, text: &str) -> crate::harness::Reply {
-    h.call(
-        Method::POST,
-        "/v1/embeddings",
-        Some(key),
-        Some(json!({"model": "all-MiniLM-L6-v2", "input": text})),
-    )
-    .await
-}
-
-fn header(r: &crate::harness::Reply, name: &str) -> String {
-    r.headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name}"))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn requests_over_the_tier_limit_get_429_with_retry_after() {
     let h = setup().await;
     let t = h.tenant("T", "tiny").await;
     let (key, _) = h.key(&t, json!({})).await;
     for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
-        let r = embed(&h, &key, &format!("request {i}")).await;
+        let r = h.embed(&key, format!("request {i}")).await;
         r.ok();
-        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "3");
+        assert_eq!(r.header("x-ratelimit-limit-requests"), "3");
         assert_eq!(
-            header(&r, "x-ratelimit-remaining-requests"),
+            r.header("x-ratelimit-remaining-requests"),
             remaining.to_string()
         );
-        assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "1000000");
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), "1000000");
         assert!(
-            header(&r, "x-ratelimit-remaining-tokens")
+            r.header("x-ratelimit-remaining-tokens")
                 .parse::<u64>()
                 .unwrap()
                 < 1_000_000
         );
-        assert!(header(&r, "x-ratelimit-reset-requests").ends_with('s'));
-        assert!(!header(&r, "x-ratelimit-reset-tokens").is_empty());
+        assert!(r.header("x-ratelimit-reset-requests").ends_with('s'));
+        assert!(!r.header("x-ratelimit-reset-tokens").is_empty());
     }
-    let refused = embed(&h, &key, "one too many").await;
+    let refused = h.embed(&key, "one too many").await;
     refused.error(429);
     assert_eq!(refused.body["error"]["type"], "rate_limit_exceeded");
     assert_eq!(refused.body["error"]["code"], "rate_limit_exceeded");
-    let secs: u64 = header(&refused, "retry-after").parse().unwrap();
-    let ms: u64 = header(&refused, "retry-after-ms").parse().unwrap();
+    let secs: u64 = refused.header("retry-after").parse().unwrap();
+    let ms: u64 = refused.header("retry-after-ms").parse().unwrap();
     assert!(
         (1..=60).contains(&secs) && ms <= 60_000 && secs * 1000 >= ms,
         "{secs}s {ms}ms"
     );
-    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
+    assert_eq!(refused.header("x-ratelimit-remaining-requests"), "0");
     // A cache hit is still a request: it is limited too.
-    assert_eq!(embed(&h, &key, "request 0").await.status.as_u16(), 429);
+    assert_eq!(h.embed(&key, "request 0").await.status.as_u16(), 429);
 }
 
 #[tokio::test]
@@ -98,10 +79,10 @@ async fn keys_and_tenants_have_their_own_limits() {
         )
         .await;
     let (other, _) = h.key(&t, json!({})).await;
-    embed(&h, &slow, "a").await.ok();
-    embed(&h, &slow, "b").await.error(429);
+    h.embed(&slow, "a").await.ok();
+    h.embed(&slow, "b").await.error(429);
     // The tenant still had room: another key of it is served.
-    embed(&h, &other, "c").await.ok();
+    h.embed(&other, "c").await.ok();
     // A tenant override lifts the tier's limit.
     let u = h.tenant("U", "tiny").await;
     let (key_u, _) = h.key(&u, json!({})).await;
@@ -115,9 +96,9 @@ async fn keys_and_tenants_have_their_own_limits() {
     h.app.forget_tenant(&u);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     for i in 0..5 {
-        let r = embed(&h, &key_u, &format!("u{i}")).await;
+        let r = h.embed(&key_u, format!("u{i}")).await;
         r.ok();
-        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "5");
+        assert_eq!(r.header("x-ratelimit-limit-requests"), "5");
     }
-    embed(&h, &key_u, "u5").await.error(429);
+    h.embed(&key_u, "u5").await.error(429);
 }
