@@ -219,7 +219,7 @@ mod tests {
             at_ms,
         };
         meter.fold(&event).await.unwrap();
-        let month = &crate::metering::day_of(at_ms)[..7];
+        let month = &crate::metering::month_of(at_ms);
         let gate = BudgetGate::new(storage.table.clone());
         assert!(matches!(
             gate.reserve("t1", month, &capped(100), 11).await,

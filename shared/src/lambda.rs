@@ -46,11 +46,17 @@ pub fn resources_from_env() -> Resources {
 /// `main`, before the runtime starts polling.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
     let config = Config::from_env()?;
+    let (sdk, storage) = storage_from_env().await?;
+    App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
+}
+
+/// The AWS configuration of the environment and the deployment's storage on it.
+async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> {
     let sdk = aws::sdk_config().await;
     let storage = Storage::aws(&sdk, &resources_from_env(), false)
         .await
         .map_err(|e| e.to_string())?;
-    App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
+    Ok((sdk, storage))
 }
 
 /// Longest an invocation's usage flush waits for its response.
@@ -96,10 +102,7 @@ pub async fn register_usage_flush(
 /// The metering function's state: the meter over the deployment's table and the
 /// usage dead-letter queue (where malformed events go).
 pub async fn metering_from_env() -> Result<(Meter, Arc<dyn Queue>), String> {
-    let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (_, storage) = storage_from_env().await?;
     let (_, dlq) = storage.usage_queues().map_err(|e| e.to_string())?;
     Ok((Meter::new(storage.table.clone()), dlq))
 }
@@ -108,10 +111,7 @@ pub async fn metering_from_env() -> Result<(Meter, Arc<dyn Queue>), String> {
 /// `TENANTAI_ALERTS_TOPIC_ARN` (when set) and to each tenant's webhook.
 pub async fn alerts_from_env() -> Result<CostAlerts, String> {
     let config = Config::from_env()?;
-    let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (sdk, storage) = storage_from_env().await?;
     let mut notifier = Notifier::new(Retry::default()).map_err(|e| e.to_string())?;
     if let Ok(topic) = std::env::var("TENANTAI_ALERTS_TOPIC_ARN") {
         notifier = notifier.with_sns(aws_sdk_sns::Client::new(&sdk), topic);

@@ -85,17 +85,30 @@ pub fn cost_micros(tokens: u64, price_per_1k_micros: u64) -> u64 {
         .min(u128::from(u64::MAX)) as u64
 }
 
-/// The UTC date (YYYY-MM-DD) of a Unix time in milliseconds.
-pub fn day_of(at_ms: i64) -> String {
-    let date = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
-        .map(|t| t.date())
-        .unwrap_or(Date::MIN);
+/// A date as YYYY-MM-DD (how days are stored and reported).
+pub fn format_day(date: Date) -> String {
     format!(
         "{:04}-{:02}-{:02}",
         date.year(),
         u8::from(date.month()),
         date.day()
     )
+}
+
+/// The UTC date (YYYY-MM-DD) of a Unix time in milliseconds.
+pub fn day_of(at_ms: i64) -> String {
+    let date = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
+        .map(|t| t.date())
+        .unwrap_or(Date::MIN);
+    format_day(date)
+}
+
+/// The UTC month (YYYY-MM) of a Unix time in milliseconds: what month spend
+/// and budgets are kept by.
+pub fn month_of(at_ms: i64) -> String {
+    let mut day = day_of(at_ms);
+    day.truncate(7);
+    day
 }
 
 /// Parses YYYY-MM-DD.
@@ -203,18 +216,7 @@ impl Meter {
     ) -> ApiResult<Vec<Aggregate>> {
         let mut out = Vec::new();
         let mut cursor = None;
-        let first = format!(
-            "{:04}-{:02}-{:02}",
-            from.year(),
-            u8::from(from.month()),
-            from.day()
-        );
-        let last = format!(
-            "{:04}-{:02}-{:02}",
-            to.year(),
-            u8::from(to.month()),
-            to.day()
-        );
+        let (first, last) = (format_day(from), format_day(to));
         loop {
             let page = self
                 .table

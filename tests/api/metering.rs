@@ -277,7 +277,7 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
 
     // Settlements land off the response path: the committed spend converges
     // on exactly what was served.
-    let month = &tenantai::metering::day_of(tenantai::store::now_millis())[..7];
+    let month = &tenantai::metering::month_of(tenantai::store::now_millis());
     let mut committed = 0;
     for _ in 0..100 {
         committed = h.app.budget.committed(&t, month).await.unwrap();

@@ -129,7 +129,7 @@ async fn embeddings(
     // The budget gate holds back the most this request can cost (at the dearest
     // version it may fall back to) until the real cost is known.
     let now_ms = now_millis();
-    let month = crate::metering::day_of(now_ms)[..7].to_string();
+    let month = crate::metering::month_of(now_ms);
     let dearest = routes
         .iter()
         .map(|r| r.version.price_per_1k_tokens_micros)

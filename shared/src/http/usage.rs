@@ -10,8 +10,6 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use time::{Date, Duration as Days, OffsetDateTime};
@@ -19,7 +17,8 @@ use time::{Date, Duration as Days, OffsetDateTime};
 use crate::app::App;
 use crate::auth::TenantContext;
 use crate::error::{ApiError, ApiResult};
-use crate::metering::{day_of, parse_day, Aggregate, COUNTERS};
+use crate::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
+use crate::store::{decode_token, encode_token};
 
 /// The longest range one report covers.
 pub const MAX_DAYS: i64 = 366;
@@ -61,10 +60,6 @@ pub struct UsageQuery {
     pub limit: usize,
     /// The last group of the previous page.
     pub after: Option<String>,
-}
-
-fn format_day(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 impl UsageQuery {
@@ -133,18 +128,15 @@ impl UsageQuery {
                 }
             },
         };
-        let after = match &p.after {
-            None => None,
-            Some(c) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        ApiError::invalid_param("after", "after is not a cursor this API returned")
-                    })?,
-            ),
-        };
+        let after = p
+            .after
+            .as_deref()
+            .map(|c| {
+                decode_token(c).ok_or_else(|| {
+                    ApiError::invalid_param("after", "after is not a cursor this API returned")
+                })
+            })
+            .transpose()?;
         Ok(UsageQuery {
             from,
             to,
@@ -193,7 +185,7 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
         if data.len() == q.limit {
             next = data
                 .last()
-                .map(|(k, _): &(&Vec<String>, _)| URL_SAFE_NO_PAD.encode(cursor_of(k)));
+                .map(|(k, _): &(&Vec<String>, _)| encode_token(&cursor_of(k)));
             break;
         }
         data.push((key, counters));
@@ -252,7 +244,7 @@ async fn budget_block(app: &App, tenant_id: &str) -> ApiResult<Value> {
     let tenant = app.tenant(tenant_id).await?;
     let tier = app.config.tiers.get(&tenant.tier)?;
     let budget = tenant.budget(tier);
-    let month = day_of(crate::store::now_millis())[..7].to_string();
+    let month = month_of(crate::store::now_millis());
     let spent = app.meter.month_spend(tenant_id, &month).await?;
     Ok(json!({
         "month": month,

@@ -16,6 +16,22 @@ pub use table::{Attrs, Cond, Item, Key, Page, Query, Table, TxOp, Update};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+/// An opaque page token holding a string (the last key of a page).
+pub fn encode_token(last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last)
+}
+
+/// The string a token from [`encode_token`] holds; `None` when it is not one.
+pub fn decode_token(token: &str) -> Option<String> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
 /// The resources one deployment uses: a single table, a bucket and named queues.
 #[derive(Clone, Debug)]
 pub struct Resources {

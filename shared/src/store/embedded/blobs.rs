@@ -7,8 +7,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -190,16 +188,12 @@ impl Blobs for DirBlobs {
         limit: usize,
     ) -> StoreResult<Page<BlobMeta>> {
         check_list(prefix, limit)?;
-        let after = match cursor {
-            None => None,
-            Some(c) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| StoreError::Invalid("malformed page token".into()))?,
-            ),
-        };
+        let after = cursor
+            .map(|c| {
+                crate::store::decode_token(c)
+                    .ok_or_else(|| StoreError::Invalid("malformed page token".into()))
+            })
+            .transpose()?;
         // Only the directory the prefix names needs walking.
         let start = match prefix.rfind('/') {
             Some(i) => self.objects.join(&prefix[..i]),
@@ -219,7 +213,7 @@ impl Blobs for DirBlobs {
             keys.truncate(limit);
             let items: Vec<_> = keys.into_iter().map(|(k, md)| meta(k, &md)).collect();
             let next = more
-                .then(|| items.last().map(|m| URL_SAFE_NO_PAD.encode(&m.key)))
+                .then(|| items.last().map(|m| crate::store::encode_token(&m.key)))
                 .flatten();
             Ok(Page { items, next })
         })
