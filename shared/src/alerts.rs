@@ -389,18 +389,11 @@ impl CostAlerts {
     /// Checks every tenant at `now`, sending each due alert that has not been sent.
     pub async fn run(&self, now: OffsetDateTime) -> ApiResult<RunSummary> {
         let mut summary = RunSummary::default();
-        let mut cursor = None;
-        loop {
-            let page = self.tenants.list(cursor, 100).await?;
-            for tenant in &page.items {
-                summary.tenants += 1;
-                self.check(tenant, now, &mut summary).await?;
-            }
-            cursor = page.next;
-            if cursor.is_none() {
-                return Ok(summary);
-            }
+        for tenant in self.tenants.all().await? {
+            summary.tenants += 1;
+            self.check(&tenant, now, &mut summary).await?;
         }
+        Ok(summary)
     }
 
     async fn check(

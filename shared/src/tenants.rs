@@ -284,6 +284,20 @@ impl Tenants {
         }
     }
 
+    /// Every tenant, read page by page (for scheduled and admin-wide work).
+    pub async fn all(&self) -> ApiResult<Vec<Tenant>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.list(cursor, 100).await?;
+            out.extend(page.items);
+            cursor = page.next;
+            if cursor.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     pub async fn list(&self, cursor: Option<String>, limit: usize) -> ApiResult<Page<Tenant>> {
         let page = self
             .table

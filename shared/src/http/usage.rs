@@ -19,6 +19,7 @@ use crate::auth::TenantContext;
 use crate::error::{ApiError, ApiResult};
 use crate::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
 use crate::store::{decode_token, encode_token};
+use crate::tenants::Tenant;
 
 /// The longest range one report covers.
 pub const MAX_DAYS: i64 = 366;
@@ -240,12 +241,10 @@ async fn tenant_rows(
 }
 
 /// The tenant's budget and its month so far, beside its report.
-async fn budget_block(app: &App, tenant_id: &str) -> ApiResult<Value> {
-    let tenant = app.tenant(tenant_id).await?;
-    let tier = app.config.tiers.get(&tenant.tier)?;
-    let budget = tenant.budget(tier);
+async fn budget_block(app: &App, tenant: &Tenant) -> ApiResult<Value> {
+    let budget = tenant.budget(app.config.tiers.get(&tenant.tier)?);
     let month = month_of(crate::store::now_millis());
-    let spent = app.meter.month_spend(tenant_id, &month).await?;
+    let spent = app.meter.month_spend(&tenant.id, &month).await?;
     Ok(json!({
         "month": month,
         "monthly_budget_micros": budget.monthly_micros,
@@ -255,10 +254,10 @@ async fn budget_block(app: &App, tenant_id: &str) -> ApiResult<Value> {
     }))
 }
 
-async fn tenant_report(app: &App, tenant_id: &str, p: &UsageParams) -> ApiResult<Value> {
+async fn tenant_report(app: &App, tenant: &Tenant, p: &UsageParams) -> ApiResult<Value> {
     let q = UsageQuery::parse(p, today(), false, "day")?;
-    let mut body = report(&tenant_rows(app, tenant_id, &q).await?, &q);
-    body["budget"] = budget_block(app, tenant_id).await?;
+    let mut body = report(&tenant_rows(app, &tenant.id, &q).await?, &q);
+    body["budget"] = budget_block(app, tenant).await?;
     Ok(body)
 }
 
@@ -269,9 +268,9 @@ pub async fn own_usage(
     p: Result<Query<UsageParams>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     ctx.require("usage")?;
-    Ok(Json(
-        tenant_report(&app, &ctx.tenant_id, &params(p)?).await?,
-    ))
+    let p = params(p)?;
+    let tenant = app.tenant(&ctx.tenant_id).await?;
+    Ok(Json(tenant_report(&app, &tenant, &p).await?))
 }
 
 /// `GET /admin/v1/tenants/{id}/usage`.
@@ -281,8 +280,8 @@ pub async fn tenant_usage(
     p: Result<Query<UsageParams>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let p = params(p)?;
-    app.tenants.get(&id).await?;
-    Ok(Json(tenant_report(&app, &id, &p).await?))
+    let tenant = app.tenants.get(&id).await?;
+    Ok(Json(tenant_report(&app, &tenant, &p).await?))
 }
 
 /// `GET /admin/v1/usage`: every tenant's usage, grouped by tenant by default.
@@ -292,16 +291,8 @@ pub async fn all_usage(
 ) -> ApiResult<Json<Value>> {
     let q = UsageQuery::parse(&params(p)?, today(), true, "tenant")?;
     let mut rows = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = app.tenants.list(cursor, 100).await?;
-        for tenant in &page.items {
-            rows.extend(tenant_rows(&app, &tenant.id, &q).await?);
-        }
-        cursor = page.next;
-        if cursor.is_none() {
-            break;
-        }
+    for tenant in app.tenants.all().await? {
+        rows.extend(tenant_rows(&app, &tenant.id, &q).await?);
     }
     Ok(Json(report(&rows, &q)))
 }
