@@ -103,22 +103,22 @@ async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Cmd>, linger
             Some(Cmd::Event(body)) => {
                 buffer.push(body);
                 // Take whatever else is already waiting before deciding.
-                while buffer.len() < MAX_BATCH * SEND_CONCURRENCY {
+                let mut flush = None;
+                while flush.is_none() && buffer.len() < MAX_BATCH * SEND_CONCURRENCY {
                     match rx.try_recv() {
                         Ok(Cmd::Event(b)) => buffer.push(b),
-                        Ok(Cmd::Flush(done)) => {
-                            send_all(&queue, &mut buffer).await;
-                            let _ = done.send(());
-                            break;
-                        }
+                        Ok(Cmd::Flush(done)) => flush = Some(done),
                         Err(_) => break,
                     }
                 }
-                if buffer.len() >= MAX_BATCH {
+                if flush.is_some() || buffer.len() >= MAX_BATCH {
                     send_all(&queue, &mut buffer).await;
                     deadline = None;
-                } else if !buffer.is_empty() && deadline.is_none() {
+                } else if deadline.is_none() {
                     deadline = Some(Instant::now() + linger);
+                }
+                if let Some(done) = flush {
+                    let _ = done.send(());
                 }
             }
             Some(Cmd::Flush(done)) => {
