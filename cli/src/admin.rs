@@ -32,14 +32,32 @@ pub struct Conn {
 
 impl Conn {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.call_with_query(method, path, &[], body).await
+    }
+
+    /// `call` with query parameters (encoded by the HTTP client).
+    async fn call_with_query(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let token = self
             .admin_token
             .as_deref()
             .context("no admin token: pass --admin-token or set TENANTAI_ADMIN_TOKEN")?;
         tenantai::backend::install_crypto();
-        let url = format!("{}/admin/v1{path}", self.endpoint.trim_end_matches('/'));
+        let mut url = reqwest::Url::parse(&format!(
+            "{}/admin/v1{path}",
+            self.endpoint.trim_end_matches('/')
+        ))
+        .with_context(|| format!("--endpoint {} is not a URL", self.endpoint))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut req = reqwest::Client::new()
-            .request(method, &url)
+            .request(method, url.clone())
             .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -91,10 +109,12 @@ pub struct UsageArgs {
 }
 
 pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
-    let mut path = match &a.tenant {
-        Some(t) => format!("/tenants/{t}/usage?limit={}", a.limit),
-        None => format!("/usage?limit={}", a.limit),
+    let path = match &a.tenant {
+        Some(t) => format!("/tenants/{t}/usage"),
+        None => "/usage".to_string(),
     };
+    let limit = a.limit.to_string();
+    let mut query = vec![("limit", limit.as_str())];
     for (k, v) in [
         ("from", &a.from),
         ("to", &a.to),
@@ -102,10 +122,13 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
         ("after", &a.after),
     ] {
         if let Some(v) = v {
-            path.push_str(&format!("&{k}={}", urlencode(v)));
+            query.push((k, v));
         }
     }
-    let report = a.conn.call(Method::GET, &path, None).await?;
+    let report = a
+        .conn
+        .call_with_query(Method::GET, &path, &query, None)
+        .await?;
     // The grouping columns the report has, then every counter.
     let groups = report["group_by"].as_array().cloned().unwrap_or_default();
     let columns: Vec<&str> = ["tenant_id", "day", "model"]
@@ -125,17 +148,6 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
         print(&totals, &columns, false);
     }
     Ok(())
-}
-
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 const KEY_COLS: &[&str] = &[
