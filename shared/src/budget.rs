@@ -153,12 +153,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn reservations_stop_at_the_cap_and_settle_to_the_real_cost() {
+    async fn storage() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::embedded(dir.path(), &crate::store::Resources::named("t"))
             .await
             .unwrap();
+        (dir, storage)
+    }
+
+    #[tokio::test]
+    async fn reservations_stop_at_the_cap_and_settle_to_the_real_cost() {
+        let (_dir, storage) = storage().await;
         let gate = BudgetGate::new(storage.table.clone());
         let budget = capped(100);
         let r = gate
@@ -198,10 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_newly_gated_month_starts_from_the_metered_spend() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::embedded(dir.path(), &crate::store::Resources::named("t"))
-            .await
-            .unwrap();
+        let (_dir, storage) = storage().await;
         let meter = Meter::new(storage.table.clone());
         let at_ms = 1_795_000_000_000; // 2026-11-18
         let event = crate::metering::UsageEvent {

@@ -210,11 +210,7 @@ async fn metering_and_cost_alert_events() {
         .unwrap()
     };
     let first = scheduled_alerts(&alerts, schedule()).await.unwrap();
-    let ids: Vec<String> = hook
-        .accepted()
-        .iter()
-        .map(|a| a["alert_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = hook.alert_ids();
     assert!(
         ids.contains(&format!("{tenant}:2026-11:50:crossed")),
         "{ids:?}"

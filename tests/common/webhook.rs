@@ -51,6 +51,14 @@ impl Webhook {
         self.inbox.lock().unwrap().accepted.clone()
     }
 
+    /// The ids of the alerts accepted so far, in arrival order.
+    pub fn alert_ids(&self) -> Vec<String> {
+        self.accepted()
+            .iter()
+            .map(|a| a["alert_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Deliveries refused for a bad signature.
     pub fn rejected(&self) -> Vec<String> {
         self.inbox.lock().unwrap().rejected.clone()

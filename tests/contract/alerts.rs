@@ -107,10 +107,7 @@ pub async fn alerts_fire_once_under_concurrent_runs(env: &Env) {
         .collect();
     assert!(crossed.is_subset(&expected), "{expected:?}");
     let accepted = hook.accepted();
-    let ids: Vec<String> = accepted
-        .iter()
-        .map(|a| a["alert_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = hook.alert_ids();
     assert_eq!(
         ids.len(),
         expected.len(),

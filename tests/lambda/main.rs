@@ -324,11 +324,7 @@ async fn functions_through_cargo_lambda() {
     // The schedule: 70+ of a 100 budget in 2026-11 crosses 50 %, once.
     let summary = invoke(port, "cost-alerts", "cost-alerts/schedule.json", &vars);
     assert_eq!(summary["failed"], 0, "{summary}");
-    let ids: Vec<String> = hook
-        .accepted()
-        .iter()
-        .map(|a| a["alert_id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = hook.alert_ids();
     assert!(
         ids.contains(&format!("{}:2026-11:50:crossed", tenant.id)),
         "{ids:?}"
