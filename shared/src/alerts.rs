@@ -29,7 +29,7 @@ use time::{Date, Month, OffsetDateTime, Time};
 
 use crate::error::{ApiError, ApiResult};
 use crate::metering::Meter;
-use crate::store::{Cond, Item, Key, StoreError, Table, Update};
+use crate::store::{Cond, Item, Key, Query, StoreError, Table, Update};
 use crate::tenants::{Tenant, Tenants, Tiers, Webhook};
 
 /// The header that carries a webhook's signature.
@@ -362,9 +362,13 @@ pub struct CostAlerts {
     notifier: Notifier,
 }
 
+fn claims_pk(tenant_id: &str) -> String {
+    format!("ALERTS#{tenant_id}")
+}
+
 fn claim_key(a: &Alert) -> Key {
     Key::new(
-        format!("ALERTS#{}", a.tenant_id),
+        claims_pk(&a.tenant_id),
         format!("{}#{:04}#{}", a.month, a.threshold_percent, a.kind.as_str()),
     )
 }
@@ -406,8 +410,20 @@ impl CostAlerts {
             tracing::warn!(tenant_id = %tenant.id, tier = %tenant.tier, "tenant's tier is not configured; no alerts");
             return Ok(());
         };
-        let spend = self.meter.month_spend(&tenant.id, &month_of(now)).await?;
-        for alert in due(&tenant.id, &tenant.budget(tier), spend, now) {
+        let month = month_of(now);
+        let spend = self.meter.month_spend(&tenant.id, &month).await?;
+        let alerts = due(&tenant.id, &tenant.budget(tier), spend, now);
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        // One read of the month's claims: an alert already sent needs no claim
+        // attempt (each run would otherwise repeat a refused put and a get).
+        let sent = self.sent_this_month(&tenant.id, &month).await?;
+        for alert in alerts {
+            if sent.contains(&claim_key(&alert).sk) {
+                summary.already_sent += 1;
+                continue;
+            }
             match self.claim(&alert, now.unix_timestamp()).await? {
                 Claimed::Taken => summary.already_sent += 1,
                 Claimed::Ours(version) => {
@@ -441,6 +457,28 @@ impl CostAlerts {
             }
         }
         Ok(())
+    }
+
+    /// Sort keys of the tenant's alerts marked sent in `month`.
+    async fn sent_this_month(
+        &self,
+        tenant_id: &str,
+        month: &str,
+    ) -> ApiResult<std::collections::HashSet<String>> {
+        let page = self
+            .table
+            .query(
+                &Query::new(claims_pk(tenant_id))
+                    .prefix(format!("{month}#"))
+                    .limit(100),
+            )
+            .await?;
+        Ok(page
+            .items
+            .into_iter()
+            .filter(|i| i.attrs.get("status").and_then(|s| s.as_str()) == Some("sent"))
+            .map(|i| i.key.sk)
+            .collect())
     }
 
     async fn claim(&self, alert: &Alert, now: i64) -> ApiResult<Claimed> {
