@@ -50,7 +50,11 @@ pub async fn start(model_dir: &Path) -> anyhow::Result<String> {
     let dir = model_dir.to_path_buf();
     let metrics = Arc::new(Metrics::default());
     let (engine, _model_thread) = tokio::task::spawn_blocking(move || {
-        Engine::load(&dir, &device, BatchConfig::default(), metrics)
+        let batch = BatchConfig {
+            pass_overhead_tokens: DeviceChoice::Auto.auto_pass_overhead(),
+            ..BatchConfig::default()
+        };
+        Engine::load(&dir, &device, batch, metrics)
     })
     .await
     .context("model loading panicked")??;

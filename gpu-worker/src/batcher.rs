@@ -40,6 +40,10 @@ pub struct BatchConfig {
     pub max_batch_tokens: usize,
     /// Most inputs in one forward pass.
     pub max_batch_size: usize,
+    /// The fixed cost of one forward pass in token-equivalents, which the planner
+    /// weighs against padding: small on a CPU, large on a GPU, where a pass pays
+    /// for its kernel launches whatever its size.
+    pub pass_overhead_tokens: usize,
     /// Most inputs waiting in the queue; beyond it requests are refused.
     pub max_queue: usize,
     /// Seconds a refused client is told to wait.
@@ -52,6 +56,7 @@ impl Default for BatchConfig {
             model_threads: 1,
             max_batch_tokens: 16384,
             max_batch_size: 256,
+            pass_overhead_tokens: crate::grouping::CPU_PASS_OVERHEAD,
             max_queue: 4096,
             retry_after_secs: 1,
         }
@@ -223,6 +228,7 @@ impl Batcher {
                     &lengths,
                     self.config.max_batch_tokens,
                     self.config.max_batch_size,
+                    self.config.pass_overhead_tokens,
                 );
                 let groups = split_for_workers(groups, &lengths, self.config.model_threads);
                 let mut slots: Vec<Option<Job>> = window.into_iter().map(Some).collect();

@@ -2,21 +2,31 @@
 //! length and cut into consecutive groups that minimise an estimated cost, so short
 //! inputs are not padded to the length of long ones.
 
-/// Estimated fixed cost of one forward pass, in token-equivalents (kernel launches,
-/// small-matrix inefficiency).
-const PASS_OVERHEAD: usize = 48;
+/// Estimated fixed cost of one forward pass on a CPU, in token-equivalents
+/// (small-matrix inefficiency). On a GPU a pass costs its kernel launches, worth far
+/// more tokens: see `BatchConfig::pass_overhead_tokens`.
+pub const CPU_PASS_OVERHEAD: usize = 48;
+/// The same on a GPU: a pass of this BERT is about 150 kernel launches (roughly a
+/// millisecond of host time), in which the GPU works through thousands of tokens.
+pub const GPU_PASS_OVERHEAD: usize = 4096;
 /// A padded row of length `L` costs `L * (1 + L / ATTENTION_SCALE)`: the linear
 /// layers are linear in `L`, attention is quadratic.
 const ATTENTION_SCALE: usize = 1024;
 
-fn cost(rows: usize, width: usize) -> usize {
-    PASS_OVERHEAD + rows * width + rows * width * width / ATTENTION_SCALE
+fn cost(overhead: usize, rows: usize, width: usize) -> usize {
+    overhead + rows * width + rows * width * width / ATTENTION_SCALE
 }
 
 /// Groups `lengths` (by index) into forward passes of at most `max_size` inputs and
-/// at most `max_tokens` padded tokens (a single input always fits on its own).
+/// at most `max_tokens` padded tokens (a single input always fits on its own),
+/// each pass costing `overhead` token-equivalents on top of its padded tokens.
 /// Every index appears exactly once; groups come shortest first.
-pub fn plan_groups(lengths: &[usize], max_tokens: usize, max_size: usize) -> Vec<Vec<usize>> {
+pub fn plan_groups(
+    lengths: &[usize],
+    max_tokens: usize,
+    max_size: usize,
+    overhead: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
     let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
@@ -37,7 +47,7 @@ pub fn plan_groups(lengths: &[usize], max_tokens: usize, max_size: usize) -> Vec
             if best[start] == usize::MAX {
                 continue;
             }
-            let total = best[start].saturating_add(cost(rows, width));
+            let total = best[start].saturating_add(cost(overhead, rows, width));
             if total < best[end] {
                 best[end] = total;
                 cut[end] = start;
@@ -65,7 +75,7 @@ pub fn split_for_workers(
 ) -> Vec<Vec<usize>> {
     while groups.len() < workers {
         let group_cost =
-            |g: &Vec<usize>| cost(g.len(), g.iter().map(|&i| lengths[i]).max().unwrap_or(0));
+            |g: &Vec<usize>| cost(0, g.len(), g.iter().map(|&i| lengths[i]).max().unwrap_or(0));
         let Some((at, _)) = groups
             .iter()
             .enumerate()
@@ -86,8 +96,17 @@ pub fn split_for_workers(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_large_pass_overhead_packs_mixed_lengths_into_fewer_passes() {
+        let lengths: Vec<usize> = (3..259).collect();
+        let cpu = check(&lengths, 1 << 20, 1024);
+        let gpu = plan_groups(&lengths, 1 << 20, 1024, 1 << 16);
+        assert!(cpu.len() > 1, "{cpu:?}");
+        assert_eq!(gpu.len(), 1);
+    }
+
     fn check(lengths: &[usize], max_tokens: usize, max_size: usize) -> Vec<Vec<usize>> {
-        let groups = plan_groups(lengths, max_tokens, max_size);
+        let groups = plan_groups(lengths, max_tokens, max_size, CPU_PASS_OVERHEAD);
         let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
@@ -117,12 +136,16 @@ mod tests {
     #[test]
     fn one_big_group_is_split_for_parallel_workers() {
         let lengths = vec![15; 64];
-        let groups = split_for_workers(plan_groups(&lengths, 16384, 256), &lengths, 2);
+        let groups = split_for_workers(
+            plan_groups(&lengths, 16384, 256, CPU_PASS_OVERHEAD),
+            &lengths,
+            2,
+        );
         assert_eq!(
             groups.iter().map(Vec::len).collect::<Vec<_>>(),
             vec![32, 32]
         );
-        let single = split_for_workers(plan_groups(&[4], 16384, 256), &[4], 4);
+        let single = split_for_workers(plan_groups(&[4], 16384, 256, CPU_PASS_OVERHEAD), &[4], 4);
         assert_eq!(single, vec![vec![0]]);
     }
 

@@ -116,3 +116,23 @@ async fn long_inputs_are_refused_naming_the_limit_unless_truncated() {
         }
     ));
 }
+
+#[tokio::test]
+async fn large_requests_tokenise_in_chunks_keeping_order_and_input_indices() {
+    let engine = engine(BatchConfig::default());
+    // More inputs than one tokenizer chunk: each input's count is its own.
+    let inputs: Vec<RawInput> = (0..300)
+        .map(|i| RawInput::Text("word ".repeat(1 + i % 7)))
+        .collect();
+    let out = engine.embed(inputs.clone(), false).await.unwrap();
+    let expected: Vec<usize> = (0..300).map(|i| 3 + i % 7).collect();
+    assert_eq!(out.tokens, expected);
+    // An input far into the request is named by its own index.
+    let mut bad = inputs;
+    bad[250] = RawInput::Text("word ".repeat(300));
+    let err = engine.embed(bad, false).await.unwrap_err();
+    assert!(
+        matches!(err, EmbedError::TooLong { index: 250, .. }),
+        "{err:?}"
+    );
+}
