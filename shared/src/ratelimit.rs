@@ -10,8 +10,20 @@
 //! request tries the shards from a spot its id picks, and the shards' shares sum
 //! to the limit. Tokens are counted on one item per scope: an estimate is taken
 //! before the backend is called and settled to the real count after.
+//!
+//! Leases keep the table off the hot path of a busy scope: a host claims tickets
+//! (and tokens) in blocks with one atomic add and hands them out from memory.
+//! Claims start at one and double while a scope stays busy, up to a sixteenth of
+//! what the window has left (at most [`MAX_CLAIM`]), so a quiet scope still
+//! claims exactly what it uses and no host holds much that another could use.
+//! What a host leased and did not use when the window ends is never used: the
+//! admitted count can only fall short of the limit, never pass it. A refused
+//! request's ticket and tokens, and a settled estimate's surplus, go back to the
+//! lease rather than the table. Lowering a limit takes full effect at the next
+//! window (tickets already leased stay good for the current one).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Key, StoreError, Table, Update};
@@ -20,6 +32,12 @@ use crate::store::{Key, StoreError, Table, Update};
 const REQUESTS_PER_SHARD: u64 = 500;
 const MAX_SHARDS: u64 = 16;
 const WINDOW_SECS: i64 = 60;
+/// The most tickets one claim takes into a host's lease.
+const MAX_CLAIM: u64 = 256;
+/// A claim takes at most this fraction (1/n) of what the window has left.
+const CLAIM_SHARE: u64 = 16;
+/// The most tokens one claim takes beyond what the request needs.
+const MAX_TOKEN_CLAIM: u64 = 1 << 20;
 
 /// Requests and tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,7 +75,9 @@ pub struct Admission {
 /// What one scope took for a request.
 #[derive(Clone, Debug)]
 struct Taken {
+    window: i64,
     request_key: Key,
+    ticket: u64,
     token_key: Key,
     tokens: u64,
 }
@@ -65,6 +85,70 @@ struct Taken {
 #[derive(Clone)]
 pub struct RateLimiter {
     table: Arc<dyn Table>,
+    leases: Arc<Mutex<Leases>>,
+}
+
+/// What this host claimed in the current window and has not handed out yet.
+#[derive(Default)]
+struct Leases {
+    window: i64,
+    tickets: HashMap<Key, TicketLease>,
+    tokens: HashMap<Key, TokenLease>,
+}
+
+#[derive(Default)]
+struct TicketLease {
+    /// Unused ticket numbers, as inclusive ranges; the lowest is handed out first.
+    free: Vec<(u64, u64)>,
+    /// The size of the next claim.
+    next_claim: u64,
+    /// A claim found the shard's share used up: no more claims this window.
+    exhausted: bool,
+}
+
+#[derive(Default)]
+struct TokenLease {
+    spare: u64,
+    /// The counter's value after this host's last change to it.
+    seen: i64,
+    next_claim: u64,
+}
+
+impl Leases {
+    /// The leases of `window`; a new window drops the old one's. `None` for a
+    /// request from a window already over (its claims are made exactly).
+    fn at(&mut self, window: i64) -> Option<&mut Leases> {
+        if window > self.window {
+            *self = Leases {
+                window,
+                ..Leases::default()
+            };
+        }
+        (window == self.window).then_some(self)
+    }
+}
+
+impl TicketLease {
+    /// The lowest unused ticket within `share`; tickets over it are dropped.
+    fn take(&mut self, share: u64) -> Option<u64> {
+        self.free.retain(|&(first, _)| first <= share);
+        let (first, last) = self.free.first_mut()?;
+        let ticket = *first;
+        *last = (*last).min(share);
+        if ticket == *last {
+            self.free.remove(0);
+        } else {
+            *first += 1;
+        }
+        Some(ticket)
+    }
+
+    fn give(&mut self, first: u64, last: u64) {
+        if first <= last {
+            self.free.push((first, last));
+            self.free.sort_unstable();
+        }
+    }
 }
 
 fn shards(limits: &Limits) -> u64 {
@@ -81,7 +165,14 @@ fn share(total: u64, n: u64, i: u64) -> u64 {
 
 impl RateLimiter {
     pub fn new(table: Arc<dyn Table>) -> Self {
-        RateLimiter { table }
+        RateLimiter {
+            table,
+            leases: Arc::new(Mutex::new(Leases::default())),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes one request and `tokens` (an estimate) from every scope, or
@@ -154,7 +245,6 @@ impl RateLimiter {
         let limits = scope.limits;
         let n = shards(&limits);
         let expires = (window + 2) * WINDOW_SECS;
-        let store = |e: StoreError| Refusal::Store(e.into());
         let mut slot = None;
         for step in 0..n {
             let i = (spread + step) % n;
@@ -163,45 +253,162 @@ impl RateLimiter {
                 continue;
             }
             let key = Key::new(format!("RL#{}", scope.id), format!("{window}#r{i}"));
-            let ticket = self.add(&key, "n", 1, expires).await.map_err(store)?;
-            if ticket <= share_i as i64 {
-                slot = Some((key, share_i, ticket as u64));
+            if let Some(ticket) = self.ticket(&key, window, share_i, expires).await? {
+                slot = Some((key, share_i, ticket));
                 break;
             }
-            // Over this shard's share: the ticket is spent, the next shard may have room.
+            // This shard's share is used up; the next shard may have room.
         }
         let Some((request_key, share_i, ticket)) = slot else {
             return Err(Refusal::Requests(limits));
         };
         let token_key = Key::new(format!("RL#{}", scope.id), format!("{window}#t"));
-        let used = self
-            .add(&token_key, "n", tokens as i64, expires)
-            .await
-            .map_err(store)?;
-        if used > limits.tokens_per_minute as i64 {
-            self.release(&[Taken {
-                request_key,
-                token_key,
+        let taken = Taken {
+            window,
+            request_key,
+            ticket,
+            token_key,
+            tokens,
+        };
+        let remaining_tokens = match self
+            .tokens(
+                &taken.token_key,
+                window,
                 tokens,
-            }])
-            .await;
-            return Err(Refusal::Tokens(limits));
-        }
+                limits.tokens_per_minute,
+                expires,
+            )
+            .await
+        {
+            Ok(Some(remaining)) => remaining,
+            Ok(None) => {
+                self.release(&[Taken { tokens: 0, ..taken }]).await;
+                return Err(Refusal::Tokens(limits));
+            }
+            Err(e) => {
+                self.release(&[Taken { tokens: 0, ..taken }]).await;
+                return Err(e);
+            }
+        };
         let standing = Standing {
             limit_requests: limits.requests_per_minute,
             remaining_requests: (share_i - ticket) * n,
             limit_tokens: limits.tokens_per_minute,
-            remaining_tokens: limits.tokens_per_minute.saturating_sub(used.max(0) as u64),
+            remaining_tokens,
             reset_ms: 0,
         };
-        Ok((
-            Taken {
-                request_key,
-                token_key,
-                tokens,
-            },
-            standing,
-        ))
+        Ok((taken, standing))
+    }
+
+    /// A ticket within `share` on the shard counter `key`: from this host's lease,
+    /// else from a new claim. `None` when the share is used up.
+    async fn ticket(
+        &self,
+        key: &Key,
+        window: i64,
+        share: u64,
+        expires: i64,
+    ) -> Result<Option<u64>, Refusal> {
+        let claim = {
+            let mut leases = self.leases();
+            match leases.at(window) {
+                Some(leases) => {
+                    let lease = leases.tickets.entry(key.clone()).or_default();
+                    if let Some(ticket) = lease.take(share) {
+                        return Ok(Some(ticket));
+                    }
+                    if lease.exhausted {
+                        return Ok(None);
+                    }
+                    lease.next_claim.max(1)
+                }
+                None => 1,
+            }
+        };
+        let total = self.add(key, "n", claim as i64, expires).await?.max(0) as u64;
+        let first = total.saturating_sub(claim) + 1;
+        let mut leases = self.leases();
+        let lease = leases
+            .at(window)
+            .map(|l| l.tickets.entry(key.clone()).or_default());
+        if first > share {
+            if let Some(lease) = lease {
+                lease.exhausted = true;
+                // A ticket another request of this host gave back may still be free.
+                return Ok(lease.take(share));
+            }
+            return Ok(None);
+        }
+        let last = total.min(share);
+        if let Some(lease) = lease {
+            lease.give(first + 1, last);
+            let left = share - last;
+            lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).clamp(1, MAX_CLAIM);
+        }
+        Ok(Some(first))
+    }
+
+    /// Takes `tokens` from the scope's token counter `key` (from this host's lease
+    /// where it has enough); `None` when the limit has no room for them. Returns
+    /// the tokens the window has left.
+    async fn tokens(
+        &self,
+        key: &Key,
+        window: i64,
+        tokens: u64,
+        limit: u64,
+        expires: i64,
+    ) -> Result<Option<u64>, Refusal> {
+        let remaining = |seen: i64, spare: u64| {
+            limit.saturating_sub((seen.max(0) as u64).saturating_sub(spare))
+        };
+        let claim = {
+            let mut leases = self.leases();
+            match leases.at(window) {
+                Some(leases) => {
+                    let lease = leases.tokens.entry(key.clone()).or_default();
+                    if lease.spare >= tokens {
+                        lease.spare -= tokens;
+                        return Ok(Some(remaining(lease.seen, lease.spare)));
+                    }
+                    (tokens - lease.spare).max(lease.next_claim)
+                }
+                None => tokens,
+            }
+        };
+        let total = self.add(key, "n", claim as i64, expires).await?;
+        let before = total - claim as i64;
+        let usable = (limit as i64 - before).clamp(0, claim as i64) as u64;
+        let mut seen = total;
+        if usable < claim {
+            // Give back what the limit has no room for, so other hosts may use it
+            // once requests settle below their estimates.
+            let over = (claim - usable) as i64;
+            seen = match self.add(key, "n", -over, expires).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give back unused tokens");
+                    total
+                }
+            };
+        }
+        let mut leases = self.leases();
+        let Some(lease) = leases
+            .at(window)
+            .map(|l| l.tokens.entry(key.clone()).or_default())
+        else {
+            // An old window's request: exactly its tokens, or nothing.
+            return Ok((usable == claim).then(|| remaining(seen, 0)));
+        };
+        lease.spare += usable;
+        lease.seen = lease.seen.max(seen);
+        let left = limit.saturating_sub(seen.max(0) as u64);
+        lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
+        if lease.spare < tokens {
+            return Ok(None);
+        }
+        lease.spare -= tokens;
+        Ok(Some(remaining(lease.seen, lease.spare)))
     }
 
     async fn add(
@@ -222,34 +429,50 @@ impl RateLimiter {
         Ok(new.get(attr).copied().unwrap_or(0))
     }
 
-    /// Gives back tickets and tokens of a refused request. A returned ticket lets
-    /// exactly one later request in, so this never admits more than the limit.
+    /// Gives back the tickets and tokens of a refused request to this host's
+    /// lease: each lets exactly one later request in, so this never admits more
+    /// than the limit. Those of a window already over are dropped.
     async fn release(&self, taken: &[Taken]) {
+        let mut leases = self.leases();
         for t in taken {
-            for (key, delta) in [(&t.request_key, -1), (&t.token_key, -(t.tokens as i64))] {
-                if let Err(e) = self
-                    .table
-                    .update(&Update::new(key.clone()).add("n", delta))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not release a rate-limit reservation");
-                }
+            if t.window != leases.window {
+                continue;
             }
+            leases
+                .tickets
+                .entry(t.request_key.clone())
+                .or_default()
+                .give(t.ticket, t.ticket);
+            leases.tokens.entry(t.token_key.clone()).or_default().spare += t.tokens;
         }
     }
 
-    /// Replaces the token estimate by the real count once the response is known.
+    /// Replaces the token estimate by the real count once the response is known:
+    /// a surplus goes back to the lease, a shortfall comes from it or, when it
+    /// has too little, is added to the counter.
     pub async fn settle(&self, admission: &Admission, actual_tokens: u64) {
-        for t in &admission.taken {
-            let delta = actual_tokens as i64 - t.tokens as i64;
-            if delta != 0 {
-                if let Err(e) = self
-                    .table
-                    .update(&Update::new(t.token_key.clone()).add("n", delta))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not settle a token count");
+        let mut owed = Vec::new();
+        {
+            let mut leases = self.leases();
+            let current = leases.window;
+            for t in &admission.taken {
+                let lease = (t.window == current)
+                    .then(|| leases.tokens.entry(t.token_key.clone()).or_default());
+                match (lease, actual_tokens.checked_sub(t.tokens)) {
+                    (Some(lease), None) => lease.spare += t.tokens - actual_tokens,
+                    (_, Some(0)) | (None, None) => {}
+                    (Some(lease), Some(more)) if lease.spare >= more => lease.spare -= more,
+                    (_, Some(more)) => owed.push((t.token_key.clone(), more)),
                 }
+            }
+        }
+        for (key, more) in owed {
+            if let Err(e) = self
+                .table
+                .update(&Update::new(key).add("n", more as i64))
+                .await
+            {
+                tracing::warn!(error = %e, "could not settle a token count");
             }
         }
     }
@@ -259,6 +482,12 @@ enum Refusal {
     Requests(Limits),
     Tokens(Limits),
     Store(ApiError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e.into())
+    }
 }
 
 /// OpenAI's rate-limit headers for a standing.
@@ -322,5 +551,23 @@ mod tests {
         assert_eq!(reset_text(1000), "1s");
         assert_eq!(reset_text(1001), "2s");
         assert_eq!(reset_text(360_000), "6m0s");
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::TicketLease;
+
+    #[test]
+    fn leases_hand_out_the_lowest_ticket_within_the_share() {
+        let mut lease = TicketLease::default();
+        lease.give(5, 8);
+        lease.give(2, 2);
+        assert_eq!(lease.take(100), Some(2));
+        assert_eq!(lease.take(100), Some(5));
+        // A lowered share drops the tickets over it.
+        assert_eq!(lease.take(6), Some(6));
+        assert_eq!(lease.take(6), None);
+        assert!(lease.free.is_empty());
     }
 }

@@ -63,6 +63,7 @@ contract! {
     blobs::listing_pages,
     blobs::keys_that_escape_are_rejected,
     ratelimit::admitted_requests_never_exceed_the_limit,
+    ratelimit::hosts_leasing_tickets_never_exceed_the_limit,
     ratelimit::token_limits_refuse_and_settle,
     metering::usage_folds_exactly_once,
     metering::batches_dead_letter_malformed_events_only,
