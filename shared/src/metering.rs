@@ -31,7 +31,12 @@ pub const COUNTERS: [&str; 6] = [
     "compute_ms",
 ];
 
-/// One billable call.
+fn one() -> u64 {
+    1
+}
+
+/// One billable call, or several calls of one tenant, key, model version and day
+/// that the api merged before sending (`requests` > 1; the counters are sums).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageEvent {
@@ -40,9 +45,16 @@ pub struct UsageEvent {
     pub key_id: String,
     pub model: String,
     pub model_version: String,
+    /// Calls this event stands for.
+    #[serde(default = "one")]
+    pub requests: u64,
     pub inputs: u64,
     pub tokens: u64,
+    /// A single call served from the cache.
     pub cache_hit: bool,
+    /// Cache hits among merged calls (besides the one `cache_hit` marks).
+    #[serde(default)]
+    pub cache_hits: u64,
     pub latency_ms: f64,
     /// Time the backend spent computing (0 for a cache hit).
     pub compute_ms: u64,
@@ -70,7 +82,40 @@ impl UsageEvent {
         if self.at_ms <= 0 {
             return Err("at_ms must be a Unix time in milliseconds".into());
         }
+        if self.requests == 0 || self.hits() > self.requests {
+            return Err("requests must be at least 1 and at least the cache hits".into());
+        }
         Ok(())
+    }
+
+    /// Cache hits among the calls this event stands for.
+    pub fn hits(&self) -> u64 {
+        self.cache_hits.saturating_add(u64::from(self.cache_hit))
+    }
+
+    /// Events with equal keys fold into the same rows, so they may be merged.
+    pub fn merge_key(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+            self.tenant_id,
+            self.key_id,
+            self.model,
+            self.model_version,
+            self.day()
+        )
+    }
+
+    /// Adds `other`'s calls to this event (same [`UsageEvent::merge_key`]); this
+    /// event keeps its id and time.
+    pub fn absorb(&mut self, other: &UsageEvent) {
+        self.cache_hits = self.hits().saturating_add(other.hits());
+        self.cache_hit = false;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.inputs = self.inputs.saturating_add(other.inputs);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        self.latency_ms += other.latency_ms;
+        self.compute_ms = self.compute_ms.saturating_add(other.compute_ms);
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
     }
 
     pub fn day(&self) -> String {
@@ -167,10 +212,10 @@ impl Meter {
         claim.expires_at = Some(now_secs() + CLAIM_TTL_SECS);
         let day = e.day();
         let adds = |u: Update| {
-            u.add("requests", 1)
+            u.add("requests", e.requests as i64)
                 .add("inputs", e.inputs as i64)
                 .add("tokens", e.tokens as i64)
-                .add("cache_hits", i64::from(e.cache_hit))
+                .add("cache_hits", e.hits() as i64)
                 .add("cost_micros", e.cost_micros as i64)
                 .add("compute_ms", e.compute_ms as i64)
         };
@@ -182,7 +227,7 @@ impl Meter {
         .set("model", e.model.clone().into());
         let month = Update::new(Key::new(usage_pk(&e.tenant_id), month_sk(&day[..7])))
             .add("cost_micros", e.cost_micros as i64)
-            .add("requests", 1);
+            .add("requests", e.requests as i64);
         match self
             .table
             .transact(&[
@@ -428,6 +473,38 @@ pub fn invalid_dates(message: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_events_sum_their_calls_and_old_events_read_as_one_call() {
+        let old = r#"{"event_id":"e1","tenant_id":"t","key_id":"k","model":"m","model_version":"1","inputs":2,"tokens":9,"cache_hit":true,"latency_ms":1.5,"compute_ms":0,"cost_micros":3,"at_ms":1795521600000}"#;
+        let mut a: UsageEvent = serde_json::from_str(old).unwrap();
+        assert_eq!((a.requests, a.hits()), (1, 1));
+        let b = UsageEvent {
+            event_id: "e2".into(),
+            cache_hit: false,
+            ..a.clone()
+        };
+        assert_eq!(a.merge_key(), b.merge_key());
+        a.absorb(&b);
+        assert_eq!(
+            (a.requests, a.hits(), a.tokens, a.cost_micros),
+            (2, 1, 18, 6)
+        );
+        assert_eq!(a.event_id, "e1");
+        assert!(a.validate().is_ok());
+        let next_day = UsageEvent {
+            at_ms: b.at_ms + 86_400_000,
+            ..b.clone()
+        };
+        assert_ne!(next_day.merge_key(), b.merge_key());
+        let bad = UsageEvent {
+            cache_hits: 5,
+            ..a.clone()
+        };
+        assert!(bad.validate().is_err());
+        let none = UsageEvent { requests: 0, ..b };
+        assert!(none.validate().is_err());
+    }
 
     #[test]
     fn costs_round_up_to_whole_micro_dollars() {

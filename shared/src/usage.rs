@@ -2,7 +2,10 @@
 //! in-process buffer and reach the usage queue in batches of up to ten.
 //!
 //! A request only pushes its event into a channel; a background task sends what
-//! accumulated after `linger` (or at once when ten are waiting). Where a process
+//! accumulated after `linger` (or at once when ten are waiting). Events of the
+//! same tenant, key, model version and day that wait together are merged into
+//! one (their counters summed), so a busy host sends a few events per linger
+//! however many calls it serves. Where a process
 //! may be frozen between requests (Lambda), [`UsageSink::flush_after_request`]
 //! runs after each invocation's response, before the environment is frozen, so
 //! nothing waits in memory across invocations.
@@ -26,8 +29,38 @@ const SEND_CONCURRENCY: usize = 8;
 const SEND_ATTEMPTS: u32 = 4;
 
 enum Cmd {
-    Event(String),
+    Event(Box<UsageEvent>),
     Flush(oneshot::Sender<()>),
+}
+
+/// Events waiting to be sent, merged by [`UsageEvent::merge_key`].
+#[derive(Default)]
+struct Buffer {
+    events: Vec<UsageEvent>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Buffer {
+    fn push(&mut self, event: UsageEvent) {
+        match self.index.entry(event.merge_key()) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                self.events[*at.get()].absorb(&event);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(self.events.len());
+                self.events.push(event);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn take(&mut self) -> Vec<UsageEvent> {
+        self.index.clear();
+        std::mem::take(&mut self.events)
+    }
 }
 
 /// Sends usage events to the usage queue off the response path.
@@ -50,13 +83,8 @@ impl UsageSink {
 
     /// Queues one event; never waits.
     pub fn emit(&self, event: &UsageEvent) {
-        match serde_json::to_string(event) {
-            Ok(body) => {
-                if self.tx.send(Cmd::Event(body)).is_err() {
-                    tracing::error!(event_id = %event.event_id, "usage sink is closed; event not sent");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "usage event does not serialise"),
+        if self.tx.send(Cmd::Event(Box::new(event.clone()))).is_err() {
+            tracing::error!(event_id = %event.event_id, "usage sink is closed; event not sent");
         }
     }
 
@@ -85,7 +113,7 @@ impl UsageSink {
 }
 
 async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Cmd>, linger: Duration) {
-    let mut buffer: Vec<String> = Vec::new();
+    let mut buffer = Buffer::default();
     let mut deadline: Option<Instant> = None;
     loop {
         let cmd = match deadline {
@@ -100,13 +128,13 @@ async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Cmd>, linger
             None => rx.recv().await,
         };
         match cmd {
-            Some(Cmd::Event(body)) => {
-                buffer.push(body);
+            Some(Cmd::Event(event)) => {
+                buffer.push(*event);
                 // Take whatever else is already waiting before deciding.
                 let mut flush = None;
                 while flush.is_none() && buffer.len() < MAX_BATCH * SEND_CONCURRENCY {
                     match rx.try_recv() {
-                        Ok(Cmd::Event(b)) => buffer.push(b),
+                        Ok(Cmd::Event(e)) => buffer.push(*e),
                         Ok(Cmd::Flush(done)) => flush = Some(done),
                         Err(_) => break,
                     }
@@ -137,13 +165,20 @@ async fn run(queue: Arc<dyn Queue>, mut rx: mpsc::UnboundedReceiver<Cmd>, linger
 /// Sends the buffer in batches of ten, several at once, retrying each batch
 /// with backoff; a batch that still fails is logged event by event (the log
 /// line holds the event, so it can be replayed).
-async fn send_all(queue: &Arc<dyn Queue>, buffer: &mut Vec<String>) {
-    if buffer.is_empty() {
+async fn send_all(queue: &Arc<dyn Queue>, buffer: &mut Buffer) {
+    if buffer.len() == 0 {
         return;
     }
-    let mut pending = std::mem::take(buffer)
+    let mut pending = buffer
+        .take()
         .into_iter()
-        .map(Outgoing::new)
+        .filter_map(|event| match serde_json::to_string(&event) {
+            Ok(body) => Some(Outgoing::new(body)),
+            Err(e) => {
+                tracing::error!(error = %e, event_id = %event.event_id, "usage event does not serialise");
+                None
+            }
+        })
         .peekable();
     let mut batches: Vec<Vec<Outgoing>> = Vec::new();
     while pending.peek().is_some() {
@@ -181,12 +216,15 @@ mod tests {
         UsageEvent {
             event_id: format!("ev{i}"),
             tenant_id: "t".into(),
-            key_id: "k".into(),
+            // One key per event: these do not merge.
+            key_id: format!("k{i}"),
             model: "m".into(),
             model_version: "1".into(),
+            requests: 1,
             inputs: 1,
             tokens: 3,
             cache_hit: false,
+            cache_hits: 0,
             latency_ms: 1.0,
             compute_ms: 1,
             cost_micros: 1,
@@ -242,6 +280,38 @@ mod tests {
             .collect();
         got.sort_by_key(|e| e.event_id[2..].parse::<usize>().unwrap_or(0));
         assert_eq!(got, (0..25).map(event).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn waiting_events_of_one_key_merge_into_one_with_summed_counters() {
+        let (_dir, q) = queue().await;
+        let sink = UsageSink::new(q.clone(), Duration::from_secs(3600));
+        for i in 0..500 {
+            let mut e = event(i);
+            e.key_id = "same".into();
+            e.cache_hit = i % 5 == 0;
+            sink.emit(&e);
+        }
+        let mut other = event(9999);
+        other.model = "other".into();
+        sink.emit(&other);
+        sink.flush().await;
+        let got: Vec<UsageEvent> = drain(q.as_ref())
+            .await
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        // However the 501 calls were split across sends, the sums are exact.
+        let same: Vec<&UsageEvent> = got.iter().filter(|e| e.key_id == "same").collect();
+        assert!(same.len() < 10, "{} events sent for one key", same.len());
+        assert_eq!(same.iter().map(|e| e.requests).sum::<u64>(), 500);
+        assert_eq!(same.iter().map(|e| e.hits()).sum::<u64>(), 100);
+        assert_eq!(same.iter().map(|e| e.tokens).sum::<u64>(), 1500);
+        assert!(same.iter().all(|e| e.validate().is_ok()));
+        let mut ids: Vec<&str> = same.iter().map(|e| e.event_id.as_str()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), same.len(), "merged events keep distinct ids");
+        assert_eq!(got.iter().filter(|e| e.model == "other").count(), 1);
     }
 
     #[tokio::test]

@@ -28,6 +28,8 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
     (0..n)
         .map(|i| {
             let tokens = 1 + rng.next(500);
+            // Some events stand for several merged calls.
+            let requests = if i % 5 == 0 { 1 + rng.next(6) } else { 1 };
             UsageEvent {
                 event_id: format!("evt-{i:04}"),
                 tenant_id: format!("ten_{}", rng.next(3)),
@@ -36,7 +38,13 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 model_version: "1".into(),
                 inputs: 1 + rng.next(8),
                 tokens,
-                cache_hit: rng.next(4) == 0,
+                requests,
+                cache_hit: requests == 1 && rng.next(4) == 0,
+                cache_hits: if requests > 1 {
+                    rng.next(requests + 1)
+                } else {
+                    0
+                },
                 latency_ms: 3.5,
                 compute_ms: rng.next(40),
                 cost_micros: tenantai::metering::cost_micros(tokens, 20),
@@ -54,10 +62,10 @@ fn truth(events: &[UsageEvent]) -> Truth {
         let c = t
             .entry((e.tenant_id.clone(), e.day(), e.model.clone()))
             .or_default();
-        c[0] += 1;
+        c[0] += e.requests;
         c[1] += e.inputs;
         c[2] += e.tokens;
-        c[3] += u64::from(e.cache_hit);
+        c[3] += e.hits();
         c[4] += e.cost_micros;
         c[5] += e.compute_ms;
     }
@@ -234,5 +242,5 @@ pub async fn batches_dead_letter_malformed_events_only(env: &Env) {
         }
     }
     // evs[0] and evs[2] were folded by the batch; evs[1] and evs[3] only now.
-    assert_eq!(requests, 4);
+    assert_eq!(requests, evs[..4].iter().map(|e| e.requests).sum::<u64>());
 }

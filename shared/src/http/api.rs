@@ -195,9 +195,11 @@ async fn embeddings(
         key_id: ctx.key_id.clone(),
         model: version.model.clone(),
         model_version: version.version.clone(),
+        requests: 1,
         inputs: req.len() as u64,
         tokens: served.result.prompt_tokens,
         cache_hit: served.hit,
+        cache_hits: 0,
         latency_ms,
         compute_ms: if served.hit {
             0
