@@ -16,16 +16,39 @@ use crate::metering::{Meter, Record};
 use crate::store::{aws, Queue, Resources, Storage};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
-/// JSON logs (CloudWatch) at `RUST_LOG` or `info`.
+/// JSON logs (CloudWatch) at `RUST_LOG` or `info`. `RUST_LOG` takes levels and
+/// `target=level` directives (`info,tenantai=debug`); span-field filters are not
+/// supported (the filter that parses them brings a regex engine into every
+/// function).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .without_time()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .without_time(),
+        )
+        .with(filter)
         .try_init();
+}
+
+/// The log filter for a `RUST_LOG` value: `info` when unset or unreadable.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    let default = || {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    };
+    match spec.map(str::parse) {
+        Some(Ok(targets)) => targets,
+        Some(Err(e)) => {
+            eprintln!("RUST_LOG is not a list of level or target=level directives ({e}); logging at info");
+            default()
+        }
+        None => default(),
+    }
 }
 
 /// The deployment's resource names: `TENANTAI_RESOURCE_PREFIX` (default
@@ -262,4 +285,23 @@ pub async fn authorize(
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn log_filters_read_levels_and_targets() {
+        let f = log_filter(Some("warn,tenantai=debug"));
+        assert!(f.would_enable("tenantai::app", &Level::DEBUG));
+        assert!(!f.would_enable("hyper", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+        let default = log_filter(None);
+        assert!(default.would_enable("tenantai", &Level::INFO));
+        assert!(!default.would_enable("tenantai", &Level::DEBUG));
+        // Unreadable: the default, not silence.
+        assert!(log_filter(Some("tenantai=[span{x=1}]")).would_enable("x", &Level::INFO));
+    }
 }
