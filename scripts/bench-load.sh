@@ -53,7 +53,10 @@ wait_port() { # port, pid, name
 }
 
 W_PORT="$(free_port)"; T_PORT="$(free_port)"; L_PORT="$(free_port)"
-target/local/gpu-worker serve --host 127.0.0.1 --port "$W_PORT" --model "models/$MODEL" >"$WORK/worker.log" 2>&1 &
+# The worker runs at a lower CPU priority. Deployed, it has a GPU host of its own;
+# here its model threads would take both cores from whichever gateway is under
+# test (the same for both), and its compute time is not gateway overhead.
+nice -n 10 target/local/gpu-worker serve --host 127.0.0.1 --port "$W_PORT" --model "models/$MODEL" >"$WORK/worker.log" 2>&1 &
 PIDS+=($!); wait_port "$W_PORT" "$!" worker
 
 # Limits high enough never to refuse: the limiter still runs on every request.
