@@ -3,7 +3,14 @@
 //! Key: scope + model id + model version + hash of the canonical request, so a
 //! new model version never serves old vectors. The scope is the tenant, or
 //! `shared` when the tenant opted into the shared scope of a shared model.
+//!
+//! A computed answer goes into L1 at once and into L2 off the response path: the
+//! table write (a commit on the embedded store, a round trip on DynamoDB) is not
+//! the caller's wait. [`Cache::flush`] waits for the writes in flight. On Lambda
+//! a write pending when the environment freezes finishes when it thaws, or is
+//! lost with it: the next caller computes the answer again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +28,8 @@ pub struct Cache {
     l1: moka::future::Cache<String, Arc<Embeddings>>,
     table: Arc<dyn Table>,
     ttl: Duration,
+    /// L2 writes in flight, and a wake-up for [`Cache::flush`] when none are.
+    writes: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
 }
 
 impl Cache {
@@ -33,7 +42,12 @@ impl Cache {
             .max_capacity(l1_bytes)
             .time_to_live(ttl)
             .build();
-        Cache { l1, table, ttl }
+        Cache {
+            l1,
+            table,
+            ttl,
+            writes: Arc::default(),
+        }
     }
 
     pub fn key(scope: &str, model: &str, version: &str, request_hash: &str) -> String {
@@ -74,6 +88,7 @@ impl Cache {
         Some(e)
     }
 
+    /// Stores an answer: in L1 now, in L2 (the table) in the background.
     pub async fn put(&self, key: &str, e: Arc<Embeddings>) {
         self.l1.insert(key.to_string(), e.clone()).await;
         let dims = e.vectors.first().map_or(0, Vec::len);
@@ -91,8 +106,26 @@ impl Cache {
         attrs.insert("vectors".into(), STANDARD.encode(bytes).into());
         let mut item = Item::new(Self::table_key(key), attrs);
         item.expires_at = Some(now_secs() + self.ttl.as_secs() as i64);
-        if let Err(e) = self.table.put(&item, &Cond::Always).await {
-            tracing::warn!(error = %e, "cache write failed");
+        let (table, writes) = (self.table.clone(), self.writes.clone());
+        writes.0.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            if let Err(e) = table.put(&item, &Cond::Always).await {
+                tracing::warn!(error = %e, "cache write failed");
+            }
+            if writes.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                writes.1.notify_waiters();
+            }
+        });
+    }
+
+    /// Returns once every L2 write started before the call has finished.
+    pub async fn flush(&self) {
+        loop {
+            let idle = self.writes.1.notified();
+            if self.writes.0.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 }

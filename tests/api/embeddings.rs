@@ -207,7 +207,9 @@ async fn a_new_model_version_invalidates_and_l2_outlives_the_process_cache() {
     let body = json!({"model": "all-MiniLM-L6-v2", "input": "versioned"});
     assert_eq!(cache(&embed(&h, &key, body.clone(), &[]).await), "miss");
     assert_eq!(cache(&embed(&h, &key, body.clone(), &[]).await), "hit");
-    // A second app on the same storage has an empty L1: the hit comes from the table.
+    // A second app on the same storage has an empty L1: the hit comes from the
+    // table, once the first app's background write is done.
+    h.app.cache.flush().await;
     let fresh =
         tenantai::app::App::new(h.app.storage.clone(), tenantai::app::Config::default()).unwrap();
     let router = tenantai::http::host(tenantai::http::api::router(fresh));
