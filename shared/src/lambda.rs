@@ -44,7 +44,9 @@ fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
     match spec.map(str::parse) {
         Some(Ok(targets)) => targets,
         Some(Err(e)) => {
-            eprintln!("RUST_LOG is not a list of level or target=level directives ({e}); logging at info");
+            eprintln!(
+                "RUST_LOG is not a list of level or target=level directives ({e}); logging at info"
+            );
             default()
         }
         None => default(),
