@@ -170,6 +170,23 @@ impl Db {
         .await
     }
 
+    /// Runs a point read (one row by primary key: microseconds, never waiting on
+    /// the writer in WAL mode) on the calling thread when a reader connection is
+    /// free, sparing the hand-off to the blocking pool; otherwise as [`Db::read`].
+    async fn read_point<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        {
+            let free = self.inner.readers.iter().find_map(|r| r.try_lock().ok());
+            if let Some(conn) = free {
+                return f(&conn);
+            }
+        }
+        self.read(f).await
+    }
+
     /// Runs a read on one of the reader connections, off the async runtime.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where

@@ -49,11 +49,11 @@ fn decode((key, version, expires_at, attrs): (Key, i64, Option<i64>, String)) ->
 /// The unexpired item under `key`, read inside the caller's transaction.
 fn load_live(conn: &Connection, key: &Key, now: i64) -> StoreResult<Option<Item>> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT pk, sk, version, expires_at, attrs FROM items WHERE pk = ?1 AND sk = ?2",
-            params![key.pk, key.sk],
-            row_to_item,
         )
+        .map_err(sqlite_err)?
+        .query_row(params![key.pk, key.sk], row_to_item)
         .optional()
         .map_err(sqlite_err)?;
     Ok(row
@@ -124,7 +124,7 @@ impl Table for EmbeddedTable {
         check_key(key)?;
         let key = key.clone();
         self.db
-            .read(move |conn| load_live(conn, &key, expiry_now()))
+            .read_point(move |conn| load_live(conn, &key, expiry_now()))
             .await
     }
 
