@@ -78,7 +78,8 @@ pub async fn app_from_env() -> Result<Arc<App>, String> {
 /// The AWS configuration of the environment and the deployment's storage on it.
 async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> {
     let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+    // No function keeps objects yet: none carries an S3 client.
+    let storage = Storage::aws_without_blobs(&sdk, &resources_from_env(), false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((sdk, storage))

@@ -19,7 +19,9 @@ impl Env {
         &self.storage.table
     }
     pub fn blobs(&self) -> &Arc<dyn Blobs> {
-        &self.storage.blobs
+        self.storage
+            .blobs()
+            .expect("both adapters have an object store")
     }
     /// The plain queue (no dead-letter queue).
     pub fn queue(&self) -> Arc<dyn Queue> {

@@ -14,7 +14,9 @@ use super::{Blobs, Queue, Resources, StoreError, StoreResult, Table};
 #[derive(Clone)]
 pub struct Storage {
     pub table: Arc<dyn Table>,
-    pub blobs: Arc<dyn Blobs>,
+    /// Absent where a process was built without an object store (see
+    /// [`Storage::aws_without_blobs`]).
+    blobs: Option<Arc<dyn Blobs>>,
     queues: HashMap<String, Arc<dyn Queue>>,
     resources: Resources,
 }
@@ -34,7 +36,7 @@ impl Storage {
         }
         Ok(Storage {
             table: Arc::new(db.table()),
-            blobs: Arc::new(DirBlobs::open(dir.join("blobs"))?),
+            blobs: Some(Arc::new(DirBlobs::open(dir.join("blobs"))?)),
             queues,
             resources: res.clone(),
         })
@@ -43,6 +45,19 @@ impl Storage {
     /// AWS storage; with `provision`, creates absent resources first (and checks
     /// every queue exists). Without it nothing is called until first use.
     pub async fn aws(config: &SdkConfig, res: &Resources, provision: bool) -> StoreResult<Storage> {
+        let mut storage = Self::aws_without_blobs(config, res, provision).await?;
+        storage.blobs = Some(Arc::new(S3Blobs::new(aws::s3_client(config), &res.bucket)));
+        Ok(storage)
+    }
+
+    /// AWS storage without the object store: the table and the queues. For the
+    /// Lambda functions that keep no objects, which then carry no S3 client (about
+    /// a megabyte of code each). [`Storage::blobs`] answers an error.
+    pub async fn aws_without_blobs(
+        config: &SdkConfig,
+        res: &Resources,
+        provision: bool,
+    ) -> StoreResult<Storage> {
         if provision {
             aws::provision(config, res).await?;
         }
@@ -61,9 +76,16 @@ impl Storage {
                 aws_sdk_dynamodb::Client::new(config),
                 &res.table,
             )),
-            blobs: Arc::new(S3Blobs::new(aws::s3_client(config), &res.bucket)),
+            blobs: None,
             queues,
             resources: res.clone(),
+        })
+    }
+
+    /// The object store.
+    pub fn blobs(&self) -> StoreResult<&Arc<dyn Blobs>> {
+        self.blobs.as_ref().ok_or_else(|| {
+            StoreError::Backend("this process has no object store configured".into())
         })
     }
 
