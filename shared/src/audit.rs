@@ -1,4 +1,6 @@
 //! The audit log of admin actions: who did what, when, and the record before and after.
+//! Secrets in those records (a webhook's signing secret) are stored as
+//! [`REDACTED`]: the log outlives the secrets and is read more widely.
 
 use std::sync::Arc;
 
@@ -28,6 +30,26 @@ pub struct Audit {
     table: Arc<dyn Table>,
 }
 
+/// What an audit record holds in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces every field named `secret`, at any depth, by [`REDACTED`].
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (name, field) in fields.iter_mut() {
+                if name == "secret" && !field.is_null() {
+                    *field = Value::String(REDACTED.into());
+                } else {
+                    redact(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
 fn pk(tenant: Option<&str>) -> String {
     format!("AUDIT#{}", tenant.unwrap_or("_platform"))
 }
@@ -43,9 +65,11 @@ impl Audit {
         action: &str,
         tenant_id: Option<&str>,
         target: &str,
-        before: Value,
-        after: Value,
+        mut before: Value,
+        mut after: Value,
     ) -> ApiResult<AuditRecord> {
+        redact(&mut before);
+        redact(&mut after);
         let rec = AuditRecord {
             id: format!("aud_{}", uuid::Uuid::now_v7().simple()),
             at: now_secs(),
@@ -83,5 +107,23 @@ impl Audit {
             )
             .await?;
         page_of(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let mut v = json!({"name": "acme", "alert_webhook": {"url": "https://x", "secret": "whsec_abc"},
+                           "list": [{"secret": "s2"}], "none": {"secret": null}});
+        redact(&mut v);
+        assert_eq!(v["alert_webhook"]["secret"], REDACTED);
+        assert_eq!(v["alert_webhook"]["url"], "https://x");
+        assert_eq!(v["list"][0]["secret"], REDACTED);
+        assert_eq!(v["none"]["secret"], Value::Null);
+        assert_eq!(v["name"], "acme");
     }
 }

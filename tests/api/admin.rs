@@ -75,6 +75,30 @@ async fn tenant_lifecycle_is_audited() {
     assert_eq!(records[0]["after"]["tier"], "pro");
     assert_eq!(records[1]["action"], "tenant.create");
     assert!(records[1]["at"].as_i64().unwrap() > 0);
+
+    // A webhook's signing secret is shown to the admin once, never kept in the log.
+    let hooked = h
+        .admin(
+            Method::PATCH,
+            &format!("/tenants/{id}"),
+            Some(json!({"alert_webhook_url": "https://hooks.example.com/tenantai"})),
+        )
+        .await;
+    let secret = hooked.ok()["alert_webhook"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("whsec_"));
+    let audit = h
+        .admin(Method::GET, &format!("/audit?tenant_id={id}"), None)
+        .await;
+    let newest = audit.ok()["data"][0].clone();
+    assert_eq!(newest["after"]["alert_webhook"]["secret"], "[redacted]");
+    assert_eq!(
+        newest["after"]["alert_webhook"]["url"],
+        "https://hooks.example.com/tenantai"
+    );
+    assert!(!audit.body.to_string().contains(&secret));
 }
 
 #[tokio::test]
