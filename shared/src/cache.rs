@@ -22,6 +22,9 @@ use crate::store::{now_secs, Attrs, Cond, Item, Key, Table};
 
 /// Entries above this size stay out of the table (DynamoDB items hold 400 KB).
 const MAX_L2_BYTES: usize = 300 * 1024;
+/// Most L2 writes in flight; beyond it an answer stays in L1 only, so a slow or
+/// throttled table cannot pile up writes (and their items) in memory.
+const MAX_L2_WRITES: usize = 1024;
 
 #[derive(Clone)]
 pub struct Cache {
@@ -94,6 +97,10 @@ impl Cache {
         let dims = e.vectors.first().map_or(0, Vec::len);
         let size = e.vectors.len() * dims * 4;
         if dims == 0 || size > MAX_L2_BYTES || e.vectors.iter().any(|v| v.len() != dims) {
+            return;
+        }
+        if self.writes.0.load(Ordering::SeqCst) >= MAX_L2_WRITES {
+            tracing::debug!("cache write skipped: too many in flight");
             return;
         }
         let mut bytes = Vec::with_capacity(size);
