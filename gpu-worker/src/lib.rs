@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod batcher;
+pub mod bert;
 pub mod device;
 pub mod engine;
 pub mod error;

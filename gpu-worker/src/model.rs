@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
+
+use crate::bert::{mean_pool_normalize, Bert, Config as BertConfig};
 
 use crate::artifacts::verify_dir;
 use crate::error::ArtifactError;
@@ -44,7 +45,7 @@ pub struct ModelInfo {
 
 /// The transformer and its pooling, owned by the model thread.
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     device: Device,
     pub info: ModelInfo,
 }
@@ -69,6 +70,10 @@ pub fn load(
     let sentence: SentenceConfig = read_json(dir, "sentence_bert_config.json")?;
     let pooling: PoolingConfig = read_json(dir, "1_Pooling/config.json")?;
     let config: BertConfig = read_json(dir, "config.json")?;
+    config.check().map_err(|reason| ArtifactError::BadFile {
+        file: "config.json".into(),
+        reason,
+    })?;
     let only_mean = pooling.pooling_mode_mean_tokens
         && !pooling.pooling_mode_cls_token
         && !pooling.pooling_mode_max_tokens
@@ -105,7 +110,7 @@ pub fn load(
     let embedders = (0..copies.max(1))
         .map(|_| {
             Ok(Embedder {
-                model: BertModel::load(vb.clone(), &config)?,
+                model: Bert::load(vb.clone(), &config)?,
                 device: device.clone(),
                 info: info.clone(),
             })
@@ -132,18 +137,7 @@ impl Embedder {
         }
         let ids = Tensor::from_vec(ids, (n, width), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, width), &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        // Mean over the real tokens: sum(hidden * mask) / sum(mask).
-        let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
-        let counts = mask.sum_keepdim(1)?;
-        let mean = summed.broadcast_div(&counts)?;
-        // L2 normalisation as torch's F.normalize: x / max(|x|, 1e-12).
-        let norm = mean
-            .sqr()?
-            .sum_keepdim(D::Minus1)?
-            .sqrt()?
-            .clamp(1e-12, f32::MAX)?;
-        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+        let hidden = self.model.forward(&ids, &mask)?;
+        mean_pool_normalize(&hidden, &mask)?.to_vec2::<f32>()
     }
 }
