@@ -92,9 +92,7 @@ impl DeviceChoice {
             1
         }
     }
-}
 
-impl DeviceChoice {
     /// The planner's cost of one forward pass (see `BatchConfig::pass_overhead_tokens`).
     pub fn auto_pass_overhead(self) -> usize {
         if self.is_cpu() {

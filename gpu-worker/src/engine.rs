@@ -32,6 +32,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     info: ModelInfo,
     device: String,
+    /// Cores to tokenise a large request on (read once: on Linux the standard
+    /// library reads the cgroup CPU quota from files for it).
+    cores: usize,
 }
 
 impl Engine {
@@ -73,6 +76,7 @@ impl Engine {
             metrics,
             info,
             device: crate::device::describe(device),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         Ok((engine, handles))
     }
@@ -114,8 +118,7 @@ impl Engine {
         mut inputs: Vec<RawInput>,
         truncate: bool,
     ) -> Result<Vec<Vec<u32>>, EmbedError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = inputs.len().div_ceil(cores).max(MIN_TOKENIZE_CHUNK);
+        let chunk = inputs.len().div_ceil(self.cores).max(MIN_TOKENIZE_CHUNK);
         let mut tasks = Vec::new();
         let mut start = 0;
         while !inputs.is_empty() {

@@ -281,13 +281,10 @@ impl RateLimiter {
             .await
         {
             Ok(Some(remaining)) => remaining,
-            Ok(None) => {
+            refused => {
+                // The ticket goes back; no tokens were taken.
                 self.release(&[Taken { tokens: 0, ..taken }]).await;
-                return Err(Refusal::Tokens(limits));
-            }
-            Err(e) => {
-                self.release(&[Taken { tokens: 0, ..taken }]).await;
-                return Err(e);
+                return Err(refused.err().unwrap_or(Refusal::Tokens(limits)));
             }
         };
         let standing = Standing {
