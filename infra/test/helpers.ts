@@ -1,0 +1,73 @@
+// Builds a stage's stack offline, the way the tests and `scripts/lib/infra.sh` do:
+// placeholder function and image directories in a temp dir, bundling skipped.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { App } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { FUNCTION_NAMES, recommendedFlags, stageConfig } from '../lib/config';
+import { TenantaiStack } from '../lib/tenantai-stack';
+
+let placeholders: string | undefined;
+
+/** Function directories holding a stand-in `bootstrap`, and a stand-in image context. */
+export function placeholderDirs(): string {
+  if (placeholders) return placeholders;
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tenantai-infra-'));
+  for (const name of FUNCTION_NAMES) {
+    fs.mkdirSync(path.join(root, 'lambda', name), { recursive: true });
+    fs.writeFileSync(path.join(root, 'lambda', name, 'bootstrap'), `placeholder for ${name}\n`, { mode: 0o755 });
+  }
+  fs.mkdirSync(path.join(root, 'worker-image'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'worker-image', 'Dockerfile'), 'FROM scratch\n');
+  placeholders = root;
+  return root;
+}
+
+export interface Built {
+  app: App;
+  stack: TenantaiStack;
+  template: Template;
+}
+
+export const ACCOUNT = '111122223333';
+export const REGION = 'eu-west-1';
+
+export function build(context: Record<string, unknown> = {}, opts: { tenantCredentials?: boolean } = {}): Built {
+  const dirs = placeholderDirs();
+  const app = new App({
+    context: { ...recommendedFlags(), 'aws:cdk:bundling-stacks': [], ...context },
+    outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'tenantai-cdkout-')),
+  });
+  const cfg = stageConfig((k) => app.node.tryGetContext(k));
+  const stack = new TenantaiStack(app, `tenantai-${cfg.stage}`, {
+    cfg,
+    code: (name) => lambda.Code.fromAsset(path.join(dirs, 'lambda', name)),
+    workerImageDir: path.join(dirs, 'worker-image'),
+    tenantCredentials: opts.tenantCredentials,
+    env: { account: ACCOUNT, region: REGION },
+  });
+  return { app, stack, template: Template.fromStack(stack) };
+}
+
+/** Every resource of a type, as [logicalId, resource] pairs. */
+export function resources(template: Template, type: string): [string, any][] {
+  return Object.entries(template.findResources(type));
+}
+
+/** A policy document's statements, whatever the resource holding it. */
+export function statementsOf(template: Template, roleLogicalId: string): any[] {
+  const out: any[] = [];
+  for (const [, p] of resources(template, 'AWS::IAM::Policy')) {
+    const roles = (p.Properties.Roles ?? []).map((r: any) => r.Ref);
+    if (roles.includes(roleLogicalId)) out.push(...p.Properties.PolicyDocument.Statement);
+  }
+  const role = template.toJSON().Resources[roleLogicalId];
+  for (const inline of role?.Properties?.Policies ?? []) out.push(...inline.PolicyDocument.Statement);
+  return out;
+}
+
+export function asArray<T>(v: T | T[] | undefined): T[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
