@@ -3,8 +3,10 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
-  transform: { '^.+\\.tsx?$': ['ts-jest', { isolatedModules: true }] },
+  transform: { '^.+\\.tsx?$': ['ts-jest', { tsconfig: 'tsconfig.test.json' }] },
   setupFiles: ['<rootDir>/test/setup.ts'],
-  // Synthesizing the stack takes a few seconds on 2 cores.
+  globalSetup: '<rootDir>/test/global-setup.ts',
+  maxWorkers: 2,
+  // Synthesizing the stack takes seconds on 2 cores.
   testTimeout: 120000,
 };

@@ -83,6 +83,8 @@ export class Workers extends Construct {
         },
       ],
     });
+    // On a spot interruption notice the agent drains the instance: tasks get SIGTERM.
+    launchTemplate.userData!.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
     this.autoScalingGroup = new autoscaling.AutoScalingGroup(this, 'Gpus', {
       autoScalingGroupName: `${cfg.prefix}-gpu-workers`,
       vpc: props.vpc,

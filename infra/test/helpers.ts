@@ -34,6 +34,27 @@ export interface Built {
 export const ACCOUNT = '111122223333';
 export const REGION = 'eu-west-1';
 
+/** The stack variants the tests read, built once per run by global-setup.ts. */
+export const VARIANTS = {
+  dev: { context: { stage: 'dev' } },
+  prod: { context: { stage: 'prod' } },
+  prodSagemaker: { context: { stage: 'prod', sagemaker: 'true' } },
+  devTenantCredentials: { context: { stage: 'dev' }, tenantCredentials: true },
+} as const;
+export type Variant = keyof typeof VARIANTS;
+
+export const TEMPLATES_DIR = path.join(__dirname, '..', 'cdk.out', 'test-templates');
+
+/** A variant's synthesized template (from global-setup.ts; built here if missing). */
+export function template(variant: Variant): Template {
+  const file = path.join(TEMPLATES_DIR, `${variant}.json`);
+  if (!fs.existsSync(file)) {
+    const v = VARIANTS[variant];
+    return build(v.context, { tenantCredentials: 'tenantCredentials' in v ? v.tenantCredentials : false }).template;
+  }
+  return Template.fromJSON(JSON.parse(fs.readFileSync(file, 'utf8')));
+}
+
 export function build(context: Record<string, unknown> = {}, opts: { tenantCredentials?: boolean } = {}): Built {
   const dirs = placeholderDirs();
   const app = new App({
