@@ -4,7 +4,10 @@
 #      starts the emulator on a free loopback port, runs the workspace's tests;
 #   2. invokes every Lambda function through cargo-lambda against the emulator
 #      (after cargo has released its build lock: cargo-lambda builds them itself);
-#   3. drives `tenantai dev` with the official `openai` Python package.
+#   3. drives `tenantai dev` with the official `openai` Python package;
+#   4. checks the CDK app in infra/ offline: npm ci + jest, cdk synth for dev and
+#      prod (cdk-nag), cfn-lint and checkov on the templates, hadolint on the worker's
+#      Dockerfile and its steps run outside a container (scripts/lib/infra.sh).
 # The emulator and `tenantai dev` are stopped on exit, also on failure.
 # With arguments, runs only `cargo test ARGS` (e.g. -p tenantai-tests --test api) with the emulator up.
 set -euo pipefail
@@ -12,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib/moto.sh
 . scripts/lib/tools.sh
+. scripts/lib/infra.sh
+. scripts/lib/worker_image.sh
 
 scripts/fetch-model.sh
 moto_start
@@ -38,3 +43,16 @@ py_install
 cargo build -p tenantai-cli
 dev_start
 "$PY_VENV/bin/python" -m pytest -q tests/openai
+
+echo "==> phase 4: infra"
+infra_start=$(date +%s)
+infra_tools_install
+infra_npm_ci
+(cd infra && timeout 900 npm test -- --ci)
+infra_synth dev -c stage=dev
+infra_synth prod -c stage=prod
+infra_synth prod-sagemaker -c stage=prod -c sagemaker=true
+infra_lint dev prod prod-sagemaker
+infra_dockerfile
+worker_image_exercise target/debug/gpu-worker models/all-MiniLM-L6-v2
+echo "==> phase 4: infra passed in $(($(date +%s) - infra_start)) s"

@@ -7,6 +7,7 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 import { StageConfig } from './config';
+import { checkovSkip } from './nag';
 
 /** The tenant API's routes: path -> methods. All go to the api function. */
 export const TENANT_ROUTES: Readonly<Record<string, readonly string[]>> = {
@@ -94,6 +95,7 @@ export class Api extends Construct {
         loggingLevel: apigw.MethodLoggingLevel.ERROR,
         dataTraceEnabled: false,
         metricsEnabled: true,
+        tracingEnabled: true,
         throttlingRateLimit: cfg.apiRateLimit,
         throttlingBurstLimit: cfg.apiBurstLimit,
       },
@@ -135,6 +137,7 @@ export class Api extends Construct {
     const health = this.tenantApi.root
       .resourceForPath(HEALTH_ROUTE)
       .addMethod('GET', buffered, { authorizationType: apigw.AuthorizationType.NONE });
+    checkovSkip(health, 'CKV_AWS_59', 'GET /health is the unauthenticated liveness probe; it answers a constant and reads no tenant data.');
     for (const id of ['AwsSolutions-APIG4', 'AwsSolutions-COG4']) {
       Validations.of(health).acknowledge({
         id,
@@ -167,6 +170,7 @@ export class Api extends Construct {
         loggingLevel: apigw.MethodLoggingLevel.ERROR,
         dataTraceEnabled: false,
         metricsEnabled: true,
+        tracingEnabled: true,
         throttlingRateLimit: 20,
         throttlingBurstLimit: 40,
       },
@@ -187,6 +191,8 @@ export class Api extends Construct {
       });
 
     for (const api of [this.tenantApi, this.adminApi]) {
+      checkovSkip(api.deploymentStage, 'CKV_AWS_120',
+        'No gateway cache: answers are per tenant and per key (a cache keyed on the path would mix them), and the api keeps its own scope-keyed embeddings cache; a cache cluster also bills by the hour.');
       Validations.of(api).acknowledge({
         id: 'AwsSolutions-APIG2',
         reason:

@@ -9,6 +9,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
 import { StageConfig } from './config';
+import { checkovSkip } from './nag';
 
 /** Where each kind of object lives in the data bucket. */
 export const BUCKET_PREFIXES = {
@@ -93,6 +94,8 @@ export class Data extends Construct {
       ],
       removalPolicy: RemovalPolicy.RETAIN,
     });
+
+    checkovSkip(this.logBucket, 'CKV_AWS_18', 'This is the access-log target bucket itself; logging its own accesses into itself would loop.');
 
     const backupDays = (cfg.backupKeepMonthly + 1) * 31;
     this.bucket = new s3.Bucket(this, 'Bucket', {

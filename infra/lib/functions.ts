@@ -13,7 +13,7 @@ import { Construct } from 'constructs';
 import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
 import { Queues } from './queues';
-import { ackArnWildcard, ackWildcard } from './nag';
+import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 import { ITEM_ACTIONS, PLATFORM_PARTITION_KEYS, TenantIsolation } from './tenant-isolation';
 
 /** The code of one function: the directory holding its `bootstrap` (cargo lambda build output). */
@@ -123,6 +123,14 @@ export class Functions extends Construct {
       });
       this.fns[name] = fn;
       this.roles[name] = role;
+      checkovSkip(fn, 'CKV_AWS_117',
+        'Not in a VPC: the function reaches only AWS APIs (DynamoDB, SQS, S3, SNS, STS, SageMaker) and tenant webhooks over TLS; a VPC would add NAT or one interface endpoint per service for no reachable private resource.');
+      if (!scheduled.has(name)) {
+        checkovSkip(fn, 'CKV_AWS_116',
+          name === 'metering'
+            ? 'Invoked by its SQS event source, never asynchronously: failed records stay on the usage queue, which redrives them to its own DLQ.'
+            : 'Invoked synchronously (API Gateway), never asynchronously: a Lambda DLQ only receives failed asynchronous events; the caller gets the error.');
+      }
     }
 
     const table_ = (role: iam.Role, sid: string, actions: string[], conditions?: Record<string, unknown>) =>

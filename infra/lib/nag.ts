@@ -19,3 +19,14 @@ export function ackArnWildcard(scope: IConstruct, resource: IConstruct, suffix: 
 export function ackWildcard(scope: IConstruct, finding: string, reason: string): void {
   Validations.of(scope).acknowledge({ id: `AwsSolutions-IAM5[${finding}]`, reason });
 }
+
+/**
+ * Skips one checkov check on one resource, with the reason, as CloudFormation metadata
+ * (`Metadata.checkov.skip`), which checkov reads and reports as skipped.
+ */
+export function checkovSkip(construct: IConstruct, id: string, comment: string): void {
+  const cfn = (construct.node.defaultChild ?? construct) as CfnResource;
+  const current = (cfn.getMetadata('checkov') as { skip: { id: string; comment: string }[] } | undefined) ?? { skip: [] };
+  current.skip.push({ id, comment });
+  cfn.addMetadata('checkov', current);
+}

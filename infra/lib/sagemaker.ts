@@ -10,7 +10,7 @@ import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sagemaker from 'aws-cdk-lib/aws-sagemaker';
 import { Construct } from 'constructs';
 import { StageConfig } from './config';
-import { ackArnWildcard, ackWildcard } from './nag';
+import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 
 export interface EndpointProps {
   readonly cfg: StageConfig;
@@ -104,6 +104,11 @@ export class ModelEndpoint extends Construct {
     ackWildcard(this.role, `Resource::arn:${stack.partition}:logs:${stack.region}:${stack.account}:log-group:/aws/sagemaker/Endpoints/${name}:*`,
       "The endpoint's own log group and its streams.");
 
+    const policy = this.role.node.findChild('DefaultPolicy');
+    for (const id of ['CKV_AWS_111', 'CKV_AWS_109']) {
+      checkovSkip(policy, id,
+        "The EC2 network-interface actions (create, delete, permission) that SageMaker needs to attach a VPC model support no resource scoping; only SageMaker can assume this role.");
+    }
     const sg = new ec2.SecurityGroup(this, 'Sg', {
       vpc: props.vpc,
       description: 'SageMaker model containers: no inbound from the VPC',

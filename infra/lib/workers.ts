@@ -14,7 +14,7 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
 import { StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
-import { ackArnWildcard, ackWildcard } from './nag';
+import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 import { Queues } from './queues';
 
 /** SIGTERM to SIGKILL: the worker drains in-flight work in this time (spot gives 2 minutes). */
@@ -254,6 +254,8 @@ export class Workers extends Construct {
     const instancePolicy = instanceRole.node.findChild('DefaultPolicy');
     ackWildcard(instancePolicy, 'Resource::*',
       'The ECS agent (ecs:DiscoverPollEndpoint, ecr:GetAuthorizationToken and the like) needs actions that support no resource-level permission; the CDK scopes the rest to the cluster.');
+    checkovSkip(instancePolicy, 'CKV_AWS_111',
+      'The ECS container-instance policy the CDK writes for the agent: registration and state reports, scoped to this cluster where the actions allow a resource.');
     ackWildcard(instancePolicy, 'Action::ecs:Submit*',
       'The ECS agent reports task and container state with the ecs:Submit* actions, on this cluster only.');
     Validations.of(this.autoScalingGroup).acknowledge({

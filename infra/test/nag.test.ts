@@ -49,3 +49,13 @@ test('every acknowledgement carries a written reason', () => {
   }
   expect(count).toBeGreaterThan(20);
 });
+
+test('every checkov skip names its check and gives a reason', () => {
+  const { template: t } = build({ stage: 'prod', sagemaker: 'true' });
+  const skips = Object.values(t.toJSON().Resources as Record<string, any>).flatMap((r) => r.Metadata?.checkov?.skip ?? []);
+  expect(skips.length).toBeGreaterThan(10);
+  for (const s of skips) {
+    expect(s.id).toMatch(/^CKV2?_AWS_\d+$/);
+    expect(s.comment.length).toBeGreaterThan(30);
+  }
+});

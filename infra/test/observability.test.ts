@@ -4,7 +4,7 @@ import { resources, template } from './helpers';
 
 const t = template('dev');
 const [[topicId]] = resources(t, 'AWS::SNS::Topic');
-const alarms = Object.fromEntries(
+const alarms: Record<string, any> = Object.fromEntries(
   resources(t, 'AWS::CloudWatch::Alarm')
     .filter(([, a]) => typeof a.Properties.AlarmName === 'string')
     .map(([, a]) => [a.Properties.AlarmName.replace('tenantai-dev-', ''), a.Properties]),

@@ -2,7 +2,7 @@ import { resources, template } from './helpers';
 
 const dev = template('dev');
 const prod = template('prod');
-const schedules = (t = dev) => Object.fromEntries(resources(t, 'AWS::Scheduler::Schedule').map(([, s]) => [s.Properties.Name, s.Properties]));
+const schedules = (t = dev): Record<string, any> => Object.fromEntries(resources(t, 'AWS::Scheduler::Schedule').map(([, s]) => [s.Properties.Name, s.Properties]));
 
 test('cost alerts and backups run on EventBridge Scheduler', () => {
   const s = schedules();
