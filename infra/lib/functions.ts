@@ -153,6 +153,8 @@ export class Functions extends Construct {
       key,
       apiRole: r.api,
     });
+    // The role the api assumes (session tag TenantId) for a tenant's items.
+    this.fns.api.addEnvironment('TENANTAI_TENANT_ROLE_ARN', this.tenantIsolation.role.roleArn);
     if (props.tenantCredentials) {
       table_(r.api, 'PlatformItemsOnly', ITEM_ACTIONS, {
         'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': [...PLATFORM_PARTITION_KEYS] },
