@@ -9,6 +9,6 @@ export default async function globalSetup(): Promise<void> {
   fs.mkdirSync(TEMPLATES_DIR, { recursive: true });
   for (const [name, v] of Object.entries(VARIANTS) as [Variant, (typeof VARIANTS)[Variant]][]) {
     const { template } = build(v.context, { tenantCredentials: 'tenantCredentials' in v ? v.tenantCredentials : false });
-    fs.writeFileSync(path.join(TEMPLATES_DIR, `${name}.json`), JSON.stringify(template.toJSON()));
+    fs.writeFileSync(path.join(TEMPLATES_DIR, `${name}.template.json`), JSON.stringify(template.toJSON()));
   }
 }

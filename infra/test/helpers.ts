@@ -47,7 +47,7 @@ export const TEMPLATES_DIR = path.join(__dirname, '..', 'cdk.out', 'test-templat
 
 /** A variant's synthesized template (from global-setup.ts; built here if missing). */
 export function template(variant: Variant): Template {
-  const file = path.join(TEMPLATES_DIR, `${variant}.json`);
+  const file = path.join(TEMPLATES_DIR, `${variant}.template.json`);
   if (!fs.existsSync(file)) {
     const v = VARIANTS[variant];
     return build(v.context, { tenantCredentials: 'tenantCredentials' in v ? v.tenantCredentials : false }).template;
@@ -58,7 +58,13 @@ export function template(variant: Variant): Template {
 export function build(context: Record<string, unknown> = {}, opts: { tenantCredentials?: boolean } = {}): Built {
   const dirs = placeholderDirs();
   const app = new App({
-    context: { ...recommendedFlags(), 'aws:cdk:bundling-stacks': [], ...context },
+    context: {
+      ...recommendedFlags(),
+      'aws:cdk:bundling-stacks': [],
+      // What the CLI's zone lookup would answer (as -c availabilityZones does in CI).
+      [`availability-zones:account=${ACCOUNT}:region=${REGION}`]: [`${REGION}a`, `${REGION}b`],
+      ...context,
+    },
     outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'tenantai-cdkout-')),
   });
   const cfg = stageConfig((k) => app.node.tryGetContext(k));
