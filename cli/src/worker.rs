@@ -60,14 +60,11 @@ pub async fn start(model_dir: &Path) -> anyhow::Result<String> {
     .context("model loading panicked")??;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let state = AppState {
-        engine,
-        limits: Limits {
-            max_body_bytes: 8 * 1024 * 1024,
-            max_inputs: 2048,
-        },
-        model_id: DEV_MODEL.into(),
+    let limits = Limits {
+        max_body_bytes: 8 * 1024 * 1024,
+        max_inputs: 2048,
     };
+    let state = AppState::embeddings(engine, limits, DEV_MODEL);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(state)).await {
             tracing::error!(error = %e, "the in-process worker stopped");

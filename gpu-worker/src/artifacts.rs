@@ -21,6 +21,25 @@ pub const REQUIRED_FILES: [&str; 5] = [
     "1_Pooling/config.json",
 ];
 
+/// What a model directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A sentence-transformers BERT embedding model.
+    Embedding,
+    /// A chat model: one GGUF file (weights, tokenizer and chat template).
+    Chat,
+}
+
+impl ModelKind {
+    /// The files its manifest must list.
+    pub fn required(self) -> &'static [&'static str] {
+        match self {
+            ModelKind::Embedding => &REQUIRED_FILES,
+            ModelKind::Chat => &[crate::chat::MODEL_FILE],
+        }
+    }
+}
+
 /// A parsed manifest: relative file path -> lowercase hex SHA-256.
 pub type Manifest = BTreeMap<String, String>;
 
@@ -51,26 +70,35 @@ impl ModelSource {
     }
 }
 
+/// Makes an embedding model available as a verified local directory (see
+/// [`resolve_kind`]).
+pub async fn resolve(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf, ArtifactError> {
+    resolve_kind(source, cache_dir, ModelKind::Embedding).await
+}
+
 /// Makes the model available as a verified local directory: a local source is
 /// verified in place; an S3 source is downloaded into `cache_dir` first (files whose
 /// hash already matches are not downloaded again).
-pub async fn resolve(source: &ModelSource, cache_dir: &Path) -> Result<PathBuf, ArtifactError> {
+pub async fn resolve_kind(
+    source: &ModelSource,
+    cache_dir: &Path,
+    kind: ModelKind,
+) -> Result<PathBuf, ArtifactError> {
     match source {
         ModelSource::Local(dir) => {
-            verify_dir(dir)?;
+            verify_dir_kind(dir, kind)?;
             Ok(dir.clone())
         }
         ModelSource::S3 { bucket, prefix } => {
             let dest = cache_dir.join(bucket).join(prefix);
             crate::s3::download(bucket, prefix, &dest).await?;
-            verify_dir(&dest)?;
+            verify_dir_kind(&dest, kind)?;
             Ok(dest)
         }
     }
 }
 
-/// Reads and checks a manifest: an object of safe relative paths to hex digests
-/// that lists every required file.
+/// Reads and checks a manifest: an object of safe relative paths to hex digests.
 pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, ArtifactError> {
     let bad = |reason: String| ArtifactError::BadManifest {
         path: path.to_path_buf(),
@@ -85,16 +113,27 @@ pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, ArtifactErr
             return Err(bad(format!("{file}: {digest:?} is not a hex SHA-256")));
         }
     }
-    for required in REQUIRED_FILES {
-        if !manifest.contains_key(required) {
-            return Err(ArtifactError::Unlisted(required.to_string()));
-        }
-    }
     Ok(manifest)
 }
 
-/// Verifies every file the manifest of `dir` lists.
+/// Checks that a manifest lists every file a model of `kind` needs.
+pub fn check_required(manifest: &Manifest, kind: ModelKind) -> Result<(), ArtifactError> {
+    for required in kind.required() {
+        if !manifest.contains_key(*required) {
+            return Err(ArtifactError::Unlisted(required.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies every file the manifest of an embedding model's `dir` lists.
 pub fn verify_dir(dir: &Path) -> Result<Manifest, ArtifactError> {
+    verify_dir_kind(dir, ModelKind::Embedding)
+}
+
+/// Verifies every file the manifest of `dir` lists, and that it lists what a model
+/// of `kind` needs.
+pub fn verify_dir_kind(dir: &Path, kind: ModelKind) -> Result<Manifest, ArtifactError> {
     if !dir.is_dir() {
         return Err(ArtifactError::MissingDir(dir.to_path_buf()));
     }
@@ -104,6 +143,7 @@ pub fn verify_dir(dir: &Path) -> Result<Manifest, ArtifactError> {
         source,
     })?;
     let manifest = parse_manifest(&manifest_path, &bytes)?;
+    check_required(&manifest, kind)?;
     for (file, expected) in &manifest {
         let actual = sha256_file(&dir.join(file))?;
         if !actual.eq_ignore_ascii_case(expected) {
@@ -185,9 +225,14 @@ mod tests {
         ));
         let digest = "a".repeat(64);
         let only_config = format!(r#"{{"config.json":"{digest}"}}"#);
+        let manifest = parse_manifest(p, only_config.as_bytes()).unwrap();
         assert!(matches!(
-            parse_manifest(p, only_config.as_bytes()),
+            check_required(&manifest, ModelKind::Embedding),
             Err(ArtifactError::Unlisted(_))
+        ));
+        assert!(matches!(
+            check_required(&manifest, ModelKind::Chat),
+            Err(ArtifactError::Unlisted(f)) if f == "model.gguf"
         ));
         let escape = format!(r#"{{"../etc/passwd":"{digest}"}}"#);
         assert!(matches!(

@@ -50,6 +50,12 @@ pub enum EmbedError {
         tokens: usize,
         limit: usize,
     },
+    #[error("the prompt has {prompt} tokens and max_tokens is {max_tokens}: together more than this model's context of {limit} tokens; shorten the messages or lower max_tokens")]
+    ContextExceeded {
+        prompt: usize,
+        max_tokens: usize,
+        limit: usize,
+    },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -85,6 +91,11 @@ impl EmbedError {
                 "invalid_request_error",
                 Some("context_length_exceeded"),
             ),
+            ContextExceeded { .. } => (
+                400,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+            ),
             PayloadTooLarge { .. } => (413, "invalid_request_error", Some("payload_too_large")),
             NotFound(_) => (404, "invalid_request_error", Some("not_found")),
             MethodNotAllowed => (405, "invalid_request_error", Some("method_not_allowed")),
@@ -95,6 +106,7 @@ impl EmbedError {
         let param = match self {
             InvalidRequest { param, .. } => *param,
             TooLong { .. } => Some("input"),
+            ContextExceeded { .. } => Some("messages"),
             _ => None,
         };
         ErrorClass {
@@ -119,6 +131,7 @@ impl EmbedError {
         match self {
             EmbedError::InvalidRequest { .. } => "invalid_request",
             EmbedError::TooLong { .. } => "too_long",
+            EmbedError::ContextExceeded { .. } => "context_exceeded",
             EmbedError::PayloadTooLarge { .. } => "payload_too_large",
             EmbedError::NotFound(_) => "not_found",
             EmbedError::MethodNotAllowed => "method_not_allowed",

@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod batcher;
 pub mod bert;
+pub mod chat;
 pub mod device;
 pub mod engine;
 pub mod error;

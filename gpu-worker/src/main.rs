@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpu_worker::batcher::BatchConfig;
+use gpu_worker::chat::{ChatConfig, SchedulerConfig};
 use gpu_worker::device::{allow_tf32, configure_cpu_threads, DeviceChoice};
 use gpu_worker::http::Limits;
 use gpu_worker::serve::{run, ServeConfig};
@@ -15,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "gpu-worker",
     version,
-    about = "tenantai embeddings worker (candle BERT models)"
+    about = "tenantai model worker: embeddings (candle BERT models) and chat (llama GGUF models with continuous batching)"
 )]
 struct Cli {
     /// Log format.
@@ -51,8 +52,8 @@ struct ServeArgs {
     /// Port to listen on (SageMaker expects 8080).
     #[arg(long, env = "TENANTAI_WORKER_PORT", default_value_t = 8080)]
     port: u16,
-    /// The model: a local directory with manifest.json, or s3://bucket/prefix
-    /// (on SageMaker: /opt/ml/model).
+    /// The embedding model: a local directory with manifest.json, or
+    /// s3://bucket/prefix (on SageMaker: /opt/ml/model); `none` serves no embeddings.
     #[arg(
         long,
         env = "TENANTAI_MODEL",
@@ -69,6 +70,36 @@ struct ServeArgs {
     /// The model name put in answers.
     #[arg(long, env = "TENANTAI_MODEL_ID", default_value = "all-MiniLM-L6-v2")]
     model_id: String,
+    /// The chat model (a directory holding model.gguf and manifest.json, or
+    /// s3://bucket/prefix); unset serves no chat.
+    #[arg(long, env = "TENANTAI_CHAT_MODEL")]
+    chat_model: Option<String>,
+    /// The chat model's name in answers.
+    #[arg(
+        long,
+        env = "TENANTAI_CHAT_MODEL_ID",
+        default_value = "SmolLM2-135M-Instruct"
+    )]
+    chat_model_id: String,
+    /// CPU threads for the chat model's matmuls and attention (0 = one per core).
+    #[arg(long, env = "TENANTAI_CHAT_THREADS", default_value_t = 0)]
+    chat_threads: usize,
+    /// KV cache positions all running chat sequences may reserve together (each
+    /// reserves its prompt plus max_tokens; about 46 KB each for SmolLM2-135M).
+    #[arg(long, env = "TENANTAI_CHAT_KV_TOKENS", default_value_t = 65_536)]
+    chat_kv_tokens: usize,
+    /// Most chat sequences decoding together.
+    #[arg(long, env = "TENANTAI_CHAT_MAX_RUNNING", default_value_t = 64)]
+    chat_max_running: usize,
+    /// Most tokens (one per decoding sequence, plus prompt chunks) in one step.
+    #[arg(long, env = "TENANTAI_CHAT_MAX_STEP_TOKENS", default_value_t = 512)]
+    chat_max_step_tokens: usize,
+    /// Most chat requests waiting to start; beyond it requests get 503 + Retry-After.
+    #[arg(long, env = "TENANTAI_CHAT_MAX_WAITING", default_value_t = 256)]
+    chat_max_waiting: usize,
+    /// max_tokens for a request that sets none.
+    #[arg(long, env = "TENANTAI_CHAT_DEFAULT_MAX_TOKENS", default_value_t = 1024)]
+    chat_default_max_tokens: usize,
     /// Device: auto, cpu or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, env = "TENANTAI_DEVICE", default_value = "auto")]
     device: DeviceChoice,
@@ -129,11 +160,39 @@ fn main() -> anyhow::Result<()> {
             allow_tf32(args.tf32);
             anyhow::ensure!(args.max_batch_size > 0, "--max-batch-size must be positive");
             anyhow::ensure!(args.max_inputs > 0, "--max-inputs must be positive");
+            anyhow::ensure!(
+                args.chat_max_running > 0
+                    && args.chat_max_step_tokens > 0
+                    && args.chat_kv_tokens > 0,
+                "--chat-max-running, --chat-max-step-tokens and --chat-kv-tokens must be positive"
+            );
+            let chat_threads = match args.chat_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            // candle's quantized matmuls size their pool from CANDLE_NUM_THREADS
+            // (before RAYON_NUM_THREADS, which the embedding threads may set to 1).
+            if args.chat_model.is_some() && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+                std::env::set_var("CANDLE_NUM_THREADS", chat_threads.to_string());
+            }
             let config = ServeConfig {
                 addr: SocketAddr::new(args.host, args.port),
-                model: args.model,
+                model: Some(args.model).filter(|m| m != "none"),
                 cache_dir: args.model_cache_dir,
                 model_id: args.model_id,
+                chat_model: args.chat_model.filter(|m| !m.is_empty() && m != "none"),
+                chat_model_id: args.chat_model_id,
+                chat: ChatConfig {
+                    threads: chat_threads,
+                    scheduler: SchedulerConfig {
+                        max_running: args.chat_max_running,
+                        kv_budget_tokens: args.chat_kv_tokens,
+                        max_step_tokens: args.chat_max_step_tokens,
+                    },
+                    max_waiting: args.chat_max_waiting,
+                    retry_after_secs: args.retry_after_secs,
+                    default_max_tokens: args.chat_default_max_tokens,
+                },
                 device: args.device,
                 batch: BatchConfig {
                     model_threads,

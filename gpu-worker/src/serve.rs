@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::artifacts::{resolve, ModelSource};
 use crate::batcher::BatchConfig;
+use crate::chat::{ChatConfig, ChatEngine};
 use crate::device::DeviceChoice;
 use crate::engine::Engine;
 use crate::http::{router, AppState, Limits};
@@ -18,9 +19,14 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub addr: SocketAddr,
-    pub model: String,
+    /// The embedding model (None: serve no embeddings).
+    pub model: Option<String>,
     pub cache_dir: PathBuf,
     pub model_id: String,
+    /// The chat model (None: serve no chat).
+    pub chat_model: Option<String>,
+    pub chat_model_id: String,
+    pub chat: ChatConfig,
     pub device: DeviceChoice,
     pub batch: BatchConfig,
     pub limits: Limits,
@@ -43,7 +49,7 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the model and serves until a shutdown signal.
+/// Loads the models and serves until a shutdown signal.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     if config.limits.max_inputs > config.batch.max_queue {
         return Err(ServeError::Config(format!(
@@ -51,22 +57,49 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             config.limits.max_inputs, config.batch.max_queue
         )));
     }
-    let source = ModelSource::parse(&config.model)?;
-    let dir = resolve(&source, &config.cache_dir).await?;
+    if config.model.is_none() && config.chat_model.is_none() {
+        return Err(ServeError::Config(
+            "no model to serve: give --model, --chat-model or both".into(),
+        ));
+    }
     let device = config.device.open()?;
     let metrics = Arc::new(Metrics::default());
-    let load_dir = dir.clone();
-    let batch = config.batch;
-    let (engine, model_threads) =
-        tokio::task::spawn_blocking(move || Engine::load(&load_dir, &device, batch, metrics))
-            .await
-            .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
-    // Warm-up: one real pass so the first request does not pay for lazy set-up.
-    if let Err(e) = engine
-        .embed(vec![crate::RawInput::Text("warm up".into())], false)
-        .await
-    {
-        tracing::warn!(error = %e, "warm-up failed");
+    let mut threads = Vec::new();
+    let mut state = None;
+    if let Some(uri) = &config.model {
+        let dir = resolve(&ModelSource::parse(uri)?, &config.cache_dir).await?;
+        let (engine, handles) =
+            load_embeddings(dir, device.clone(), config.batch, metrics.clone()).await?;
+        threads.extend(handles);
+        state = Some(AppState::embeddings(
+            engine,
+            config.limits,
+            &config.model_id,
+        ));
+    }
+    let mut state = state.unwrap_or_else(|| AppState {
+        engine: None,
+        chat: None,
+        metrics: metrics.clone(),
+        limits: config.limits,
+        model_id: config.model_id.as_str().into(),
+        chat_model_id: "".into(),
+    });
+    if let Some(uri) = &config.chat_model {
+        let dir = crate::artifacts::resolve_kind(
+            &ModelSource::parse(uri)?,
+            &config.cache_dir,
+            crate::artifacts::ModelKind::Chat,
+        )
+        .await?;
+        let chat_config = config.chat;
+        let load_device = device.clone();
+        let (chat, handle) =
+            tokio::task::spawn_blocking(move || ChatEngine::load(&dir, &load_device, chat_config))
+                .await
+                .map_err(|e| ServeError::Config(format!("chat model loading failed: {e}")))??;
+        threads.push(handle);
+        state = state.with_chat(chat, &config.chat_model_id);
     }
     let listener = TcpListener::bind(config.addr)
         .await
@@ -76,34 +109,54 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         })?;
     tracing::info!(
         addr = %listener.local_addr()?,
-        model = %config.model_id,
-        dir = %dir.display(),
-        device = engine.device(),
-        dimension = engine.info().dimension,
-        max_seq_length = engine.info().max_seq_length,
-        max_batch_tokens = batch.max_batch_tokens,
-        max_batch_size = batch.max_batch_size,
-        max_queue = batch.max_queue,
-        model_threads = batch.model_threads,
+        embeddings = config.model.as_deref().unwrap_or("none"),
+        chat = config.chat_model.as_deref().unwrap_or("none"),
+        device = crate::device::describe(&device),
+        max_batch_tokens = config.batch.max_batch_tokens,
+        max_queue = config.batch.max_queue,
+        model_threads = config.batch.model_threads,
+        chat_kv_budget_tokens = config.chat.scheduler.kv_budget_tokens,
+        chat_max_running = config.chat.scheduler.max_running,
         "gpu-worker listening"
     );
-    let state = AppState {
-        engine: engine.clone(),
-        limits: config.limits,
-        model_id: config.model_id.into(),
-    };
+    let engines = (state.engine.clone(), state.chat.clone());
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("shutting down: draining queued work");
-    engine.shutdown();
+    if let Some(engine) = engines.0 {
+        engine.shutdown();
+    }
+    if let Some(chat) = engines.1 {
+        chat.shutdown();
+    }
     let _ = tokio::task::spawn_blocking(move || {
-        for thread in model_threads {
+        for thread in threads {
             let _ = thread.join();
         }
     })
     .await;
     Ok(())
+}
+
+/// Loads the embedding model and warms it up with one real pass.
+async fn load_embeddings(
+    dir: PathBuf,
+    device: candle_core::Device,
+    batch: BatchConfig,
+    metrics: Arc<Metrics>,
+) -> Result<(Engine, Vec<std::thread::JoinHandle<()>>), ServeError> {
+    let (engine, handles) =
+        tokio::task::spawn_blocking(move || Engine::load(&dir, &device, batch, metrics))
+            .await
+            .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
+    if let Err(e) = engine
+        .embed(vec![crate::RawInput::Text("warm up".into())], false)
+        .await
+    {
+        tracing::warn!(error = %e, "warm-up failed");
+    }
+    Ok((engine, handles))
 }
 
 async fn shutdown_signal() {

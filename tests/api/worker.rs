@@ -49,11 +49,7 @@ pub fn url() -> String {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(format!("http://{}", listener.local_addr().unwrap()))
                     .unwrap();
-                let state = AppState {
-                    engine,
-                    limits: Limits::default(),
-                    model_id: "all-MiniLM-L6-v2".into(),
-                };
+                let state = AppState::embeddings(engine, Limits::default(), "all-MiniLM-L6-v2");
                 axum::serve(listener, router(state)).await.unwrap();
             });
         });

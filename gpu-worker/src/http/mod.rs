@@ -1,6 +1,8 @@
-//! The worker's HTTP API: the OpenAI embeddings route, the SageMaker container
-//! contract and runtime path, health and Prometheus metrics.
+//! The worker's HTTP API: the OpenAI embeddings and chat completions routes, the
+//! SageMaker container contract and runtime path, health and Prometheus metrics.
 
+pub mod chat;
+pub mod chat_request;
 mod error;
 mod openai;
 mod sagemaker;
@@ -17,12 +19,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 pub use error::{ApiError, ErrorKind};
 pub use openai::{EmbeddingRequest, EncodingFormat};
 
+use crate::chat::ChatEngine;
 use crate::engine::Engine;
 use crate::error::EmbedError;
+use crate::metrics::Metrics;
 
 /// Request limits of the HTTP API.
 #[derive(Debug, Clone, Copy)]
@@ -42,13 +47,55 @@ impl Default for Limits {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares: the models this worker serves (an embedding model,
+/// a chat model, or both).
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    pub engine: Option<Engine>,
+    pub chat: Option<ChatEngine>,
+    pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// The model name answers carry.
+    /// The embedding model's name in answers.
     pub model_id: Arc<str>,
+    /// The chat model's name in answers.
+    pub chat_model_id: Arc<str>,
+}
+
+impl AppState {
+    /// A worker serving one embedding model.
+    pub fn embeddings(engine: Engine, limits: Limits, model_id: &str) -> AppState {
+        AppState {
+            metrics: engine.metrics().clone(),
+            engine: Some(engine),
+            chat: None,
+            limits,
+            model_id: model_id.into(),
+            chat_model_id: "".into(),
+        }
+    }
+
+    /// Adds a chat model.
+    pub fn with_chat(mut self, chat: ChatEngine, model_id: &str) -> AppState {
+        self.chat = Some(chat);
+        self.chat_model_id = model_id.into();
+        self
+    }
+
+    pub fn embedder(&self) -> Result<&Engine, ApiError> {
+        self.engine.as_ref().ok_or_else(|| {
+            ApiError(EmbedError::NotFound(
+                "this worker serves no embedding model".into(),
+            ))
+        })
+    }
+
+    pub fn chat(&self) -> Result<&ChatEngine, ApiError> {
+        self.chat.as_ref().ok_or_else(|| {
+            ApiError(EmbedError::NotFound(
+                "this worker serves no chat model".into(),
+            ))
+        })
+    }
 }
 
 /// The router with every route, the body limit and the metrics middleware.
@@ -56,6 +103,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.limits.max_body_bytes;
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(chat_completions))
         .route("/ping", get(sagemaker::ping))
         .route("/invocations", post(sagemaker::invocations))
         .route(
@@ -79,6 +127,7 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
         .map(MatchedPath::as_str)
     {
         Some("/v1/embeddings") => "/v1/embeddings",
+        Some("/v1/chat/completions") => "/v1/chat/completions",
         Some("/invocations") => "/invocations",
         Some("/endpoints/{name}/invocations") => "/endpoints/{name}/invocations",
         Some("/ping") => "/ping",
@@ -88,7 +137,7 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
     };
     let start = Instant::now();
     let response = next.run(request).await;
-    let metrics = state.engine.metrics();
+    let metrics = &state.metrics;
     metrics.record_request(route, response.status().as_u16());
     if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
         metrics.record_error(kind);
@@ -105,7 +154,7 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
 /// Embeds a validated OpenAI request and answers in the OpenAI shape.
 pub async fn embed_openai(state: &AppState, req: EmbeddingRequest) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let embedded = state.engine.embed(req.inputs, req.truncate).await?;
+    let embedded = state.embedder()?.embed(req.inputs, req.truncate).await?;
     let elapsed = start.elapsed();
     let tokens: usize = embedded.tokens.iter().sum();
     let body = openai::response(&embedded, &state.model_id, req.encoding_format);
@@ -130,30 +179,72 @@ async fn embeddings(
     let value = openai::parse_body(&body)?;
     let req = EmbeddingRequest::from_json(
         &value,
-        state.engine.info().dimension,
+        state.embedder()?.info().dimension,
         state.limits.max_inputs,
     )?;
     embed_openai(&state, req).await
 }
 
+async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::body(r, state.limits.max_body_bytes))?;
+    let value = openai::parse_body(&body)?;
+    let req = chat_request::ChatRequest::from_json(&value)?;
+    chat::complete(&state, req).await
+}
+
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let info = state.engine.info();
-    let batch = state.engine.batch_config();
-    Json(json!({
-        "status": "ok",
-        "model": &*state.model_id,
-        "device": state.engine.device(),
-        "dimension": info.dimension,
-        "max_seq_length": info.max_seq_length,
-        "max_batch_tokens": batch.max_batch_tokens,
-        "max_batch_size": batch.max_batch_size,
-        "max_queue": batch.max_queue,
-        "queue_depth": state.engine.metrics().queue_depth.load(std::sync::atomic::Ordering::Relaxed),
-    }))
+    let embeddings = state.engine.as_ref().map(|engine| {
+        let info = engine.info();
+        let batch = engine.batch_config();
+        json!({
+            "model": &*state.model_id,
+            "device": engine.device(),
+            "dimension": info.dimension,
+            "max_seq_length": info.max_seq_length,
+            "max_batch_tokens": batch.max_batch_tokens,
+            "max_batch_size": batch.max_batch_size,
+            "max_queue": batch.max_queue,
+            "queue_depth": engine.metrics().queue_depth.load(Ordering::Relaxed),
+        })
+    });
+    let chat = state.chat.as_ref().map(|chat| {
+        let info = chat.info();
+        let m = chat.metrics();
+        json!({
+            "model": &*state.chat_model_id,
+            "context": info.context,
+            "kv_budget_tokens": info.kv_budget_tokens,
+            "max_running": info.max_running,
+            "default_max_tokens": info.default_max_tokens,
+            "queue_depth": m.waiting.load(Ordering::Relaxed),
+            "running": m.running.load(Ordering::Relaxed),
+        })
+    });
+    let mut body = json!({"status": "ok", "embeddings": embeddings, "chat": chat});
+    // The embedding model's fields stay at the top level, as before chat existed.
+    flatten_embeddings(&mut body);
+    Json(body)
+}
+
+/// Copies the embedding model's fields to the top level of `/health`.
+fn flatten_embeddings(body: &mut serde_json::Value) {
+    let fields = body.get("embeddings").and_then(|e| e.as_object()).cloned();
+    if let (Some(fields), Some(top)) = (fields, body.as_object_mut()) {
+        for (k, v) in fields {
+            top.entry(k).or_insert(v);
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.engine.metrics().render().into_response();
+    let mut text = state.metrics.render();
+    if let Some(chat) = &state.chat {
+        chat.metrics().render(&mut text);
+    }
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -2,7 +2,8 @@
 //! and the runtime API path (`POST /endpoints/{name}/invocations`), so the SageMaker
 //! runtime SDK can call the worker directly through `AWS_ENDPOINT_URL`.
 //!
-//! The body is either an OpenAI embeddings request (`{"input": ...}`, answered in
+//! The body is an OpenAI chat request (`{"messages": ...}`, answered whole), an
+//! OpenAI embeddings request (`{"input": ...}`, answered in
 //! the OpenAI shape) or the Hugging Face feature-extraction shape
 //! (`{"inputs": "text" | ["text", ...], "truncate": bool}`, answered with a JSON
 //! array of vectors).
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
+use super::chat_request::ChatRequest;
 use super::openai::{self, EmbeddingRequest};
 use super::{embed_openai, ApiError, AppState};
 
@@ -32,7 +34,7 @@ pub async fn invocations(
 }
 
 /// `POST /endpoints/{name}/invocations`: the runtime API's path; the worker serves
-/// one model, whatever the endpoint's name.
+/// its models whatever the endpoint's name.
 pub async fn runtime_invocations(
     Path(name): Path<String>,
     State(state): State<AppState>,
@@ -52,7 +54,7 @@ async fn invoke(
         if let Some(inputs) = obj.get("inputs") {
             let truncate = openai::optional_bool(obj, "truncate")?;
             let inputs = openai::parse_inputs(inputs, state.limits.max_inputs)?;
-            let embedded = state.engine.embed(inputs, truncate).await?;
+            let embedded = state.embedder()?.embed(inputs, truncate).await?;
             let vectors: Vec<Value> = embedded
                 .vectors
                 .iter()
@@ -61,9 +63,16 @@ async fn invoke(
             return Ok(Json(Value::Array(vectors)).into_response());
         }
     }
+    if value.get("messages").is_some() {
+        // A chat body: answered whole (the invocation contract does not stream).
+        let mut req = ChatRequest::from_json(&value)?;
+        req.stream = false;
+        req.include_usage = false;
+        return super::chat::complete(state, req).await;
+    }
     let req = EmbeddingRequest::from_json(
         &value,
-        state.engine.info().dimension,
+        state.embedder()?.info().dimension,
         state.limits.max_inputs,
     )?;
     embed_openai(state, req).await

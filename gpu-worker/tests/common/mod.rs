@@ -29,6 +29,23 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// The chat model directory: `TENANTAI_CHAT_MODEL_DIR`, else
+/// `models/SmolLM2-135M-Instruct` under the workspace root (missing: the test fails).
+pub fn chat_model_dir() -> PathBuf {
+    let dir = match std::env::var_os("TENANTAI_CHAT_MODEL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("models/SmolLM2-135M-Instruct"),
+    };
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "the chat model is missing at {}: run scripts/fetch-model.sh (or set TENANTAI_CHAT_MODEL_DIR)",
+        dir.display()
+    );
+    dir
+}
+
 #[derive(Deserialize)]
 pub struct Reference {
     pub max_seq_length: usize,
