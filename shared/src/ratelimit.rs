@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::amounts::{from_counter, saturating_counter};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Key, StoreError, Table, Update};
 
@@ -41,9 +42,27 @@ const MAX_TOKEN_CLAIM: u64 = 1 << 20;
 
 /// Requests and tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub requests_per_minute: u64,
     pub tokens_per_minute: u64,
+}
+
+impl Limits {
+    /// Refuses limits above the documented maxima (400 naming the field).
+    pub fn validate(&self) -> crate::error::ApiResult<()> {
+        use crate::amounts::{check_max, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
+        check_max(
+            "rate_limits.requests_per_minute",
+            self.requests_per_minute,
+            MAX_REQUESTS_PER_MINUTE,
+        )?;
+        check_max(
+            "rate_limits.tokens_per_minute",
+            self.tokens_per_minute,
+            MAX_TOKENS_PER_MINUTE,
+        )
+    }
 }
 
 /// One limited scope of a request: the tenant, or the key.
@@ -185,7 +204,7 @@ impl RateLimiter {
         spread: u64,
     ) -> ApiResult<Admission> {
         let window = now_ms.div_euclid(1000 * WINDOW_SECS);
-        let reset_ms = ((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1) as u64;
+        let reset_ms = from_counter(((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1));
         let mut taken: Vec<Taken> = Vec::new();
         let mut standing: Option<Standing> = None;
         for scope in scopes {
@@ -322,7 +341,10 @@ impl RateLimiter {
                 None => 1,
             }
         };
-        let total = self.add(key, "n", claim as i64, expires).await?.max(0) as u64;
+        let total = from_counter(
+            self.add(key, "n", saturating_counter(claim), expires)
+                .await?,
+        );
         let first = total.saturating_sub(claim) + 1;
         let mut leases = self.leases();
         let lease = leases
@@ -356,9 +378,8 @@ impl RateLimiter {
         limit: u64,
         expires: i64,
     ) -> Result<Option<u64>, Refusal> {
-        let remaining = |seen: i64, spare: u64| {
-            limit.saturating_sub((seen.max(0) as u64).saturating_sub(spare))
-        };
+        let remaining =
+            |seen: i64, spare: u64| limit.saturating_sub(from_counter(seen).saturating_sub(spare));
         let claim = {
             let mut leases = self.leases();
             match leases.at(window) {
@@ -373,14 +394,19 @@ impl RateLimiter {
                 None => tokens,
             }
         };
-        let total = self.add(key, "n", claim as i64, expires).await?;
-        let before = total - claim as i64;
-        let usable = (limit as i64 - before).clamp(0, claim as i64) as u64;
+        let claim_i = saturating_counter(claim);
+        let total = self.add(key, "n", claim_i, expires).await?;
+        let before = total.saturating_sub(claim_i);
+        let usable = from_counter(
+            saturating_counter(limit)
+                .saturating_sub(before)
+                .clamp(0, claim_i),
+        );
         let mut seen = total;
         if usable < claim {
             // Give back what the limit has no room for, so other hosts may use it
             // once requests settle below their estimates.
-            let over = (claim - usable) as i64;
+            let over = saturating_counter(claim - usable);
             seen = match self.add(key, "n", -over, expires).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -399,7 +425,7 @@ impl RateLimiter {
         };
         lease.spare += usable;
         lease.seen = lease.seen.max(seen);
-        let left = limit.saturating_sub(seen.max(0) as u64);
+        let left = limit.saturating_sub(from_counter(seen));
         lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
         if lease.spare < tokens {
             return Ok(None);
@@ -466,7 +492,7 @@ impl RateLimiter {
         for (key, more) in owed {
             if let Err(e) = self
                 .table
-                .update(&Update::new(key).add("n", more as i64))
+                .update(&Update::new(key).add("n", saturating_counter(more)))
                 .await
             {
                 tracing::warn!(error = %e, "could not settle a token count");
