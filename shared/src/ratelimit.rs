@@ -39,6 +39,9 @@ const MAX_CLAIM: u64 = 256;
 const CLAIM_SHARE: u64 = 16;
 /// The most tokens one claim takes beyond what the request needs.
 const MAX_TOKEN_CLAIM: u64 = 1 << 20;
+/// Claims one token request makes before it is refused (a lease another
+/// request took from meanwhile is topped up).
+const TOKEN_CLAIM_ATTEMPTS: u32 = 4;
 
 /// Requests and tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -380,58 +383,66 @@ impl RateLimiter {
     ) -> Result<Option<u64>, Refusal> {
         let remaining =
             |seen: i64, spare: u64| limit.saturating_sub(from_counter(seen).saturating_sub(spare));
-        let claim = {
-            let mut leases = self.leases();
-            match leases.at(window) {
-                Some(leases) => {
-                    let lease = leases.tokens.entry(key.clone()).or_default();
-                    if lease.spare >= tokens {
-                        lease.spare -= tokens;
-                        return Ok(Some(remaining(lease.seen, lease.spare)));
+        // Another request of this host may take from the lease while this one
+        // claims (a settlement's shortfall): a claim the limit had room for is
+        // then topped up rather than refused.
+        for attempt in 1..=TOKEN_CLAIM_ATTEMPTS {
+            let claim = {
+                let mut leases = self.leases();
+                match leases.at(window) {
+                    Some(leases) => {
+                        let lease = leases.tokens.entry(key.clone()).or_default();
+                        if lease.spare >= tokens {
+                            lease.spare -= tokens;
+                            return Ok(Some(remaining(lease.seen, lease.spare)));
+                        }
+                        (tokens - lease.spare).max(lease.next_claim)
                     }
-                    (tokens - lease.spare).max(lease.next_claim)
-                }
-                None => tokens,
-            }
-        };
-        let claim_i = saturating_counter(claim);
-        let total = self.add(key, "n", claim_i, expires).await?;
-        let before = total.saturating_sub(claim_i);
-        let usable = from_counter(
-            saturating_counter(limit)
-                .saturating_sub(before)
-                .clamp(0, claim_i),
-        );
-        let mut seen = total;
-        if usable < claim {
-            // Give back what the limit has no room for, so other hosts may use it
-            // once requests settle below their estimates.
-            let over = saturating_counter(claim - usable);
-            seen = match self.add(key, "n", -over, expires).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not give back unused tokens");
-                    total
+                    None => tokens,
                 }
             };
+            let claim_i = saturating_counter(claim);
+            let total = self.add(key, "n", claim_i, expires).await?;
+            let before = total.saturating_sub(claim_i);
+            let usable = from_counter(
+                saturating_counter(limit)
+                    .saturating_sub(before)
+                    .clamp(0, claim_i),
+            );
+            let mut seen = total;
+            if usable < claim {
+                // Give back what the limit has no room for, so other hosts may use it
+                // once requests settle below their estimates.
+                let over = saturating_counter(claim - usable);
+                seen = match self.add(key, "n", -over, expires).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give back unused tokens");
+                        total
+                    }
+                };
+            }
+            let mut leases = self.leases();
+            let Some(lease) = leases
+                .at(window)
+                .map(|l| l.tokens.entry(key.clone()).or_default())
+            else {
+                // An old window's request: exactly its tokens, or nothing.
+                return Ok((usable == claim).then(|| remaining(seen, 0)));
+            };
+            lease.spare += usable;
+            lease.seen = lease.seen.max(seen);
+            let left = limit.saturating_sub(from_counter(seen));
+            lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
+            if lease.spare >= tokens {
+                lease.spare -= tokens;
+                return Ok(Some(remaining(lease.seen, lease.spare)));
+            }
+            if usable < claim || attempt == TOKEN_CLAIM_ATTEMPTS {
+                return Ok(None);
+            }
         }
-        let mut leases = self.leases();
-        let Some(lease) = leases
-            .at(window)
-            .map(|l| l.tokens.entry(key.clone()).or_default())
-        else {
-            // An old window's request: exactly its tokens, or nothing.
-            return Ok((usable == claim).then(|| remaining(seen, 0)));
-        };
-        lease.spare += usable;
-        lease.seen = lease.seen.max(seen);
-        let left = limit.saturating_sub(from_counter(seen));
-        lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
-        if lease.spare < tokens {
-            return Ok(None);
-        }
-        lease.spare -= tokens;
-        Ok(Some(remaining(lease.seen, lease.spare)))
+        Ok(None)
     }
 
     async fn add(
