@@ -5,7 +5,8 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::output::print;
+use crate::output::{line, print};
+use tenantai::text::escape_terminal;
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -70,7 +71,7 @@ impl Conn {
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
             let msg = body["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{status}: {msg}");
+            bail!("{status}: {}", escape_terminal(msg));
         }
         Ok(body)
     }
@@ -220,12 +221,46 @@ pub enum TenantCmd {
         /// Budget percentages that raise cost alerts, e.g. 50,80,100.
         #[arg(long, value_delimiter = ',')]
         alert_thresholds: Option<Vec<u16>>,
-        /// Where cost alerts are POSTed (signed; the secret is shown once set); "" removes it.
+        /// Where cost alerts are POSTed (https; signed, the secret is shown once when set); "" removes it.
         #[arg(long)]
         alert_webhook_url: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Make a new webhook signing secret (shown once); the previous one keeps
+    /// signing beside it for the overlap.
+    RotateWebhookSecret {
+        id: String,
+        /// Seconds the previous secret keeps signing (default a day, at most a week).
+        #[arg(long)]
+        overlap_secs: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Prints a tenant; a signing secret the call made is printed on its own line, this once.
+fn print_tenant(v: &Value, json: bool) {
+    print(v, TENANT_COLS, json);
+    if json {
+        return;
+    }
+    if let Some(hook) = v.get("alert_webhook").filter(|h| h.is_object()) {
+        line(&format!(
+            "alert webhook: {}",
+            hook["url"].as_str().unwrap_or("")
+        ));
+        if let Some(secret) = hook["secret"].as_str() {
+            line(&format!(
+                "webhook signing secret (shown once, store it now): {secret}"
+            ));
+        }
+        if let Some(t) = hook["previous_secret_retires_at"].as_i64() {
+            line(&format!(
+                "the previous secret keeps signing until {t} (Unix seconds)"
+            ));
+        }
+    }
 }
 
 pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
@@ -251,11 +286,24 @@ pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
                 conn.json,
             );
         }
-        TenantCmd::Get { id, conn } => print(
+        TenantCmd::Get { id, conn } => print_tenant(
             &conn
                 .call(Method::GET, &format!("/tenants/{id}"), None)
                 .await?,
-            TENANT_COLS,
+            conn.json,
+        ),
+        TenantCmd::RotateWebhookSecret {
+            id,
+            overlap_secs,
+            conn,
+        } => print_tenant(
+            &conn
+                .call(
+                    Method::POST,
+                    &format!("/tenants/{id}/alert-webhook/rotate-secret"),
+                    Some(json!({"overlap_secs": overlap_secs})),
+                )
+                .await?,
             conn.json,
         ),
         TenantCmd::Update {
@@ -288,7 +336,7 @@ pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
             if patch.is_empty() {
                 bail!("nothing to change: pass at least one of --name, --tier, --status, --cache-scope, --budget-micros, --hard-cap, --alert-thresholds, --alert-webhook-url");
             }
-            print(
+            print_tenant(
                 &conn
                     .call(
                         Method::PATCH,
@@ -296,7 +344,6 @@ pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
                         Some(Value::Object(patch)),
                     )
                     .await?,
-                TENANT_COLS,
                 conn.json,
             );
         }
@@ -355,10 +402,10 @@ pub async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
                 print(&v, &[], true);
             } else {
                 print(&v, &["key_id", "prefix", "scopes", "expires_at"], false);
-                println!(
+                line(&format!(
                     "\nsecret (shown once, store it now): {}",
                     v["secret"].as_str().unwrap_or("")
-                );
+                ));
             }
         }
         KeyCmd::List { tenant, conn } => print(

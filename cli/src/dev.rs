@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
 use tenantai::models::ModelVersion;
+use tenantai::secrets::Secrets;
 use tenantai::store::{aws, Resources, Storage};
 
 /// The model `tenantai dev` serves, and the id clients ask for.
@@ -49,6 +50,10 @@ pub struct DevArgs {
     #[arg(long, env = "TENANTAI_ALERTS_INTERVAL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     alerts_interval_secs: u64,
+    /// Let webhooks reach loopback, private and link-local addresses, over plain
+    /// http too (local testing only; cloud metadata addresses stay blocked).
+    #[arg(long, env = "TENANTAI_EGRESS_ALLOW_PRIVATE")]
+    allow_private_egress: bool,
 }
 
 /// What the first start creates, kept in `<data-dir>/credentials.json` (mode 0600).
@@ -61,19 +66,30 @@ struct Credentials {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_logging();
-    let config = Config::from_env().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&args.data_dir)
+    let mut config = Config::from_env().map_err(anyhow::Error::msg)?;
+    config.egress.allow_private |= args.allow_private_egress;
+    if config.egress.allow_private {
+        tracing::warn!(
+            "webhooks may reach private and loopback addresses (--allow-private-egress)"
+        );
+    }
+    tenantai::store::embedded::private_dir(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let storage = if args.aws {
+    let key_file = args.data_dir.join("secrets.key");
+    let (storage, secrets) = if args.aws {
         let sdk = aws::sdk_config().await;
-        Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), true)
+        let storage = Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), true)
             .await
-            .context("AWS storage")?
+            .context("AWS storage")?;
+        (storage, Secrets::from_env(Some(&sdk), Some(&key_file)))
     } else {
-        Storage::embedded(&args.data_dir, &Resources::named("tenantai"))
+        let storage = Storage::embedded(&args.data_dir, &Resources::named("tenantai"))
             .await
-            .context("embedded storage")?
+            .context("embedded storage")?;
+        (storage, Secrets::from_env(None, Some(&key_file)))
     };
+    config.secrets = secrets.context("the key for secrets at rest")?;
+    let body_timeout = config.body_timeout;
     let app = App::new(storage, config)?;
 
     let worker_url = match &args.worker_url {
@@ -98,8 +114,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.alerts_interval_secs),
         stopped,
     )?;
-    let router = tenantai::http::host(
+    let router = tenantai::http::host_with(
         tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app.clone())),
+        body_timeout,
     );
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown())
@@ -132,7 +149,7 @@ fn spawn_alerts(
     let alerts = CostAlerts::new(
         app.storage.table.clone(),
         app.config.tiers.clone(),
-        Notifier::new(Retry::default())?,
+        Notifier::new(Retry::default(), app.config.webhook_rules())?,
     );
     Ok(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
@@ -229,6 +246,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode through `open`: set it.
+    tenantai::store::embedded::restrict(path)?;
     f.write_all(bytes)?;
     Ok(())
 }

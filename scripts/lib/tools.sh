@@ -47,7 +47,7 @@ dev_start() {
     local port data
     port="$(free_port)"
     data="$(mktemp -d)"
-    target/debug/tenantai dev --data-dir "$data" --port "$port" --alerts-interval-secs 1 >"$TOOLS_DIR/dev.log" 2>&1 &
+    target/debug/tenantai dev --data-dir "$data" --port "$port" --alerts-interval-secs 1 --allow-private-egress >"$TOOLS_DIR/dev.log" 2>&1 &
     DEV_PID=$!
     trap 'kill "$DEV_PID" 2>/dev/null || true; moto_stop' EXIT
     for _ in $(seq 1 300); do

@@ -27,10 +27,12 @@ use serde_json::json;
 use sha2::Sha256;
 use time::{Date, Month, OffsetDateTime, Time};
 
+use crate::egress::{describe, Egress, EgressError};
 use crate::error::{ApiError, ApiResult};
 use crate::metering::Meter;
 use crate::store::{Cond, Item, Key, Query, StoreError, Table, Update};
 use crate::tenants::{Tenant, Tenants, Tiers, Webhook};
+use crate::webhooks::WebhookRules;
 
 /// The header that carries a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "tenantai-signature";
@@ -84,9 +86,11 @@ pub struct Alert {
 /// Spend forecast for the whole month of `now`.
 pub fn forecast(spend: u64, now: OffsetDateTime) -> u64 {
     let (start, end) = month_bounds(now);
-    let total = (end - start).whole_seconds().max(1) as u128;
-    let elapsed = (now - start).whole_seconds().clamp(86_400, total as i64) as u128;
-    (u128::from(spend) * total / elapsed).min(u128::from(u64::MAX)) as u64
+    let total = (end - start).whole_seconds().max(86_400);
+    let elapsed = (now - start).whole_seconds().clamp(86_400, total);
+    let (total, elapsed) = (i128::from(total), i128::from(elapsed));
+    // A forecast past u64 reads as u64::MAX: above every budget, which is all it is compared with.
+    u64::try_from(i128::from(spend) * total / elapsed).unwrap_or(u64::MAX)
 }
 
 fn month_bounds(now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
@@ -167,8 +171,21 @@ fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
 
 /// The signature header's value for `body` sent at `timestamp`.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let tag = mac(secret, timestamp, body).finalize().into_bytes();
-    format!("t={timestamp},v1={}", hex::encode(tag))
+    sign_all(&[secret], timestamp, body)
+}
+
+/// The signature header with one `v1=` per secret (while a secret rotates, the
+/// new one and the previous one both sign).
+pub fn sign_all<S: AsRef<str>>(secrets: &[S], timestamp: i64, body: &[u8]) -> String {
+    let mut header = format!("t={timestamp}");
+    for secret in secrets {
+        let tag = mac(secret.as_ref(), timestamp, body)
+            .finalize()
+            .into_bytes();
+        header.push_str(",v1=");
+        header.push_str(&hex::encode(tag));
+    }
+    header
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -236,25 +253,32 @@ impl Default for Retry {
 }
 
 /// Where alerts go: an SNS topic (on AWS), each tenant's webhook, and the log.
+/// Webhooks are reached only through the egress policy.
 #[derive(Clone)]
 pub struct Notifier {
-    http: reqwest::Client,
+    egress: Egress,
+    rules: WebhookRules,
     sns: Option<(aws_sdk_sns::Client, String)>,
     retry: Retry,
 }
 
 impl Notifier {
-    pub fn new(retry: Retry) -> ApiResult<Self> {
-        crate::backend::install_crypto();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
+    /// Posts to webhooks under `rules`' egress policy, signing with the secrets
+    /// its vault opens.
+    pub fn new(retry: Retry, rules: WebhookRules) -> ApiResult<Self> {
+        let egress = Egress::new(rules.egress.clone())
             .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
-        Ok(Notifier {
-            http,
+        Ok(Self::with_egress(retry, rules, egress))
+    }
+
+    /// As [`Notifier::new`], over a given egress client (its own resolver).
+    pub fn with_egress(retry: Retry, rules: WebhookRules, egress: Egress) -> Self {
+        Notifier {
+            egress,
+            rules,
             sns: None,
             retry,
-        })
+        }
     }
 
     /// Publishes every alert to this SNS topic as well.
@@ -302,17 +326,22 @@ impl Notifier {
     }
 
     /// POSTs to the webhook, retrying network errors, 429 and 5xx with
-    /// exponential backoff; each attempt is signed afresh.
+    /// exponential backoff; each attempt is signed afresh (by every live
+    /// secret). A URL or address the egress policy refuses, and a redirect, are
+    /// not retried.
     async fn post(&self, alert: &Alert, hook: &Webhook, body: &[u8]) -> Result<(), String> {
         let mut delay = self.retry.first_delay;
         let mut last = String::new();
         for attempt in 1..=self.retry.attempts.max(1) {
             let now = crate::store::now_secs();
-            let sent = self
-                .http
-                .post(&hook.url)
+            let secrets = self
+                .rules
+                .signing_secrets(&alert.tenant_id, hook, now)
+                .await?;
+            let request = self.egress.post(&hook.url).map_err(|e| e.to_string())?;
+            let sent = request
                 .header("content-type", "application/json")
-                .header(SIGNATURE_HEADER, sign(&hook.secret, now, body))
+                .header(SIGNATURE_HEADER, sign_all(&secrets, now, body))
                 .header(ALERT_ID_HEADER, &alert.alert_id)
                 .body(body.to_vec())
                 .send()
@@ -324,8 +353,8 @@ impl Notifier {
                     r.status().is_server_error() || r.status().as_u16() == 429
                 }
                 Err(e) => {
-                    last = format!("webhook unreachable: {e}");
-                    true
+                    last = format!("webhook unreachable: {}", describe(&e));
+                    !is_refusal(&e)
                 }
             };
             if !retryable {
@@ -339,6 +368,21 @@ impl Notifier {
         }
         Err(last)
     }
+}
+
+/// Whether a send failed because the egress policy refused the address.
+fn is_refusal(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<EgressError>(),
+            Some(EgressError::Blocked { .. })
+        ) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 // ---- the scheduled run ----

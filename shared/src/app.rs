@@ -33,6 +33,12 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// How long a usage event waits for others to share its queue message batch.
     pub usage_linger: Duration,
+    /// Longest a request body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// What outbound calls to tenant- or admin-chosen URLs may reach.
+    pub egress: crate::egress::EgressPolicy,
+    /// The vault that seals secrets at rest (none: setting a webhook fails).
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl Default for Config {
@@ -47,11 +53,22 @@ impl Default for Config {
             max_body_bytes: 6 * 1024 * 1024,
             breaker: crate::breaker::BreakerConfig::default(),
             usage_linger: crate::usage::DEFAULT_LINGER,
+            body_timeout: crate::http::DEFAULT_BODY_TIMEOUT,
+            egress: crate::egress::EgressPolicy::default(),
+            secrets: crate::secrets::Secrets::none(),
         }
     }
 }
 
 impl Config {
+    /// What webhooks are set up under: this configuration's egress policy and vault.
+    pub fn webhook_rules(&self) -> crate::webhooks::WebhookRules {
+        crate::webhooks::WebhookRules {
+            egress: self.egress.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
     /// Defaults, overridden by `TENANTAI_*` environment variables.
     pub fn from_env() -> Result<Self, String> {
         let secs = |name: &str, default: u64| -> Result<Duration, String> {
@@ -69,6 +86,11 @@ impl Config {
             backend_timeout: secs("TENANTAI_BACKEND_TIMEOUT_SECS", 30)?,
             cache_ttl: secs("TENANTAI_CACHE_TTL_SECS", 24 * 3600)?,
             record_cache_ttl: secs("TENANTAI_RECORD_CACHE_SECS", 5)?,
+            body_timeout: secs(
+                "TENANTAI_BODY_TIMEOUT_SECS",
+                crate::http::DEFAULT_BODY_TIMEOUT.as_secs(),
+            )?,
+            egress: crate::egress::EgressPolicy::from_env(),
             breaker: crate::breaker::BreakerConfig {
                 failures_to_open: match std::env::var("TENANTAI_BREAKER_FAILURES") {
                     Ok(v) => v
@@ -112,7 +134,7 @@ impl App {
     pub fn new(storage: Storage, config: Config) -> ApiResult<Arc<App>> {
         let table = storage.table.clone();
         let (usage_queue, _) = storage.usage_queues()?;
-        let tenants = Tenants::new(table.clone());
+        let tenants = Tenants::new(table.clone()).with_webhooks(config.webhook_rules());
         let keys = Keys::new(table.clone());
         let jwt = config.jwt.clone().map(JwtVerifier::new).transpose()?;
         Ok(Arc::new(App {

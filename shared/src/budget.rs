@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::amounts::{delta, dollars, from_counter, saturating_counter, to_counter};
 use crate::error::{ApiError, ApiResult};
 use crate::metering::Meter;
 use crate::store::{Attrs, Cond, Item, Key, StoreError, Table, Update};
@@ -62,14 +63,16 @@ impl BudgetGate {
         }
         let key = key(tenant_id, month);
         self.seed(tenant_id, month, &key).await?;
-        let cap = i64::try_from(budget.monthly_micros).unwrap_or(i64::MAX);
-        let cost_i = i64::try_from(cost).unwrap_or(i64::MAX);
         let refused = || {
             ApiError::QuotaExceeded(format!(
-            "You exceeded your monthly budget of ${:.2} (a hard cap): this request could cost up to ${:.6}. Raise the budget or wait for next month.",
-            budget.monthly_micros as f64 / 1e6,
-            cost as f64 / 1e6
+            "You exceeded your monthly budget of {} (a hard cap): this request could cost up to {}. Raise the budget or wait for next month.",
+            dollars(budget.monthly_micros),
+            dollars(cost)
         ))
+        };
+        let cap = saturating_counter(budget.monthly_micros);
+        let Ok(cost_i) = to_counter(cost, "the reservation") else {
+            return Err(refused());
         };
         if cost_i > cap {
             return Err(refused());
@@ -97,11 +100,14 @@ impl BudgetGate {
 
     /// Replaces a reservation by the real cost (`None`: nothing was served).
     pub async fn settle(&self, reservation: &Reservation, actual: Option<u64>) {
-        let delta = actual.unwrap_or(0) as i128 - reservation.reserved as i128;
-        if delta == 0 {
-            return;
-        }
-        let delta = delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        let delta = match delta(actual.unwrap_or(0), reservation.reserved, "settlement") {
+            Ok(0) => return,
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(key = ?reservation.key, error = %e, "budget reservation not settled");
+                return;
+            }
+        };
         if let Err(e) = self
             .table
             .update(&Update::new(reservation.key.clone()).add("committed", delta))
@@ -115,7 +121,7 @@ impl BudgetGate {
     /// How much of the month is committed (served plus in flight), micro-dollars.
     pub async fn committed(&self, tenant_id: &str, month: &str) -> ApiResult<u64> {
         let item = self.table.get(&key(tenant_id, month)).await?;
-        Ok(item.map_or(0, |i| i.number("committed").max(0) as u64))
+        Ok(item.map_or(0, |i| from_counter(i.number("committed"))))
     }
 
     /// Creates the month's counter from the metered spend, once.
@@ -126,8 +132,10 @@ impl BudgetGate {
         }
         if self.table.get(key).await?.is_none() {
             let spent = self.meter.month_spend(tenant_id, month).await?;
+            let spent = to_counter(spent, "the month's spend")
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             let mut attrs = Attrs::new();
-            attrs.insert("committed".into(), (spent as i64).into());
+            attrs.insert("committed".into(), spent.into());
             let mut item = Item::new(key.clone(), attrs);
             item.expires_at = Some(crate::store::now_secs() + COUNTER_TTL_SECS);
             match self.table.put(&item, &Cond::Absent).await {

@@ -13,9 +13,28 @@ pub const MAX_INPUTS: usize = 2048;
 /// Longest single string input, in bytes (well above any model's token limit).
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 
-/// The most tokens one text input is billed for: the longest sequence of the
-/// BERT-family models served (512 positions).
+/// The most tokens one input is billed for: the longest sequence of the
+/// BERT-family models served (512 positions; the worker's limit is its model's
+/// `max_seq_length`, at most this).
 pub const MAX_BILLED_TOKENS_PER_INPUT: u64 = 512;
+
+/// The special tokens the worker adds to every input, token ids included
+/// (`[CLS]` and `[SEP]`; gpu-worker/src/tokenize.rs).
+pub const SPECIAL_TOKENS_PER_INPUT: u64 = 2;
+
+/// The counting rule of the worker (gpu-worker/src/tokenize.rs), as a bound:
+/// an input of at most `raw` tokens before the special tokens is billed at most
+/// `raw + 2`, and never more than [`MAX_BILLED_TOKENS_PER_INPUT`] (longer inputs
+/// are refused, or truncated to the model's limit with `truncate`). The one
+/// place the gateway counts tokens a request may be billed for.
+pub fn billed_tokens_bound(raw: u64) -> u64 {
+    raw.saturating_add(SPECIAL_TOKENS_PER_INPUT)
+        .min(MAX_BILLED_TOKENS_PER_INPUT)
+}
+
+fn len_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
 
 /// The inputs: strings, or token-id arrays.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,29 +162,53 @@ impl EmbeddingRequest {
     }
 
     /// A cautious token estimate for the rate limiter, before the model counts:
-    /// about 4 bytes a token plus the two special tokens, at most the model's limit.
+    /// about 4 bytes a token for text; token ids count as [`billed_tokens_bound`].
     pub fn estimate_tokens(&self) -> u64 {
-        let text = |s: &String| (s.len() as u64 / 4 + 2).min(258);
+        let text = |s: &String| billed_tokens_bound(len_u64(s.len()) / 4).min(258);
         match &self.input {
             Input::Text(s) => text(s),
             Input::Texts(v) => v.iter().map(text).sum(),
-            Input::Tokens(t) => t.len() as u64,
-            Input::TokenBatches(v) => v.iter().map(|t| t.len() as u64).sum(),
+            Input::Tokens(t) => billed_tokens_bound(len_u64(t.len())),
+            Input::TokenBatches(v) => v
+                .iter()
+                .map(|t| billed_tokens_bound(len_u64(t.len())))
+                .sum(),
         }
     }
 
-    /// The most tokens the request can be billed for: a word-piece tokenizer
-    /// makes at most one token per byte of text plus the two special tokens, and
-    /// no input is served past [`MAX_BILLED_TOKENS_PER_INPUT`]; token-id inputs
-    /// count exactly.
+    /// The most tokens the request can be billed for, by construction: each
+    /// input at most [`billed_tokens_bound`] of its length (a word-piece
+    /// tokenizer makes at most one token per byte of text; token ids are one
+    /// each). Billing never exceeds it (see [`EmbeddingRequest::billable`]), so
+    /// a budget reservation of this many tokens bounds the bill.
     pub fn max_tokens(&self) -> u64 {
-        let text = |s: &String| (s.len() as u64 + 2).min(MAX_BILLED_TOKENS_PER_INPUT);
         match &self.input {
-            Input::Text(s) => text(s),
-            Input::Texts(v) => v.iter().map(text).sum(),
-            Input::Tokens(t) => t.len() as u64,
-            Input::TokenBatches(v) => v.iter().map(|t| t.len() as u64).sum(),
+            Input::Text(s) => billed_tokens_bound(len_u64(s.len())),
+            Input::Texts(v) => v
+                .iter()
+                .map(|s| billed_tokens_bound(len_u64(s.len())))
+                .sum(),
+            Input::Tokens(t) => billed_tokens_bound(len_u64(t.len())),
+            Input::TokenBatches(v) => v
+                .iter()
+                .map(|t| billed_tokens_bound(len_u64(t.len())))
+                .sum(),
         }
+    }
+
+    /// The tokens to bill for a backend's count: the count, held to
+    /// [`EmbeddingRequest::max_tokens`] (a backend claiming more is logged and
+    /// billed the bound, so no bill passes what the budget gate reserved).
+    pub fn billable(&self, reported: u64) -> u64 {
+        let bound = self.max_tokens();
+        if reported > bound {
+            tracing::error!(
+                reported,
+                bound,
+                "a backend reported more tokens than the request can hold; billing the bound"
+            );
+        }
+        reported.min(bound)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,10 +252,14 @@ pub fn decode_base64(s: &str) -> Option<Vec<f32>> {
     )
 }
 
-/// The OpenAI response body.
-pub fn response_body(model: &str, e: &Embeddings, format: EncodingFormat) -> Value {
-    let data: Vec<Value> = e
-        .vectors
+/// The OpenAI response body, for the tokens billed.
+pub fn response_body(
+    model: &str,
+    vectors: &[Vec<f32>],
+    prompt_tokens: u64,
+    format: EncodingFormat,
+) -> Value {
+    let data: Vec<Value> = vectors
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -227,7 +274,7 @@ pub fn response_body(model: &str, e: &Embeddings, format: EncodingFormat) -> Val
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     })
 }
 

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// 404: no such resource for this caller (another tenant's ids included).
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the write conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => ("invalid_request_error", Some("invalid_api_key")),
             ApiError::Forbidden(_) => ("permission_error", Some("forbidden")),
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code)),
+            ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
             ApiError::Conflict(_) => ("invalid_request_error", Some("conflict")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnsupportedMediaType(_) => {

@@ -19,6 +19,9 @@ pub const ADMIN_PREFIX: &str = "tadm_";
 const SECRET_CHARS: usize = 43;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Longest key name, in characters.
+pub const MAX_KEY_NAME_CHARS: usize = 200;
+
 /// What a key may do. Every route names the scope it needs.
 pub const SCOPES: [&str; 4] = ["embeddings", "models", "usage", "batches"];
 
@@ -143,18 +146,31 @@ impl Keys {
                 "expires_at must be in the future",
             ));
         }
-        if req.name.as_ref().is_some_and(|n| n.len() > 200) {
+        if req
+            .expires_at
+            .is_some_and(|t| t > crate::amounts::MAX_UNIX_SECS)
+        {
             return Err(ApiError::invalid_param(
-                "name",
-                "name must hold at most 200 characters",
+                "expires_at",
+                format!(
+                    "expires_at is Unix seconds; the maximum is {}",
+                    crate::amounts::MAX_UNIX_SECS
+                ),
             ));
+        }
+        let name = match &req.name {
+            Some(n) => Some(crate::text::check_label("name", n, MAX_KEY_NAME_CHARS)?),
+            None => None,
+        };
+        if let Some(limits) = &req.rate_limits {
+            limits.validate()?;
         }
         let secret = generate_secret(KEY_PREFIX)?;
         let key = ApiKey {
             key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
             tenant_id: tenant_id.to_string(),
             prefix: secret[..KEY_PREFIX.len() + 6].to_string(),
-            name: req.name.clone(),
+            name,
             scopes,
             expires_at: req.expires_at,
             revoked_at: None,

@@ -70,9 +70,16 @@ pub fn resources_from_env() -> Resources {
 /// The app on the AWS adapters, configured from the environment. Built once in
 /// `main`, before the runtime starts polling.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
     let (sdk, storage) = storage_from_env().await?;
+    config.secrets = secrets_from_env(&sdk)?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
+}
+
+/// The vault for secrets at rest: the KMS key `TENANTAI_KMS_KEY_ID` (or a key
+/// file, `TENANTAI_SECRETS_KEY_FILE`); without either, setting a webhook fails.
+fn secrets_from_env(sdk: &aws_config::SdkConfig) -> Result<crate::secrets::Secrets, String> {
+    crate::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
 }
 
 /// The AWS configuration of the environment and the deployment's storage on it.
@@ -136,9 +143,11 @@ pub async fn metering_from_env() -> Result<(Meter, Arc<dyn Queue>), String> {
 /// The cost-alerts function's state: alerts go to the SNS topic
 /// `TENANTAI_ALERTS_TOPIC_ARN` (when set) and to each tenant's webhook.
 pub async fn alerts_from_env() -> Result<CostAlerts, String> {
-    let config = Config::from_env()?;
+    let mut config = Config::from_env()?;
     let (sdk, storage) = storage_from_env().await?;
-    let mut notifier = Notifier::new(Retry::default()).map_err(|e| e.to_string())?;
+    config.secrets = secrets_from_env(&sdk)?;
+    let mut notifier =
+        Notifier::new(Retry::default(), config.webhook_rules()).map_err(|e| e.to_string())?;
     if let Ok(topic) = std::env::var("TENANTAI_ALERTS_TOPIC_ARN") {
         notifier = notifier.with_sns(aws_sdk_sns::Client::new(&sdk), topic);
     }

@@ -6,6 +6,7 @@
 //! runs a whole deployment in one process on a laptop.
 
 pub mod alerts;
+pub mod amounts;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
+pub mod egress;
 pub mod embeddings;
 pub mod error;
 pub mod http;
@@ -23,7 +25,10 @@ pub mod metering;
 pub mod models;
 pub mod ratelimit;
 pub mod records;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;
+pub mod text;
 pub mod usage;
+pub mod webhooks;

@@ -85,7 +85,23 @@ impl UsageEvent {
         if self.requests == 0 || self.hits() > self.requests {
             return Err("requests must be at least 1 and at least the cache hits".into());
         }
+        // Every counter must fit the table's signed counters.
+        self.counters().map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// The event's counters as the signed deltas its fold adds, in
+    /// [`COUNTERS`] order; an error names the first that does not fit.
+    pub fn counters(&self) -> Result<[i64; 6], crate::amounts::Overflow> {
+        use crate::amounts::to_counter;
+        Ok([
+            to_counter(self.requests, "requests")?,
+            to_counter(self.inputs, "inputs")?,
+            to_counter(self.tokens, "tokens")?,
+            to_counter(self.hits(), "cache_hits")?,
+            to_counter(self.cost_micros, "cost_micros")?,
+            to_counter(self.compute_ms, "compute_ms")?,
+        ])
     }
 
     /// Cache hits among the calls this event stands for.
@@ -106,16 +122,24 @@ impl UsageEvent {
     }
 
     /// Adds `other`'s calls to this event (same [`UsageEvent::merge_key`]); this
-    /// event keeps its id and time.
-    pub fn absorb(&mut self, other: &UsageEvent) {
-        self.cache_hits = self.hits().saturating_add(other.hits());
-        self.cache_hit = false;
-        self.requests = self.requests.saturating_add(other.requests);
-        self.inputs = self.inputs.saturating_add(other.inputs);
-        self.tokens = self.tokens.saturating_add(other.tokens);
-        self.latency_ms += other.latency_ms;
-        self.compute_ms = self.compute_ms.saturating_add(other.compute_ms);
-        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+    /// event keeps its id and time. When a sum would not fit, nothing changes
+    /// and the events stay apart.
+    pub fn absorb(&mut self, other: &UsageEvent) -> Result<(), crate::amounts::Overflow> {
+        use crate::amounts::add;
+        let merged = UsageEvent {
+            cache_hits: add(self.hits(), other.hits(), "cache_hits")?,
+            cache_hit: false,
+            requests: add(self.requests, other.requests, "requests")?,
+            inputs: add(self.inputs, other.inputs, "inputs")?,
+            tokens: add(self.tokens, other.tokens, "tokens")?,
+            latency_ms: self.latency_ms + other.latency_ms,
+            compute_ms: add(self.compute_ms, other.compute_ms, "compute_ms")?,
+            cost_micros: add(self.cost_micros, other.cost_micros, "cost_micros")?,
+            ..self.clone()
+        };
+        merged.counters()?;
+        *self = merged;
+        Ok(())
     }
 
     pub fn day(&self) -> String {
@@ -123,12 +147,7 @@ impl UsageEvent {
     }
 }
 
-/// Integer micro-dollars for `tokens` at `price_per_1k_micros`, rounded up.
-pub fn cost_micros(tokens: u64, price_per_1k_micros: u64) -> u64 {
-    (u128::from(tokens) * u128::from(price_per_1k_micros))
-        .div_ceil(1000)
-        .min(u128::from(u64::MAX)) as u64
-}
+pub use crate::amounts::cost_micros;
 
 /// A date as YYYY-MM-DD (how days are stored and reported).
 pub fn format_day(date: Date) -> String {
@@ -204,30 +223,31 @@ impl Meter {
         Meter { table }
     }
 
-    /// Folds one event into its day/model aggregate and its month's spend, exactly once.
+    /// Folds one event into its day/model aggregate and its month's spend, exactly
+    /// once. An event that cannot be folded (a counter out of range, or a sum the
+    /// store refuses) fails with [`StoreError::Invalid`]: redelivering it cannot help.
     pub async fn fold(&self, e: &UsageEvent) -> Result<Folded, StoreError> {
+        let deltas = e
+            .counters()
+            .map_err(|err| StoreError::Invalid(err.to_string()))?;
         let mut claim = Attrs::new();
         claim.insert("tenant_id".into(), e.tenant_id.clone().into());
         let mut claim = Item::new(claim_key(&e.event_id), claim);
         claim.expires_at = Some(now_secs() + CLAIM_TTL_SECS);
         let day = e.day();
-        let adds = |u: Update| {
-            u.add("requests", e.requests as i64)
-                .add("inputs", e.inputs as i64)
-                .add("tokens", e.tokens as i64)
-                .add("cache_hits", e.hits() as i64)
-                .add("cost_micros", e.cost_micros as i64)
-                .add("compute_ms", e.compute_ms as i64)
-        };
-        let aggregate = adds(Update::new(Key::new(
-            usage_pk(&e.tenant_id),
-            day_sk(&day, &e.model),
-        )))
-        .set("day", day.clone().into())
-        .set("model", e.model.clone().into());
+        let aggregate = COUNTERS
+            .iter()
+            .zip(deltas)
+            .fold(
+                Update::new(Key::new(usage_pk(&e.tenant_id), day_sk(&day, &e.model))),
+                |u, (name, delta)| u.add(*name, delta),
+            )
+            .set("day", day.clone().into())
+            .set("model", e.model.clone().into());
+        let [requests, _, _, _, cost, _] = deltas;
         let month = Update::new(Key::new(usage_pk(&e.tenant_id), month_sk(&day[..7])))
-            .add("cost_micros", e.cost_micros as i64)
-            .add("requests", e.requests as i64);
+            .add("cost_micros", cost)
+            .add("requests", requests);
         match self
             .table
             .transact(&[
@@ -249,7 +269,7 @@ impl Meter {
             .table
             .get(&Key::new(usage_pk(tenant_id), month_sk(month)))
             .await?;
-        Ok(item.map_or(0, |i| i.number("cost_micros").max(0) as u64))
+        Ok(item.map_or(0, |i| crate::amounts::from_counter(i.number("cost_micros"))))
     }
 
     /// The day/model aggregates of a tenant from `from` to `to` (inclusive).
@@ -284,7 +304,7 @@ impl Meter {
                 }
                 let counters = COUNTERS
                     .iter()
-                    .map(|c| (c.to_string(), item.number(c).max(0) as u64))
+                    .map(|c| (c.to_string(), crate::amounts::from_counter(item.number(c))))
                     .collect();
                 let model = item
                     .attrs
@@ -327,7 +347,7 @@ pub struct Record {
 pub struct BatchOutcome {
     pub added: usize,
     pub duplicates: usize,
-    /// Malformed events moved to the dead-letter queue.
+    /// Events moved to the dead-letter queue: malformed, or out of range to fold.
     pub dead_lettered: usize,
     /// Ids of the records to redeliver (the store or the DLQ failed for them).
     pub failed: Vec<String>,
@@ -343,8 +363,9 @@ enum RecordOutcome {
 }
 
 impl Meter {
-    /// Folds a batch of queue messages: a malformed one goes to `dlq` with a log
-    /// line saying why (and counts as handled); a fold the store refuses is
+    /// Folds a batch of queue messages: one that is malformed or cannot be folded
+    /// (a counter out of range) goes to `dlq` as `{"reason", "body"}` with a log
+    /// line saying why, and counts as handled; a fold the store fails is
     /// reported in `failed`, so only it is redelivered.
     pub async fn process(&self, dlq: &dyn Queue, records: &[Record]) -> BatchOutcome {
         // Chunks of concurrent folds: a plain loop (no closures held across an
@@ -370,23 +391,26 @@ impl Meter {
     }
 
     async fn process_one(&self, dlq: &dyn Queue, r: &Record) -> RecordOutcome {
-        match parse_event(&r.body) {
+        // A dead letter redriven to the usage queue is judged by its event again.
+        let unwrapped = dead_letter_body(&r.body);
+        let body = unwrapped.as_deref().unwrap_or(&r.body);
+        let why = match parse_event(body) {
             Ok(event) => match self.fold(&event).await {
-                Ok(f) => RecordOutcome::Folded(f),
+                Ok(f) => return RecordOutcome::Folded(f),
+                Err(StoreError::Invalid(why)) => format!("cannot be folded: {why}"),
                 Err(e) => {
                     tracing::error!(message_id = %r.id, event_id = %event.event_id, error = %e, "usage event not folded; it will be redelivered");
-                    RecordOutcome::Failed
+                    return RecordOutcome::Failed;
                 }
             },
-            Err(why) => {
-                tracing::warn!(message_id = %r.id, reason = %why, body = %truncated(&r.body), "malformed usage event moved to the dead-letter queue");
-                match dlq.send(&Outgoing::new(r.body.clone())).await {
-                    Ok(_) => RecordOutcome::DeadLettered,
-                    Err(e) => {
-                        tracing::error!(message_id = %r.id, error = %e, "malformed usage event could not be dead-lettered; it will be redelivered");
-                        RecordOutcome::Failed
-                    }
-                }
+            Err(why) => why,
+        };
+        tracing::warn!(message_id = %r.id, reason = %why, body = %truncated(body), "usage event moved to the dead-letter queue");
+        match dlq.send(&Outgoing::new(dead_letter(&why, body))).await {
+            Ok(_) => RecordOutcome::DeadLettered,
+            Err(e) => {
+                tracing::error!(message_id = %r.id, error = %e, "usage event could not be dead-lettered; it will be redelivered");
+                RecordOutcome::Failed
             }
         }
     }
@@ -450,6 +474,23 @@ pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A dead-lettered event: why it was refused, and the message as received.
+pub fn dead_letter(reason: &str, body: &str) -> String {
+    serde_json::json!({"reason": reason, "body": body}).to_string()
+}
+
+/// The message inside a dead letter (see [`dead_letter`]), if `body` is one.
+fn dead_letter_body(body: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Letter {
+        #[serde(rename = "reason")]
+        _reason: String,
+        body: String,
+    }
+    serde_json::from_str::<Letter>(body).ok().map(|l| l.body)
+}
+
 fn truncated(s: &str) -> &str {
     let mut end = s.len().min(512);
     while !s.is_char_boundary(end) {
@@ -485,7 +526,7 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(a.merge_key(), b.merge_key());
-        a.absorb(&b);
+        a.absorb(&b).unwrap();
         assert_eq!(
             (a.requests, a.hits(), a.tokens, a.cost_micros),
             (2, 1, 18, 6)
@@ -504,15 +545,6 @@ mod tests {
         assert!(bad.validate().is_err());
         let none = UsageEvent { requests: 0, ..b };
         assert!(none.validate().is_err());
-    }
-
-    #[test]
-    fn costs_round_up_to_whole_micro_dollars() {
-        assert_eq!(cost_micros(0, 20), 0);
-        assert_eq!(cost_micros(1, 20), 1);
-        assert_eq!(cost_micros(1000, 20), 20);
-        assert_eq!(cost_micros(1001, 20), 21);
-        assert_eq!(cost_micros(u64::MAX, u64::MAX), u64::MAX);
     }
 
     #[test]

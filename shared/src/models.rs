@@ -132,9 +132,21 @@ impl ModelVersion {
                 "canary_weight is a percentage, 0 to 100",
             ));
         }
-        if self.endpoint.is_empty() {
-            return Err(ApiError::invalid_param("endpoint", "endpoint is required"));
+        crate::text::check_label("endpoint", &self.endpoint, 2048)?;
+        if let Some(uri) = &self.artifact_uri {
+            crate::text::check_label("artifact_uri", uri, 2048)?;
         }
+        if self.serves.as_deref().is_some_and(|m| !id_ok(m)) {
+            return Err(ApiError::invalid_param(
+                "serves",
+                "serves names a model id: 1 to 128 of A-Z a-z 0-9 - _ . :",
+            ));
+        }
+        crate::amounts::check_max(
+            "price_per_1k_tokens_micros",
+            self.price_per_1k_tokens_micros,
+            crate::amounts::MAX_PRICE_PER_1K_TOKENS_MICROS,
+        )?;
         if self.tier.is_some() != self.serves.is_some() {
             return Err(ApiError::invalid_param(
                 "serves",

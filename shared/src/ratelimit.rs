@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::amounts::{from_counter, saturating_counter};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Key, StoreError, Table, Update};
 
@@ -38,12 +39,33 @@ const MAX_CLAIM: u64 = 256;
 const CLAIM_SHARE: u64 = 16;
 /// The most tokens one claim takes beyond what the request needs.
 const MAX_TOKEN_CLAIM: u64 = 1 << 20;
+/// Claims one token request makes before it is refused (a lease another
+/// request took from meanwhile is topped up).
+const TOKEN_CLAIM_ATTEMPTS: u32 = 4;
 
 /// Requests and tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     pub requests_per_minute: u64,
     pub tokens_per_minute: u64,
+}
+
+impl Limits {
+    /// Refuses limits above the documented maxima (400 naming the field).
+    pub fn validate(&self) -> crate::error::ApiResult<()> {
+        use crate::amounts::{check_max, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
+        check_max(
+            "rate_limits.requests_per_minute",
+            self.requests_per_minute,
+            MAX_REQUESTS_PER_MINUTE,
+        )?;
+        check_max(
+            "rate_limits.tokens_per_minute",
+            self.tokens_per_minute,
+            MAX_TOKENS_PER_MINUTE,
+        )
+    }
 }
 
 /// One limited scope of a request: the tenant, or the key.
@@ -185,7 +207,7 @@ impl RateLimiter {
         spread: u64,
     ) -> ApiResult<Admission> {
         let window = now_ms.div_euclid(1000 * WINDOW_SECS);
-        let reset_ms = ((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1) as u64;
+        let reset_ms = from_counter(((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1));
         let mut taken: Vec<Taken> = Vec::new();
         let mut standing: Option<Standing> = None;
         for scope in scopes {
@@ -322,7 +344,10 @@ impl RateLimiter {
                 None => 1,
             }
         };
-        let total = self.add(key, "n", claim as i64, expires).await?.max(0) as u64;
+        let total = from_counter(
+            self.add(key, "n", saturating_counter(claim), expires)
+                .await?,
+        );
         let first = total.saturating_sub(claim) + 1;
         let mut leases = self.leases();
         let lease = leases
@@ -356,56 +381,68 @@ impl RateLimiter {
         limit: u64,
         expires: i64,
     ) -> Result<Option<u64>, Refusal> {
-        let remaining = |seen: i64, spare: u64| {
-            limit.saturating_sub((seen.max(0) as u64).saturating_sub(spare))
-        };
-        let claim = {
-            let mut leases = self.leases();
-            match leases.at(window) {
-                Some(leases) => {
-                    let lease = leases.tokens.entry(key.clone()).or_default();
-                    if lease.spare >= tokens {
-                        lease.spare -= tokens;
-                        return Ok(Some(remaining(lease.seen, lease.spare)));
+        let remaining =
+            |seen: i64, spare: u64| limit.saturating_sub(from_counter(seen).saturating_sub(spare));
+        // Another request of this host may take from the lease while this one
+        // claims (a settlement's shortfall): a claim the limit had room for is
+        // then topped up rather than refused.
+        for attempt in 1..=TOKEN_CLAIM_ATTEMPTS {
+            let claim = {
+                let mut leases = self.leases();
+                match leases.at(window) {
+                    Some(leases) => {
+                        let lease = leases.tokens.entry(key.clone()).or_default();
+                        if lease.spare >= tokens {
+                            lease.spare -= tokens;
+                            return Ok(Some(remaining(lease.seen, lease.spare)));
+                        }
+                        (tokens - lease.spare).max(lease.next_claim)
                     }
-                    (tokens - lease.spare).max(lease.next_claim)
-                }
-                None => tokens,
-            }
-        };
-        let total = self.add(key, "n", claim as i64, expires).await?;
-        let before = total - claim as i64;
-        let usable = (limit as i64 - before).clamp(0, claim as i64) as u64;
-        let mut seen = total;
-        if usable < claim {
-            // Give back what the limit has no room for, so other hosts may use it
-            // once requests settle below their estimates.
-            let over = (claim - usable) as i64;
-            seen = match self.add(key, "n", -over, expires).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not give back unused tokens");
-                    total
+                    None => tokens,
                 }
             };
+            let claim_i = saturating_counter(claim);
+            let total = self.add(key, "n", claim_i, expires).await?;
+            let before = total.saturating_sub(claim_i);
+            let usable = from_counter(
+                saturating_counter(limit)
+                    .saturating_sub(before)
+                    .clamp(0, claim_i),
+            );
+            let mut seen = total;
+            if usable < claim {
+                // Give back what the limit has no room for, so other hosts may use it
+                // once requests settle below their estimates.
+                let over = saturating_counter(claim - usable);
+                seen = match self.add(key, "n", -over, expires).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give back unused tokens");
+                        total
+                    }
+                };
+            }
+            let mut leases = self.leases();
+            let Some(lease) = leases
+                .at(window)
+                .map(|l| l.tokens.entry(key.clone()).or_default())
+            else {
+                // An old window's request: exactly its tokens, or nothing.
+                return Ok((usable == claim).then(|| remaining(seen, 0)));
+            };
+            lease.spare += usable;
+            lease.seen = lease.seen.max(seen);
+            let left = limit.saturating_sub(from_counter(seen));
+            lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
+            if lease.spare >= tokens {
+                lease.spare -= tokens;
+                return Ok(Some(remaining(lease.seen, lease.spare)));
+            }
+            if usable < claim || attempt == TOKEN_CLAIM_ATTEMPTS {
+                return Ok(None);
+            }
         }
-        let mut leases = self.leases();
-        let Some(lease) = leases
-            .at(window)
-            .map(|l| l.tokens.entry(key.clone()).or_default())
-        else {
-            // An old window's request: exactly its tokens, or nothing.
-            return Ok((usable == claim).then(|| remaining(seen, 0)));
-        };
-        lease.spare += usable;
-        lease.seen = lease.seen.max(seen);
-        let left = limit.saturating_sub(seen.max(0) as u64);
-        lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
-        if lease.spare < tokens {
-            return Ok(None);
-        }
-        lease.spare -= tokens;
-        Ok(Some(remaining(lease.seen, lease.spare)))
+        Ok(None)
     }
 
     async fn add(
@@ -466,7 +503,7 @@ impl RateLimiter {
         for (key, more) in owed {
             if let Err(e) = self
                 .table
-                .update(&Update::new(key).add("n", more as i64))
+                .update(&Update::new(key).add("n", saturating_counter(more)))
                 .await
             {
                 tracing::warn!(error = %e, "could not settle a token count");

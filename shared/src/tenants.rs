@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::amounts::{check_max, MAX_BUDGET_MICROS, MAX_INPUTS_PER_REQUEST};
 use crate::error::{ApiError, ApiResult};
 use crate::records::{from_item, to_attrs};
 use crate::store::{Cond, Item, Key, Page, Query, StoreError, Table};
+pub use crate::webhooks::Webhook;
+use crate::webhooks::WebhookRules;
 
 /// Limits and defaults of one tier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +65,21 @@ impl Default for Tiers {
 }
 
 impl Tier {
+    /// Refuses figures above the documented maxima (see [`crate::amounts`]).
+    pub fn validate(&self) -> ApiResult<()> {
+        self.limits().validate()?;
+        check_max(
+            "max_inputs_per_request",
+            u64::try_from(self.max_inputs_per_request).unwrap_or(u64::MAX),
+            MAX_INPUTS_PER_REQUEST,
+        )?;
+        check_max(
+            "monthly_budget_micros",
+            self.monthly_budget_micros,
+            MAX_BUDGET_MICROS,
+        )
+    }
+
     pub fn limits(&self) -> crate::ratelimit::Limits {
         crate::ratelimit::Limits {
             requests_per_minute: u64::from(self.requests_per_minute),
@@ -71,13 +89,20 @@ impl Tier {
 }
 
 impl Tiers {
-    /// From `TENANTAI_TIERS` (JSON), else the defaults.
+    /// From `TENANTAI_TIERS` (JSON), else the defaults. Tier names are labels
+    /// and figures are within the documented maxima.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("TENANTAI_TIERS") {
+        let tiers: Tiers = match std::env::var("TENANTAI_TIERS") {
             Ok(json) => serde_json::from_str(&json)
-                .map_err(|e| format!("TENANTAI_TIERS is not valid tier JSON: {e}")),
-            Err(_) => Ok(Tiers::default()),
+                .map_err(|e| format!("TENANTAI_TIERS is not valid tier JSON: {e}"))?,
+            Err(_) => return Ok(Tiers::default()),
+        };
+        for (name, tier) in &tiers.0 {
+            crate::text::check_label("tier", name, 64)
+                .and_then(|_| tier.validate())
+                .map_err(|e| format!("TENANTAI_TIERS: tier '{name}': {e}"))?;
         }
+        Ok(tiers)
     }
 
     pub fn get(&self, name: &str) -> ApiResult<&Tier> {
@@ -141,14 +166,6 @@ pub struct Tenant {
     pub version: u64,
 }
 
-/// A tenant's alert webhook: alerts are POSTed to `url` with an HMAC-SHA256
-/// signature made with `secret` (see [`crate::alerts::sign`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Webhook {
-    pub url: String,
-    pub secret: String,
-}
-
 /// Alert thresholds when a tenant sets none: 50 %, 80 % and 100 % of the budget.
 pub const DEFAULT_ALERT_THRESHOLDS: [u16; 3] = [50, 80, 100];
 
@@ -186,17 +203,6 @@ fn check_thresholds(t: &[u16]) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_webhook_url(url: &str) -> ApiResult<()> {
-    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-    if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-        return Err(ApiError::invalid_param(
-            "alert_webhook_url",
-            "alert_webhook_url must be an http(s) URL of at most 2048 characters",
-        ));
-    }
-    Ok(())
-}
-
 /// The changes an admin may make to a tenant.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,24 +225,77 @@ fn key(id: &str) -> Key {
     Key::new(TENANTS_PK, format!("T#{id}"))
 }
 
-pub fn check_name(name: &str) -> ApiResult<()> {
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::invalid_param(
-            "name",
-            "name must hold 1 to 200 characters",
-        ));
+/// Longest tenant name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A tenant name as stored: trimmed, 1 to 200 characters, no control,
+/// bidirectional or invisible characters (see [`crate::text`]).
+pub fn check_name(name: &str) -> ApiResult<String> {
+    crate::text::check_label("name", name, MAX_NAME_CHARS)
+}
+
+impl TenantPatch {
+    /// Checks every field before anything is written (a 400 names the field).
+    fn validate(&self, tiers: &Tiers) -> ApiResult<()> {
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+        if let Some(tier) = &self.tier {
+            tiers.get(tier)?;
+        }
+        if let Some(t) = &self.alert_thresholds {
+            check_thresholds(t)?;
+        }
+        if let Some(budget) = self.monthly_budget_micros {
+            check_max("monthly_budget_micros", budget, MAX_BUDGET_MICROS)?;
+        }
+        if let Some(limits) = &self.rate_limits {
+            limits.validate()?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// A change to a tenant: the record before and after, and a webhook signing
+/// secret made by the change (shown to the caller this once).
+#[derive(Clone, Debug)]
+pub struct TenantUpdate {
+    pub before: Tenant,
+    pub after: Tenant,
+    pub new_secret: Option<String>,
+}
+
+impl Tenant {
+    /// The tenant as the admin API shows it: every field, the webhook without
+    /// its secrets (see [`Webhook::view`]).
+    pub fn view(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(hook) = &self.alert_webhook {
+            v["alert_webhook"] = hook.view(crate::store::now_secs());
+        }
+        v
+    }
 }
 
 #[derive(Clone)]
 pub struct Tenants {
     table: Arc<dyn Table>,
+    webhooks: WebhookRules,
 }
 
 impl Tenants {
+    /// Tenants on this table; setting a webhook needs [`Tenants::with_webhooks`].
     pub fn new(table: Arc<dyn Table>) -> Self {
-        Tenants { table }
+        Tenants {
+            table,
+            webhooks: WebhookRules::default(),
+        }
+    }
+
+    /// The policy webhook URLs must pass and the vault sealing their secrets.
+    pub fn with_webhooks(mut self, rules: WebhookRules) -> Self {
+        self.webhooks = rules;
+        self
     }
 
     fn to_item(t: &Tenant) -> ApiResult<Item> {
@@ -253,11 +312,11 @@ impl Tenants {
     }
 
     pub async fn create(&self, name: &str, tier: &str, tiers: &Tiers) -> ApiResult<Tenant> {
-        check_name(name)?;
+        let name = check_name(name)?;
         tiers.get(tier)?;
         let tenant = Tenant {
             id: format!("ten_{}", uuid::Uuid::now_v7().simple()),
-            name: name.trim().to_string(),
+            name,
             tier: tier.to_string(),
             status: TenantStatus::Active,
             cache_scope: CacheScope::Tenant,
@@ -344,68 +403,110 @@ impl Tenants {
         )))
     }
 
+    /// Applies an admin's patch. Setting `alert_webhook_url` checks it against
+    /// the egress policy and makes a new signing secret (in `new_secret`); ""
+    /// removes the webhook.
     pub async fn update(
         &self,
         id: &str,
         patch: &TenantPatch,
         tiers: &Tiers,
-    ) -> ApiResult<(Tenant, Tenant)> {
-        if let Some(name) = &patch.name {
-            check_name(name)?;
-        }
-        if let Some(tier) = &patch.tier {
-            tiers.get(tier)?;
-        }
-        if let Some(t) = &patch.alert_thresholds {
-            check_thresholds(t)?;
-        }
+    ) -> ApiResult<TenantUpdate> {
+        patch.validate(tiers)?;
+        let mut new_secret = None;
         let webhook = match patch.alert_webhook_url.as_deref() {
             None => None,
             Some("") => Some(None),
             Some(url) => {
-                check_webhook_url(url)?;
+                self.webhooks.check_url(url)?;
+                let (sealed, secret) = self
+                    .webhooks
+                    .new_secret(id, crate::store::now_secs())
+                    .await?;
+                new_secret = Some(secret);
                 Some(Some(Webhook {
                     url: url.to_string(),
-                    secret: crate::keys::generate_secret("whsec_")?,
+                    secrets: vec![sealed],
                 }))
             }
         };
-        self.modify(id, |t| {
-            if let Some(cap) = patch.hard_cap {
-                t.hard_cap = Some(cap);
-            }
-            if let Some(thresholds) = &patch.alert_thresholds {
-                t.alert_thresholds = Some(thresholds.clone());
-            }
-            if let Some(w) = &webhook {
-                t.alert_webhook = w.clone();
-            }
-            if let Some(name) = &patch.name {
-                t.name = name.trim().to_string();
-            }
-            if let Some(tier) = &patch.tier {
-                t.tier = tier.clone();
-            }
-            if let Some(status) = patch.status {
-                t.status = status;
-            }
-            if let Some(limits) = patch.rate_limits {
-                t.rate_limits = Some(limits);
-            }
-            if let Some(budget) = patch.monthly_budget_micros {
-                t.monthly_budget_micros = Some(budget);
-            }
-            if let Some(scope) = patch.cache_scope {
-                if scope == CacheScope::Shared && !tiers.get(&t.tier)?.shared_cache_allowed {
-                    return Err(ApiError::invalid_param(
-                        "cache_scope",
-                        format!("tier '{}' does not allow the shared cache scope", t.tier),
-                    ));
+        let (before, after) = self
+            .modify(id, |t| {
+                if let Some(cap) = patch.hard_cap {
+                    t.hard_cap = Some(cap);
                 }
-                t.cache_scope = scope;
-            }
-            Ok(())
+                if let Some(thresholds) = &patch.alert_thresholds {
+                    t.alert_thresholds = Some(thresholds.clone());
+                }
+                if let Some(w) = &webhook {
+                    t.alert_webhook = w.clone();
+                }
+                if let Some(name) = &patch.name {
+                    t.name = check_name(name)?;
+                }
+                if let Some(tier) = &patch.tier {
+                    t.tier = tier.clone();
+                }
+                if let Some(status) = patch.status {
+                    t.status = status;
+                }
+                if let Some(limits) = patch.rate_limits {
+                    t.rate_limits = Some(limits);
+                }
+                if let Some(budget) = patch.monthly_budget_micros {
+                    t.monthly_budget_micros = Some(budget);
+                }
+                if let Some(scope) = patch.cache_scope {
+                    if scope == CacheScope::Shared && !tiers.get(&t.tier)?.shared_cache_allowed {
+                        return Err(ApiError::invalid_param(
+                            "cache_scope",
+                            format!("tier '{}' does not allow the shared cache scope", t.tier),
+                        ));
+                    }
+                    t.cache_scope = scope;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(TenantUpdate {
+            before,
+            after,
+            new_secret,
         })
-        .await
+    }
+
+    /// Makes a new webhook signing secret (returned this once); the previous one
+    /// keeps signing beside it for `overlap_secs`.
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        overlap_secs: u64,
+    ) -> ApiResult<TenantUpdate> {
+        let overlap_secs = crate::webhooks::check_overlap(overlap_secs)?;
+        let current = self.get(id).await?;
+        if current.alert_webhook.is_none() {
+            return Err(ApiError::invalid_param(
+                "alert_webhook_url",
+                format!("tenant '{id}' has no alert webhook to rotate the secret of"),
+            ));
+        }
+        let now = crate::store::now_secs();
+        let (sealed, secret) = self.webhooks.new_secret(id, now).await?;
+        let (before, after) = self
+            .modify(id, |t| match &t.alert_webhook {
+                Some(hook) => {
+                    t.alert_webhook = Some(hook.rotated(sealed.clone(), now, overlap_secs));
+                    Ok(())
+                }
+                None => Err(ApiError::Conflict(format!(
+                    "tenant '{id}''s webhook was removed meanwhile"
+                ))),
+            })
+            .await?;
+        Ok(TenantUpdate {
+            before,
+            after,
+            new_secret: Some(secret),
+        })
     }
 }

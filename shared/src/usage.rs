@@ -44,7 +44,10 @@ impl Buffer {
     fn push(&mut self, event: UsageEvent) {
         match self.index.entry(event.merge_key()) {
             std::collections::hash_map::Entry::Occupied(at) => {
-                self.events[*at.get()].absorb(&event);
+                // Sums that would not fit leave the event on its own.
+                if self.events[*at.get()].absorb(&event).is_err() {
+                    self.events.push(event);
+                }
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(self.events.len());

@@ -93,7 +93,7 @@ async fn tenant_lifecycle_is_audited() {
         .admin(Method::GET, &format!("/audit?tenant_id={id}"), None)
         .await;
     let newest = audit.ok()["data"][0].clone();
-    assert_eq!(newest["after"]["alert_webhook"]["secret"], "[redacted]");
+    assert!(newest["after"]["alert_webhook"].get("secret").is_none());
     assert_eq!(
         newest["after"]["alert_webhook"]["url"],
         "https://hooks.example.com/tenantai"

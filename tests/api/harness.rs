@@ -10,6 +10,12 @@ use tenantai::app::{App, Config};
 use tenantai::store::{Resources, Storage};
 use tower::ServiceExt;
 
+/// `config` with outbound calls allowed to private and loopback addresses.
+pub fn private_egress(mut config: Config) -> Config {
+    config.egress.allow_private = true;
+    config
+}
+
 #[derive(Clone)]
 pub struct Harness {
     pub app: Arc<App>,
@@ -63,11 +69,22 @@ impl Harness {
         Self::with_config(Config::default()).await
     }
 
-    pub async fn with_config(config: Config) -> Harness {
+    /// A harness whose webhooks may reach loopback (the tests' receivers).
+    pub async fn with_private_egress() -> Harness {
+        Self::with_config(private_egress(Config::default())).await
+    }
+
+    /// An instance on `config`; secrets are sealed with a key file in its data
+    /// directory unless `config` names a vault.
+    pub async fn with_config(mut config: Config) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::embedded(dir.path(), &Resources::named("test"))
             .await
             .unwrap();
+        if config.secrets.kind().is_none() {
+            config.secrets =
+                tenantai::secrets::Secrets::local(&dir.path().join("secrets.key")).unwrap();
+        }
         let app = App::new(storage, config).unwrap();
         let admin = app.admins.create("test-admin").await.unwrap();
         let router = tenantai::http::host(

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tenantai::alerts::{due, month_of, CostAlerts, Notifier, Retry};
+use tenantai::egress::EgressPolicy;
 use tenantai::metering::{Meter, UsageEvent};
 use tenantai::tenants::{TenantPatch, Tenants, Tiers};
+use tenantai::webhooks::WebhookRules;
 
 use crate::env::Env;
 use crate::webhook::Webhook;
@@ -32,7 +34,15 @@ fn spend_event(tenant: &str, id: &str, cost: u64, at_ms: i64) -> UsageEvent {
 
 pub async fn alerts_fire_once_under_concurrent_runs(env: &Env) {
     let tiers = Tiers::default();
-    let tenants = Tenants::new(env.table().clone());
+    // The receiver is on loopback; secrets are sealed by the environment's vault.
+    let rules = WebhookRules {
+        egress: EgressPolicy {
+            allow_private: true,
+            ..EgressPolicy::default()
+        },
+        secrets: env.secrets().await,
+    };
+    let tenants = Tenants::new(env.table().clone()).with_webhooks(rules.clone());
     let hook = Webhook::start(1).await;
     let tenant = tenants.create("Alerted", "pro", &tiers).await.unwrap();
     let patch = TenantPatch {
@@ -40,8 +50,9 @@ pub async fn alerts_fire_once_under_concurrent_runs(env: &Env) {
         alert_webhook_url: Some(hook.url.clone()),
         ..Default::default()
     };
-    let (_, tenant) = tenants.update(&tenant.id, &patch, &tiers).await.unwrap();
-    hook.expect_secret(&tenant.alert_webhook.as_ref().unwrap().secret);
+    let update = tenants.update(&tenant.id, &patch, &tiers).await.unwrap();
+    hook.expect_secret(update.new_secret.as_deref().unwrap());
+    let tenant = update.after;
     let quiet = tenants.create("Quiet", "pro", &tiers).await.unwrap();
 
     // 850 of 1000 spent: the 50 % and 80 % lines are crossed.
@@ -73,7 +84,7 @@ pub async fn alerts_fire_once_under_concurrent_runs(env: &Env) {
         attempts: 4,
         first_delay: Duration::from_millis(20),
     };
-    let mut notifier = Notifier::new(retry).unwrap();
+    let mut notifier = Notifier::new(retry, rules).unwrap();
     if env.is_aws() {
         // On the emulator the alerts are published to an SNS topic as well.
         let sdk = tenantai::store::aws::sdk_config().await;

@@ -2,7 +2,22 @@
 
 use std::sync::Arc;
 
+use tenantai::secrets::Secrets;
 use tenantai::store::{aws, Blobs, DeadLetter, Queue, QueueSpec, Resources, Storage, Table};
+
+/// A new symmetric KMS key on the emulator; returns its id.
+pub async fn kms_key(sdk: &aws_config::SdkConfig) -> String {
+    aws_sdk_kms::Client::new(sdk)
+        .create_key()
+        .description("tenantai test key")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_string()
+}
 
 pub struct Env {
     pub storage: Storage,
@@ -11,6 +26,21 @@ pub struct Env {
 }
 
 impl Env {
+    /// A new vault for secrets at rest: a KMS key made on the emulator, or a
+    /// key file in the embedded environment's directory.
+    pub async fn secrets(&self) -> Secrets {
+        match &self._dir {
+            Some(dir) => {
+                let name = format!("secrets-{}.key", uuid::Uuid::new_v4().simple());
+                Secrets::local(&dir.path().join(name)).unwrap()
+            }
+            None => {
+                let sdk = aws::sdk_config().await;
+                Secrets::kms(&sdk, kms_key(&sdk).await)
+            }
+        }
+    }
+
     /// Whether this environment runs on the AWS adapters (the emulator).
     pub fn is_aws(&self) -> bool {
         self._dir.is_none()

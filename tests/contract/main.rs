@@ -11,6 +11,7 @@ mod metering;
 mod processes;
 mod queue;
 mod ratelimit;
+mod secrets;
 mod table;
 #[path = "../common/webhook.rs"]
 mod webhook;
@@ -69,4 +70,5 @@ contract! {
     metering::batches_dead_letter_malformed_events_only,
     budget::hard_cap_holds_under_concurrent_reservations,
     alerts::alerts_fire_once_under_concurrent_runs,
+    secrets::sealed_secrets_open_only_in_their_context,
 }

@@ -47,7 +47,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 },
                 latency_ms: 3.5,
                 compute_ms: rng.next(40),
-                cost_micros: tenantai::metering::cost_micros(tokens, 20),
+                cost_micros: tenantai::metering::cost_micros(tokens, 20).unwrap(),
                 at_ms: base + (rng.next(3) as i64) * day_ms + rng.next(day_ms as u64) as i64,
             }
         })
@@ -197,11 +197,54 @@ pub async fn batches_dead_letter_malformed_events_only(env: &Env) {
         })
         .await
         .unwrap();
-    let mut bodies: Vec<String> = dead.iter().map(|m| m.body.clone()).collect();
+    // Each dead letter holds the body unchanged and the reason it was refused.
+    let letters: Vec<serde_json::Value> = dead
+        .iter()
+        .map(|m| serde_json::from_str(&m.body).unwrap())
+        .collect();
+    let mut bodies: Vec<String> = letters
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_string())
+        .collect();
     bodies.sort();
     let mut want = vec![records[1].body.clone(), records[2].body.clone()];
     want.sort();
     assert_eq!(bodies, want, "the malformed bodies, unchanged, in the DLQ");
+    assert!(letters
+        .iter()
+        .all(|l| !l["reason"].as_str().unwrap().is_empty()));
+    // Redriven to the usage queue as they are, they are judged by their bodies again.
+    let redriven: Vec<Record> = dead
+        .iter()
+        .map(|m| Record {
+            id: m.id.clone(),
+            body: m.body.clone(),
+        })
+        .collect();
+    let again = meter.process(dlq.as_ref(), &redriven).await;
+    assert_eq!(again.dead_lettered, 2, "{again:?}");
+    let twice = dlq
+        .receive(&Receive {
+            max: 10,
+            wait: Duration::from_secs(1),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let mut rebodies: Vec<String> = twice
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(&m.body).unwrap()["body"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    rebodies.sort();
+    assert_eq!(
+        rebodies, want,
+        "a redriven dead letter is not wrapped twice"
+    );
 
     // Through the queue: everything received is folded and deleted.
     for e in &evs {

@@ -156,7 +156,21 @@ async fn functions_through_cargo_lambda() {
     let storage = Storage::aws(&sdk, &Resources::named(&prefix), true)
         .await
         .unwrap();
-    let app = App::new(storage, Config::default()).unwrap();
+    // Secrets sealed under a KMS key on the emulator, as the functions will open
+    // them; the test's webhook receiver is on loopback.
+    let kms_key_id = aws_sdk_kms::Client::new(&sdk)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .key_id()
+        .to_string();
+    let mut config = Config::default();
+    config.egress.allow_private = true;
+    config.secrets = tenantai::secrets::Secrets::kms(&sdk, kms_key_id.clone());
+    let app = App::new(storage, config).unwrap();
     let admin = app.admins.create("lambda-test").await.unwrap();
     let tenant = app
         .tenants
@@ -193,12 +207,12 @@ async fn functions_through_cargo_lambda() {
         alert_webhook_url: Some(hook.url.clone()),
         ..Default::default()
     };
-    let (_, alerted) = app
+    let alerted = app
         .tenants
         .update(&tenant.id, &patch, &app.config.tiers)
         .await
         .unwrap();
-    hook.expect_secret(&alerted.alert_webhook.unwrap().secret);
+    hook.expect_secret(alerted.new_secret.as_deref().unwrap());
     let topic = aws_sdk_sns::Client::new(&sdk)
         .create_topic()
         .name(format!("{prefix}-alerts"))
@@ -219,7 +233,7 @@ async fn functions_through_cargo_lambda() {
 
     let port = free_port();
     let env = format!(
-        "AWS_ENDPOINT_URL={endpoint},AWS_REGION=us-east-1,AWS_ACCESS_KEY_ID=test,AWS_SECRET_ACCESS_KEY=test,TENANTAI_RESOURCE_PREFIX={prefix},TENANTAI_ALERTS_TOPIC_ARN={topic},RUST_LOG=warn"
+        "AWS_ENDPOINT_URL={endpoint},AWS_REGION=us-east-1,AWS_ACCESS_KEY_ID=test,AWS_SECRET_ACCESS_KEY=test,TENANTAI_RESOURCE_PREFIX={prefix},TENANTAI_ALERTS_TOPIC_ARN={topic},TENANTAI_KMS_KEY_ID={kms_key_id},TENANTAI_EGRESS_ALLOW_PRIVATE=1,RUST_LOG=warn"
     );
     let mut watch = Command::new("cargo")
         .args([

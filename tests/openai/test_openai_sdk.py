@@ -131,3 +131,15 @@ def test_cli_manages_tenants_and_keys():
     assert any(b["tenant_id"] == tenant["id"] for b in tenantai("usage", "--limit", "1000")["data"])
     models = tenantai("models", "list")
     assert any(m["model"] == MODEL and m["status"] == "live" for m in models["data"])
+
+
+def test_health_and_the_data_directory():
+    import httpx
+
+    r = httpx.get(f"{BASE_URL}/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    # The data directory and what it holds are the owner's alone.
+    data = pathlib.Path(os.environ["TENANTAI_CREDENTIALS"]).parent
+    assert data.stat().st_mode & 0o777 == 0o700
+    for name in ["tenantai.db", "credentials.json", "secrets.key"]:
+        assert (data / name).stat().st_mode & 0o777 == 0o600, name

@@ -18,7 +18,8 @@ use crate::auth::bearer;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::KeyRequest;
 use crate::models::{ModelVersion, VersionStatus};
-use crate::tenants::TenantPatch;
+use crate::store::Page;
+use crate::tenants::{Tenant, TenantPatch, TenantUpdate};
 
 /// The admin making the call (the token's name), for the audit log.
 #[derive(Clone, Debug)]
@@ -29,6 +30,10 @@ pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{id}", get(get_tenant).patch(update_tenant))
+        .route(
+            "/tenants/{id}/alert-webhook/rotate-secret",
+            post(rotate_webhook_secret),
+        )
         .route("/tenants/{id}/keys", post(create_key).get(list_keys))
         .route("/tenants/{id}/usage", get(super::usage::tenant_usage))
         .route("/usage", get(super::usage::all_usage))
@@ -111,23 +116,25 @@ async fn create_tenant(
             Some(&tenant.id),
             &tenant.id,
             Value::Null,
-            value(&tenant),
+            tenant.view(),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+    Ok((StatusCode::CREATED, Json(tenant.view())).into_response())
 }
 
 async fn list_tenants(
     State(app): State<Arc<App>>,
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(list_body(
-        app.tenants.list(p.after.clone(), p.limit()?).await?,
-    )))
+    let page = app.tenants.list(p.after.clone(), p.limit()?).await?;
+    Ok(Json(list_body(Page {
+        items: page.items.iter().map(Tenant::view).collect(),
+        next: page.next,
+    })))
 }
 
 async fn get_tenant(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(value(&app.tenants.get(&id).await?)))
+    Ok(Json(app.tenants.get(&id).await?.view()))
 }
 
 async fn update_tenant(
@@ -137,19 +144,62 @@ async fn update_tenant(
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
     let patch: TenantPatch = body_json(body).await?;
-    let (before, after) = app.tenants.update(&id, &patch, &app.config.tiers).await?;
-    app.forget_tenant(&id);
+    let update = app.tenants.update(&id, &patch, &app.config.tiers).await?;
+    audit_update(&app, &actor, "tenant.update", &update).await
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    overlap_secs: Option<u64>,
+}
+
+/// A new webhook signing secret, shown this once; the previous one keeps
+/// signing for `overlap_secs` (default a day, at most a week).
+async fn rotate_webhook_secret(
+    State(app): State<Arc<App>>,
+    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<Json<Value>> {
+    let bytes = read_body(body, 64 * 1024).await?;
+    let req: RotateBody = if bytes.is_empty() {
+        RotateBody::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let overlap = req
+        .overlap_secs
+        .unwrap_or(crate::webhooks::DEFAULT_OVERLAP_SECS);
+    let update = app.tenants.rotate_webhook_secret(&id, overlap).await?;
+    audit_update(&app, &actor, "tenant.webhook.rotate", &update).await
+}
+
+/// Audits a tenant change and answers the tenant as it now is, with a signing
+/// secret the change made (the only time it is shown).
+async fn audit_update(
+    app: &App,
+    actor: &str,
+    action: &str,
+    update: &TenantUpdate,
+) -> ApiResult<Json<Value>> {
+    let id = &update.after.id;
+    app.forget_tenant(id);
     app.audit
         .record(
-            &actor,
-            "tenant.update",
-            Some(&id),
-            &id,
-            value(&before),
-            value(&after),
+            actor,
+            action,
+            Some(id),
+            id,
+            update.before.view(),
+            update.after.view(),
         )
         .await?;
-    Ok(Json(value(&after)))
+    let mut answer = update.after.view();
+    if let (Some(secret), Some(hook)) = (&update.new_secret, answer.get_mut("alert_webhook")) {
+        hook["secret"] = Value::from(secret.as_str());
+    }
+    Ok(Json(answer))
 }
 
 async fn create_key(
@@ -277,7 +327,7 @@ async fn change_override(
             value(&after.model_overrides),
         )
         .await?;
-    Ok(Json(value(&after)))
+    Ok(Json(after.view()))
 }
 
 async fn register_model(

@@ -135,38 +135,35 @@ async fn embeddings(
         .map(|r| r.version.price_per_1k_tokens_micros)
         .max()
         .unwrap_or(0);
+    let most = cost_micros(req.max_tokens(), dearest).map_err(money)?;
     let reservation = app
         .budget
-        .reserve(
-            &tenant.id,
-            &month,
-            &tenant.budget(tier),
-            cost_micros(req.max_tokens(), dearest),
-        )
+        .reserve(&tenant.id, &month, &tenant.budget(tier), most)
         .await?;
     let served = serve(&app, &tenant, &routes, &req, cache_control(&headers)).await;
-    let cost = served
-        .as_ref()
-        .ok()
-        .map(|s| cost_micros(s.result.prompt_tokens, s.version.price_per_1k_tokens_micros));
+    // What is billed never passes what was reserved: the tokens are held to
+    // the request's bound, at a price no dearer than the dearest reserved for.
+    let billed = served.as_ref().ok().map(|s| {
+        let tokens = req.billable(s.result.prompt_tokens);
+        let cost = cost_micros(tokens, s.version.price_per_1k_tokens_micros).unwrap_or(most);
+        (tokens, cost.min(most))
+    });
     if let Some(r) = reservation {
         let budget = app.budget.clone();
-        tokio::spawn(async move { budget.settle(&r, cost).await });
+        let actual = billed.map(|(_, cost)| cost);
+        tokio::spawn(async move { budget.settle(&r, actual).await });
     }
     let served = served?;
-    let cost = cost.unwrap_or(0);
+    let (tokens, cost) = billed.unwrap_or((0, 0));
     let version = &served.version;
 
     // The real token count replaces the estimate off the response path.
-    let (limiter, tokens, settled) = (
-        app.limiter.clone(),
-        served.result.prompt_tokens,
-        admission.clone(),
-    );
+    let (limiter, settled) = (app.limiter.clone(), admission.clone());
     tokio::spawn(async move { limiter.settle(&settled, tokens).await });
     let mut resp = Json(response_body(
         &req.model,
-        &served.result,
+        &served.result.vectors,
+        tokens,
         req.encoding_format,
     ))
     .into_response();
@@ -196,22 +193,22 @@ async fn embeddings(
         model: version.model.clone(),
         model_version: version.version.clone(),
         requests: 1,
-        inputs: req.len() as u64,
-        tokens: served.result.prompt_tokens,
+        inputs: u64::try_from(req.len()).unwrap_or(u64::MAX),
+        tokens,
         cache_hit: served.hit,
         cache_hits: 0,
         latency_ms,
         compute_ms: if served.hit {
             0
         } else {
-            served.backend_ms.round() as u64
+            whole_ms(served.backend_ms)
         },
         cost_micros: cost,
         at_ms: now_ms,
     });
     tracing::info!(
         tenant_id = %ctx.tenant_id, key_id = %ctx.key_id, model = %version.model, version = %version.version,
-        inputs = req.len(), tokens = served.result.prompt_tokens, cache_hit = served.hit,
+        inputs = req.len(), tokens, cache_hit = served.hit,
         latency_ms, overhead_ms, request_id = %request_id, "embeddings"
     );
     crate::telemetry::record(&crate::telemetry::RequestMetrics {
@@ -222,10 +219,21 @@ async fn embeddings(
         overhead_ms,
         backend_ms: served.backend_ms,
         cache_hit: served.hit,
-        tokens: served.result.prompt_tokens,
+        tokens,
         inputs: req.len(),
     });
     Ok(resp)
+}
+
+/// A money figure that does not fit: our arithmetic, not the client's request.
+fn money(e: crate::amounts::Overflow) -> ApiError {
+    ApiError::Internal(format!("cost: {e}"))
+}
+
+/// Milliseconds as a whole, non-negative count.
+fn whole_ms(ms: f64) -> u64 {
+    // Float-to-int `as` saturates (NaN is 0): the one safe cast here.
+    ms.round().max(0.0) as u64
 }
 
 /// What served a request.
@@ -312,7 +320,7 @@ async fn serve(
             "no backend for model '{}' can serve now; retry shortly",
             req.model
         ),
-        retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+        retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
     })
 }
 

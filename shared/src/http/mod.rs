@@ -1,8 +1,14 @@
-//! The HTTP hosts' shared pieces: request ids, body reading, pagination.
+//! The HTTP hosts' shared pieces: request ids, body reading and its deadline,
+//! the health route, pagination.
 
 pub mod admin;
 pub mod api;
 pub mod usage;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -44,11 +50,84 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Reads a body up to `limit` bytes (413 beyond).
+/// Longest a request body may take to arrive, unless configured.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The error a body past its deadline fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimedOut(Duration);
+
+/// A request body that fails once its deadline passes, however it trickles.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(self.limit)))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request body a deadline of `limit` from when its head arrived:
+/// a body still arriving then fails, and [`read_body`] answers 408 (the
+/// connection is closed and its buffers freed).
+pub async fn body_deadline(limit: Duration, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+        limit,
+    });
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Whether an error, or one it was caused by, is an `E`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(err);
+    while let Some(e) = at {
+        if e.is::<E>() {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
+/// Reads a body up to `limit` bytes (413 beyond; 408 past the host's deadline;
+/// 400 for a body the client broke off).
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(format!("the request body exceeds {limit} bytes")))
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if caused_by::<BodyTimedOut>(e.as_ref()) {
+            ApiError::RequestTimeout(
+                "the request body did not arrive in time; send it whole and promptly".into(),
+            )
+        } else if caused_by::<http_body_util::LengthLimitError>(e.as_ref()) {
+            ApiError::PayloadTooLarge(format!("the request body exceeds {limit} bytes"))
+        } else {
+            ApiError::invalid(format!("the request body could not be read: {e}"))
+        }
+    })
 }
 
 /// Parses a JSON body into `T`, every failure a 400 saying why.
@@ -80,12 +159,27 @@ pub fn list_body<T: serde::Serialize>(page: Page<T>) -> Value {
     json!({"object": "list", "data": page.items, "has_more": page.next.is_some(), "next": page.next})
 }
 
-/// Hosts routes: unknown URLs answer 404 in the OpenAI error shape, and every
-/// response carries `x-request-id`.
+/// Hosts routes with the default body deadline (see [`host_with`]).
 pub fn host(routes: axum::Router) -> axum::Router {
+    host_with(routes, DEFAULT_BODY_TIMEOUT)
+}
+
+/// Hosts routes: `GET /health` answers without credentials, unknown URLs
+/// answer 404 in the OpenAI error shape, every request body must arrive within
+/// `body_timeout`, and every response carries `x-request-id`.
+pub fn host_with(routes: axum::Router, body_timeout: Duration) -> axum::Router {
     routes
+        .route("/health", axum::routing::get(health))
         .fallback(no_route)
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| body_deadline(body_timeout, req, next),
+        ))
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// The health route: the process is up and serving.
+pub async fn health() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
 }
 
 /// Unknown routes answer 404 in the OpenAI error shape.

@@ -152,14 +152,17 @@ fn zero() -> BTreeMap<String, u64> {
     COUNTERS.iter().map(|c| (c.to_string(), 0)).collect()
 }
 
-fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) -> ApiResult<()> {
     for (k, v) in from {
-        *into.entry(k.clone()).or_default() += v;
+        let sum = into.entry(k.clone()).or_default();
+        *sum = crate::amounts::add(*sum, *v, "a usage total")
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
+    Ok(())
 }
 
 /// Groups `(tenant, aggregate)` rows and cuts the page after the cursor.
-pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
+pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<Value> {
     let mut groups: BTreeMap<Vec<String>, BTreeMap<String, u64>> = BTreeMap::new();
     let mut totals = zero();
     for (tenant, agg) in rows {
@@ -172,8 +175,8 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
                 Dimension::Model => agg.model.clone(),
             })
             .collect::<Vec<_>>();
-        add(groups.entry(key).or_insert_with(zero), &agg.counters);
-        add(&mut totals, &agg.counters);
+        add(groups.entry(key).or_insert_with(zero), &agg.counters)?;
+        add(&mut totals, &agg.counters)?;
     }
     // Group keys hold no NUL, so joining on it keeps the order and is reversible.
     let cursor_of = |key: &[String]| key.join("\u{0}");
@@ -205,7 +208,7 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
             Value::Object(bucket)
         })
         .collect::<Vec<_>>();
-    json!({
+    Ok(json!({
         "object": "list",
         "from": format_day(q.from),
         "to": format_day(q.to),
@@ -214,7 +217,7 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> Value {
         "totals": totals,
         "has_more": next.is_some(),
         "next": next,
-    })
+    }))
 }
 
 fn today() -> Date {
@@ -256,7 +259,7 @@ async fn budget_block(app: &App, tenant: &Tenant) -> ApiResult<Value> {
 
 async fn tenant_report(app: &App, tenant: &Tenant, p: &UsageParams) -> ApiResult<Value> {
     let q = UsageQuery::parse(p, today(), false, "day")?;
-    let mut body = report(&tenant_rows(app, &tenant.id, &q).await?, &q);
+    let mut body = report(&tenant_rows(app, &tenant.id, &q).await?, &q)?;
     body["budget"] = budget_block(app, tenant).await?;
     Ok(body)
 }
@@ -294,7 +297,7 @@ pub async fn all_usage(
     for tenant in app.tenants.all().await? {
         rows.extend(tenant_rows(&app, &tenant.id, &q).await?);
     }
-    Ok(Json(report(&rows, &q)))
+    Ok(Json(report(&rows, &q)?))
 }
 
 #[cfg(test)]
@@ -330,7 +333,7 @@ mod tests {
             ("t1".to_string(), agg("2026-11-02", "b", 7)),
             ("t2".to_string(), agg("2026-11-03", "a", 11)),
         ];
-        let by_model = report(&rows, &query("model", "10"));
+        let by_model = report(&rows, &query("model", "10")).unwrap();
         assert_eq!(by_model["data"].as_array().unwrap().len(), 2);
         assert_eq!(by_model["data"][0]["model"], "a");
         assert_eq!(by_model["data"][0]["tokens"], 16);
@@ -344,7 +347,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         loop {
-            let page = report(&rows, &q);
+            let page = report(&rows, &q).unwrap();
             assert_eq!(page["totals"]["tokens"], 23);
             seen.extend(
                 page["data"]

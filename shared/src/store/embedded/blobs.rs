@@ -26,8 +26,9 @@ impl DirBlobs {
             objects: root.join("objects"),
             tmp: root.join("tmp"),
         };
-        std::fs::create_dir_all(&blobs.objects)?;
-        std::fs::create_dir_all(&blobs.tmp)?;
+        super::private_dir(root)?;
+        super::private_dir(&blobs.objects)?;
+        super::private_dir(&blobs.tmp)?;
         Ok(blobs)
     }
 
@@ -65,7 +66,7 @@ impl DirBlobs {
     async fn write_tmp(&self, mut reader: BlobReader) -> StoreResult<(PathBuf, u64)> {
         let tmp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut file = super::files::private_create().open(&tmp).await?;
             let size = tokio::io::copy(&mut reader, &mut file).await?;
             file.flush().await?;
             file.sync_all().await?;

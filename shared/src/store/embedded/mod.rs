@@ -4,10 +4,12 @@
 //! serialise writers across processes, and blocking calls run off the async runtime.
 
 mod blobs;
+mod files;
 mod queue;
 mod table;
 
 pub use blobs::DirBlobs;
+pub use files::{check_private, private_dir, private_file, restrict, write_private_new};
 pub use queue::EmbeddedQueue;
 pub use table::EmbeddedTable;
 
@@ -89,14 +91,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database file.
+    /// Opens (creating if needed) the database file. Its directory is set to
+    /// mode 0700 and the file, its WAL and shared-memory files to 0600 (SQLite
+    /// gives the WAL and shm files the database file's mode).
     pub fn open(path: impl AsRef<Path>) -> StoreResult<Db> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            private_dir(dir)?;
         }
+        private_file(path)?;
         let writer = connect(path)?;
         writer.execute_batch(SCHEMA).map_err(sqlite_err)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            restrict(Path::new(&side))?;
+        }
         let readers = (0..READERS)
             .map(|_| connect(path).map(Mutex::new))
             .collect::<StoreResult<Vec<_>>>()?;
