@@ -50,6 +50,8 @@ contract! {
     table::expired_items_read_as_absent,
     table::failed_transaction_changes_nothing,
     table::transaction_limits,
+    table::scan_segments_cover_every_item_once,
+    table::batch_writes_put_and_delete,
     queue::send_receive_delete,
     queue::visibility_timeout_then_redelivery,
     queue::dead_letter_after_max_receives,
