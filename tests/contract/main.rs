@@ -8,6 +8,7 @@ mod blobs;
 mod budget;
 mod env;
 mod metering;
+mod ops;
 mod processes;
 mod queue;
 mod ratelimit;
@@ -71,4 +72,9 @@ contract! {
     metering::batches_dead_letter_malformed_events_only,
     budget::hard_cap_holds_under_concurrent_reservations,
     alerts::alerts_fire_once_under_concurrent_runs,
+    ops::backup_and_restore_round_trip,
+    ops::corrupt_or_missing_parts_are_refused_before_writing,
+    ops::interrupted_restore_resumes,
+    ops::retention_keeps_daily_and_monthly,
+    ops::erasure_leaves_nothing_naming_the_tenant,
 }

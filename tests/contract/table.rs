@@ -414,7 +414,11 @@ pub async fn scan_segments_cover_every_item_once(env: &Env) {
     let mut want = BTreeSet::new();
     for p in 0..40 {
         for s in 0..3 {
-            let it = item(&format!("P#{p}"), &format!("S#{s}"), json!({"p": p, "s": s}));
+            let it = item(
+                &format!("P#{p}"),
+                &format!("S#{s}"),
+                json!({"p": p, "s": s}),
+            );
             t.put(&it, &Cond::Always).await.unwrap();
             want.insert(it.key);
         }
@@ -424,7 +428,10 @@ pub async fn scan_segments_cover_every_item_once(env: &Env) {
     gone.expires_at = Some(now_secs() - 5);
     t.put(&gone, &Cond::Always).await.unwrap();
     for (total, limit) in [(1, 1000), (1, 7), (4, 9), (7, 50)] {
-        let got: BTreeSet<_> = scan_keys(t.as_ref(), total, limit).await.into_iter().collect();
+        let got: BTreeSet<_> = scan_keys(t.as_ref(), total, limit)
+            .await
+            .into_iter()
+            .collect();
         assert_eq!(got, want, "{total} segments in pages of {limit}");
     }
     // The segments split the table: with 4 of them, none holds everything.
@@ -432,7 +439,11 @@ pub async fn scan_segments_cover_every_item_once(env: &Env) {
     assert!(first.items.len() < want.len());
     // Attributes come back whole.
     let page = t.scan(&Scan::segment(0, 1).limit(1000)).await.unwrap();
-    let one = page.items.iter().find(|i| i.key == Key::new("P#3", "S#2")).unwrap();
+    let one = page
+        .items
+        .iter()
+        .find(|i| i.key == Key::new("P#3", "S#2"))
+        .unwrap();
     assert_eq!(one.attrs["p"], 3);
     assert_eq!(one.version, 1);
     // Tokens are bound to their segment; bad segments are refused.
@@ -447,7 +458,8 @@ pub async fn scan_segments_cover_every_item_once(env: &Env) {
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        t.scan(&Scan::segment(0, 1).after(Some("junk".into()))).await,
+        t.scan(&Scan::segment(0, 1).after(Some("junk".into())))
+            .await,
         Err(StoreError::Invalid(_))
     ));
 }

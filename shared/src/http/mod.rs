@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod ops;
 pub mod usage;
 
 use axum::body::Body;

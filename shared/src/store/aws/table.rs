@@ -17,8 +17,7 @@ use crate::store::table::{
     EXPIRES_ATTR, VERSION_ATTR,
 };
 use crate::store::{
-    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update,
-    Write,
+    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update, Write,
 };
 
 type AvMap = HashMap<String, AttributeValue>;

@@ -12,8 +12,7 @@ use crate::store::table::{
     decode_cursor, decode_scan_cursor, encode_cursor, encode_scan_cursor, expiry_now,
 };
 use crate::store::{
-    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update,
-    Write,
+    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update, Write,
 };
 
 #[derive(Clone)]
