@@ -13,6 +13,8 @@ mod processes;
 mod queue;
 mod ratelimit;
 mod table;
+#[path = "../common/tables.rs"]
+mod tables;
 #[path = "../common/webhook.rs"]
 mod webhook;
 

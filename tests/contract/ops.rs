@@ -20,53 +20,21 @@ use tenantai::ops::kinds::{Refs, ERASED_USAGE_PK};
 use tenantai::ops::restore::{restore, RestoreOptions};
 use tenantai::ops::{OpsError, Progress, Quiet};
 use tenantai::ratelimit::{Limits, RateLimiter, Scope};
-use tenantai::store::{now_millis, now_secs, Item, Key, Scan, Write};
+use tenantai::store::{now_millis, now_secs, Item, Key};
 use tenantai::tenants::{TenantPatch, Tenants, Tiers};
 
 use crate::env::Env;
 
-/// Every unexpired item of the table, by key.
 pub async fn snapshot(env: &Env) -> BTreeMap<Key, Item> {
-    let mut all = BTreeMap::new();
-    let mut cursor = None;
-    loop {
-        let page = env
-            .table()
-            .scan(&Scan::segment(0, 1).limit(1000).after(cursor))
-            .await
-            .unwrap();
-        for item in page.items {
-            all.insert(item.key.clone(), item);
-        }
-        cursor = page.next;
-        if cursor.is_none() {
-            return all;
-        }
-    }
+    crate::tables::snapshot(env.table().as_ref()).await
 }
 
-/// Deletes every item of the table.
 pub async fn wipe(env: &Env) {
-    let keys: Vec<Key> = snapshot(env).await.into_keys().collect();
-    for chunk in keys.chunks(25) {
-        let deletes: Vec<Write> = chunk.iter().cloned().map(Write::Delete).collect();
-        env.table().write_batch(&deletes).await.unwrap();
-    }
-    assert!(snapshot(env).await.is_empty());
+    crate::tables::wipe(env.table().as_ref()).await
 }
 
-/// Every object key of the bucket.
 async fn objects(env: &Env) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = env.blobs().list("", cursor.as_deref(), 1000).await.unwrap();
-        out.extend(page.items.into_iter().map(|m| m.key));
-        cursor = page.next;
-        if cursor.is_none() {
-            return out;
-        }
-    }
+    crate::tables::objects(env.blobs().as_ref()).await
 }
 
 fn event(tenant: &str, key: &str, i: usize, cost: u64) -> UsageEvent {

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +46,12 @@ pub struct AuditParams {
     after: Option<String>,
 }
 
+/// Query parameters, a malformed query string answering 400 in the OpenAI shape.
+fn query<T>(p: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    p.map(|Query(p)| p)
+        .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+}
+
 /// A time bound: Unix seconds, or a day (YYYY-MM-DD: its first second for
 /// `from`, its last for `to`).
 fn bound(param: &'static str, value: Option<&str>, end_of_day: bool) -> ApiResult<Option<i64>> {
@@ -78,8 +85,9 @@ impl AuditParams {
 
 async fn list_audit(
     State(app): State<Arc<App>>,
-    Query(p): Query<AuditParams>,
+    p: Result<Query<AuditParams>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let p = query(p)?;
     let limit = PageParams {
         limit: p.limit,
         after: None,
@@ -96,8 +104,9 @@ async fn list_audit(
 /// The matching entries of one chain, oldest first, one JSON object per line.
 async fn export_audit(
     State(app): State<Arc<App>>,
-    Query(p): Query<AuditParams>,
+    p: Result<Query<AuditParams>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let p = query(p)?;
     let filter = p.filter()?;
     // The first page now, so a bad request fails with a status, not a cut body.
     let first = app
@@ -149,8 +158,9 @@ struct ChainParams {
 
 async fn verify_audit(
     State(app): State<Arc<App>>,
-    Query(p): Query<ChainParams>,
+    p: Result<Query<ChainParams>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let p = query(p)?;
     let verdict = app.audit.verify(p.tenant_id.as_deref()).await?;
     Ok(Json(serde_json::to_value(verdict).unwrap_or(Value::Null)))
 }
@@ -280,8 +290,9 @@ pub async fn erase_tenant(
     State(app): State<Arc<App>>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
-    Query(p): Query<EraseParams>,
+    p: Result<Query<EraseParams>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let p = query(p)?;
     if p.erase.as_deref() != Some("true") {
         return Err(ApiError::invalid_param(
             "erase",
