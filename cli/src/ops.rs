@@ -196,6 +196,12 @@ pub async fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             summary.parts_resumed,
             summary.items_expired
         );
+        if !summary.erasures_reapplied.is_empty() {
+            println!(
+                "erased again (erased after this backup was taken): {}",
+                summary.erasures_reapplied.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -420,7 +420,8 @@ pub async fn retention_keeps_daily_and_monthly(env: &Env) {
     assert!(left.contains(&summary.manifest.backup_id) && left.contains("20240221T000000Z-aaaaaa"));
 }
 
-/// What of a tenant is left: items and objects naming it (backups aside).
+/// What of a tenant is left: items and objects naming it (backups, and the
+/// receipts kept beside them, aside).
 async fn remains(env: &Env, refs: &Refs) -> (Vec<Item>, Vec<String>) {
     let items = snapshot(env)
         .await
@@ -430,7 +431,8 @@ async fn remains(env: &Env, refs: &Refs) -> (Vec<Item>, Vec<String>) {
     let objects = objects(env)
         .await
         .into_iter()
-        .filter(|k| !k.starts_with("backups/") && refs.named_in_text(k))
+        .filter(|k| !k.starts_with("backups/") && !k.starts_with("erasures/"))
+        .filter(|k| refs.named_in_text(k))
         .collect();
     (items, objects)
 }
@@ -446,6 +448,10 @@ fn usage_totals(items: &BTreeMap<Key, Item>, pk: &str) -> (i64, i64) {
 
 pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
     let (a, b) = populate(env).await;
+    let old = backup::run(&env.storage, &small_parts(), &Quiet)
+        .await
+        .unwrap()
+        .manifest;
     tenantai::ops::export::export(env.table(), env.blobs(), &a)
         .await
         .unwrap();
@@ -455,6 +461,7 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
     let before = snapshot(env).await;
     let a_usage = usage_totals(&before, &format!("USAGE#{a}"));
     let (b_items, b_objects) = remains(env, &b_refs).await;
+    let b_items_count = b_items.len();
     let (a_items, _) = remains(env, &refs).await;
     assert!(a_items.len() > 20, "{}", a_items.len());
 
@@ -551,6 +558,14 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
         "{counts}"
     );
     assert!(counts["exports"].as_u64().unwrap() >= 1, "{counts}");
+    // A copy of the receipt is kept in the bucket, for restores of older backups.
+    let kept = env
+        .blobs()
+        .get(&format!("erasures/{a}.json"))
+        .await
+        .unwrap();
+    let kept: tenantai::audit::AuditRecord = serde_json::from_slice(&kept).unwrap();
+    assert_eq!(kept, receipt);
 
     // The other tenant is untouched; the platform keeps the spend, anonymised.
     assert_eq!(remains(env, &b_refs).await, (b_items, b_objects));
@@ -574,4 +589,26 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
         .erase("ten_unknown", "dpo", Duration::from_secs(5))
         .await;
     assert!(unknown.is_err());
+
+    // A backup from before the erasure, restored, brings the tenant back only
+    // for as long as the restore takes: it erases it again.
+    wipe(env).await;
+    let opts = RestoreOptions {
+        backup_id: Some(old.backup_id.clone()),
+        ..Default::default()
+    };
+    let r = restore(env.table(), env.blobs(), &opts, &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(r.erasures_reapplied, [a.clone()]);
+    let (items, objects) = remains(env, &refs).await;
+    assert!(objects.is_empty(), "{objects:?}");
+    let names: Vec<_> = items.iter().map(|i| i.key.pk.as_str()).collect();
+    assert_eq!(
+        names,
+        ["AUDIT#_platform"],
+        "only the new receipt: {items:#?}"
+    );
+    assert_eq!(items[0].attrs["actor"], "restore");
+    assert_eq!(remains(env, &b_refs).await.0.len(), b_items_count);
 }

@@ -160,10 +160,10 @@ def test_backup_delete_restore_export_erase(tmp_path):
         stop_dev(dev)
 
     # Nothing of it remains: in the table only the receipt names it; in the
-    # blobs nothing does (backups age out through retention).
+    # blobs only the receipt's copy does (backups age out through retention).
     db = sqlite3.connect(data / "tenantai.db")
     rows = [r for r in db.execute("SELECT pk, sk, attrs FROM items") if leaving in "".join(map(str, r))]
     assert [r[0] for r in rows] == ["AUDIT#_platform"], rows
     blobs = data / "blobs" / "objects"
-    named = [p for p in blobs.rglob("*") if leaving in str(p) and "backups" not in p.parts]
-    assert named == [], named
+    named = [p.relative_to(blobs) for p in blobs.rglob("*") if leaving in str(p) and "backups" not in p.parts]
+    assert named == [pathlib.Path(f"erasures/{leaving}.json")], named

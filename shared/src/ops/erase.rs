@@ -40,6 +40,13 @@ const SWEEP_SEGMENTS: usize = 4;
 /// What erased usage-event claims hold in place of the tenant id.
 pub const ERASED: &str = "_erased";
 pub const RECEIPT_ACTION: &str = "tenant.erase";
+/// Where receipts are also kept in the bucket, so that a restore of a backup
+/// older than an erasure can apply it again (see [`reapply`]).
+pub const RECEIPTS_PREFIX: &str = "erasures/";
+
+fn receipt_key(tenant_id: &str) -> String {
+    format!("{RECEIPTS_PREFIX}{tenant_id}.json")
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SweepState {
@@ -116,14 +123,17 @@ pub struct Eraser {
 
 impl Eraser {
     pub fn new(storage: &Storage) -> OpsResult<Self> {
-        let table = storage.table.clone();
-        Ok(Eraser {
-            blobs: storage.blobs()?.clone(),
+        Ok(Self::over(storage.table.clone(), storage.blobs()?.clone()))
+    }
+
+    pub fn over(table: Arc<dyn Table>, blobs: Arc<dyn Blobs>) -> Self {
+        Eraser {
+            blobs,
             tenants: Tenants::new(table.clone()),
             keys: Keys::new(table.clone()),
             audit: Audit::new(table.clone()),
             table,
-        })
+        }
     }
 
     /// The job of an erasure in progress, if one is.
@@ -152,7 +162,9 @@ impl Eraser {
             None => match self.start(tenant_id, actor).await {
                 // Erased already: the receipt answers (or the 404 when there is none).
                 Err(OpsError::Api(ApiError::NotFound { .. })) => {
-                    return self.receipt(tenant_id).await.map(Outcome::Erased)
+                    let receipt = self.receipt(tenant_id).await?;
+                    self.keep_receipt(&receipt).await?;
+                    return Ok(Outcome::Erased(receipt));
                 }
                 other => other?,
             },
@@ -166,7 +178,11 @@ impl Eraser {
             return self.running(tenant_id).await;
         }
         match self.run(&mut job, deadline).await? {
-            Ok(true) => self.finish(job).await.map(Outcome::Erased),
+            Ok(true) => {
+                let receipt = self.finish(job).await?;
+                self.keep_receipt(&receipt).await?;
+                Ok(Outcome::Erased(receipt))
+            }
             Ok(false) => {
                 job.lease_until = 0;
                 let _ = self.save(&mut job).await?;
@@ -396,7 +412,9 @@ impl Eraser {
             let page = self.blobs.list(prefix, cursor.as_deref(), 1000).await?;
             let mut n = 0;
             for meta in page.items {
-                if meta.key.starts_with(super::backup::PREFIX) || !refs.named_in_text(&meta.key) {
+                let kept = meta.key.starts_with(super::backup::PREFIX)
+                    || meta.key.starts_with(RECEIPTS_PREFIX);
+                if kept || !refs.named_in_text(&meta.key) {
                     continue;
                 }
                 self.blobs.delete(&meta.key).await?;
@@ -555,6 +573,16 @@ impl Eraser {
         }
     }
 
+    /// Keeps a copy of the receipt in the bucket (idempotent).
+    async fn keep_receipt(&self, receipt: &AuditRecord) -> OpsResult<()> {
+        let body = serde_json::to_vec_pretty(receipt)
+            .map_err(|e| OpsError::Invalid(format!("receipt does not serialise: {e}")))?;
+        self.blobs
+            .put(&receipt_key(&receipt.target), body.into())
+            .await?;
+        Ok(())
+    }
+
     /// The erasure receipt of a tenant, from the platform's audit chain.
     pub async fn receipt(&self, tenant_id: &str) -> OpsResult<AuditRecord> {
         let filter = Filter {
@@ -571,6 +599,50 @@ impl Eraser {
             if cursor.is_none() {
                 return Err(ApiError::not_found(format!("no tenant '{tenant_id}'")).into());
             }
+        }
+    }
+}
+
+/// Erases again every tenant with a receipt in the bucket that a restore
+/// brought back (its record is in the table); returns their ids.
+pub async fn reapply(table: &Arc<dyn Table>, blobs: &Arc<dyn Blobs>) -> OpsResult<Vec<String>> {
+    let eraser = Eraser::over(table.clone(), blobs.clone());
+    let mut again = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = blobs.list(RECEIPTS_PREFIX, cursor.as_deref(), 1000).await?;
+        for meta in page.items {
+            let Some(tenant_id) = meta
+                .key
+                .strip_prefix(RECEIPTS_PREFIX)
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let restored = table
+                .get(&Key::new(
+                    crate::tenants::TENANTS_PK,
+                    format!("T#{tenant_id}"),
+                ))
+                .await?
+                .is_some();
+            if !restored && eraser.job(tenant_id).await?.is_none() {
+                continue;
+            }
+            loop {
+                let outcome = eraser
+                    .erase(tenant_id, "restore", Duration::from_secs(300))
+                    .await?;
+                if matches!(outcome, Outcome::Erased(_)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            again.push(tenant_id.to_string());
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(again);
         }
     }
 }

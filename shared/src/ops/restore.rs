@@ -37,6 +37,8 @@ pub struct RestoreSummary {
     pub parts_resumed: usize,
     pub items_written: u64,
     pub items_expired: u64,
+    /// Tenants erased after the backup was taken, erased again.
+    pub erasures_reapplied: Vec<String>,
 }
 
 const RUN_SK: &str = "RUN";
@@ -82,6 +84,9 @@ pub async fn restore(
         written += w;
         expired += e;
     }
+    // A tenant erased after the backup was taken is erased again.
+    progress.phase("re-erasing", 0);
+    let erasures_reapplied = super::erase::reapply(table, blobs).await?;
     clear_checkpoints(table.as_ref()).await?;
     Ok(RestoreSummary {
         backup_id: manifest.backup_id,
@@ -89,6 +94,7 @@ pub async fn restore(
         parts_resumed: done.len(),
         items_written: written,
         items_expired: expired,
+        erasures_reapplied,
     })
 }
 
