@@ -600,7 +600,7 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
     let r = restore(env.table(), env.blobs(), &opts, &Quiet)
         .await
         .unwrap();
-    assert_eq!(r.erasures_reapplied, [a.clone()]);
+    assert_eq!(r.erasures_reapplied, std::slice::from_ref(&a));
     let (items, objects) = remains(env, &refs).await;
     assert!(objects.is_empty(), "{objects:?}");
     let names: Vec<_> = items.iter().map(|i| i.key.pk.as_str()).collect();
