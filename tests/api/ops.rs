@@ -386,7 +386,16 @@ async fn erasure_through_the_api_leaves_only_a_receipt() {
     let receipt = done.body["receipt"].clone();
     assert_eq!(receipt["action"], "tenant.erase");
     assert_eq!(receipt["actor"], "test-admin");
-    assert!(receipt["after"]["counts"]["usage"].as_u64().unwrap() >= 2);
+    let counts = &receipt["after"]["counts"];
+    assert!(counts["usage"].as_u64().unwrap() >= 2, "{counts}");
+    assert_eq!(counts["api_keys"], 2, "{counts}");
+    assert_eq!(counts["key_lookups"], 2, "{counts}");
+    assert_eq!(counts["tenant"], 1, "{counts}");
+    assert_eq!(counts["exports"], 1, "{counts}");
+    assert!(
+        counts["usage_event_claims"].as_u64().unwrap() >= 1,
+        "{counts}"
+    );
 
     // Gone from the API: the tenant, its keys.
     h.admin(Method::GET, &path, None).await.error(404);

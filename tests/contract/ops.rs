@@ -460,6 +460,12 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
     let b_refs = Refs::load(env.table().as_ref(), &b).await.unwrap();
     let before = snapshot(env).await;
     let a_usage = usage_totals(&before, &format!("USAGE#{a}"));
+    let a_claims: Vec<Key> = before
+        .values()
+        .filter(|i| i.key.pk.starts_with("EVENT#") && i.attrs["tenant_id"] == a.as_str())
+        .map(|i| i.key.clone())
+        .collect();
+    assert_eq!(a_claims.len(), 12);
     let (b_items, b_objects) = remains(env, &b_refs).await;
     let b_items_count = b_items.len();
     let (a_items, _) = remains(env, &refs).await;
@@ -549,15 +555,19 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
     assert_eq!(receipt.action, "tenant.erase");
     assert_eq!(receipt.target, a);
     assert_eq!(receipt.actor, "dpo");
-    let counts = &receipt.after["counts"];
-    assert_eq!(counts["api_keys"], 2);
-    assert_eq!(counts["key_lookups"], 2);
-    assert_eq!(counts["tenant"], 1);
+    // Counts are per page saved: the crashed run's last page may be missing
+    // from them, never counted twice.
+    let counts = receipt.after["counts"].as_object().unwrap();
+    let counted: u64 = counts.values().map(|v| v.as_u64().unwrap()).sum();
     assert!(
-        counts["usage_event_claims"].as_u64().unwrap() >= 12,
-        "{counts}"
+        counted > 0 && counted <= a_items.len() as u64 + 2,
+        "{counts:?}"
     );
-    assert!(counts["exports"].as_u64().unwrap() >= 1, "{counts}");
+    // Usage-event claims stay, anonymised (a redelivered event still counts once).
+    let after = snapshot(env).await;
+    for key in &a_claims {
+        assert_eq!(after[key].attrs["tenant_id"], "_erased", "{key:?}");
+    }
     // A copy of the receipt is kept in the bucket, for restores of older backups.
     let kept = env
         .blobs()
