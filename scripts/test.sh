@@ -34,7 +34,7 @@ cargo test --workspace --all-targets
 
 echo "==> phase 2: the functions through cargo-lambda"
 lambda_install
-cargo build -p api -p admin -p authorizer -p metering -p cost-alerts -p gpu-worker
+cargo build -p api -p admin -p authorizer -p metering -p cost-alerts -p backup -p gpu-worker
 lambda_test="$(test_binary tenantai-tests lambda)"
 PATH="$LAMBDA_VENV/bin:$PATH" TENANTAI_LAMBDA_E2E=1 "$lambda_test" --nocapture
 

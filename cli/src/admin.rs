@@ -44,6 +44,36 @@ impl Conn {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
+        let (status, body) = self.call_status(method, path, query, body).await?;
+        if !status.is_success() {
+            let msg = body["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{status}: {}", escape_terminal(msg));
+        }
+        Ok(body)
+    }
+
+    /// A call whose status the caller judges (a 202 that asks to call again).
+    pub(crate) async fn call_status(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let resp = self.send(method, path, query, body).await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// Sends a request to the admin API; the response is the caller's to read.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> anyhow::Result<reqwest::Response> {
         let token = self
             .admin_token
             .as_deref()
@@ -63,17 +93,13 @@ impl Conn {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
+        req.send()
             .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = body["error"]["message"].as_str().unwrap_or("no message");
-            bail!("{status}: {}", escape_terminal(msg));
-        }
-        Ok(body)
+            .with_context(|| format!("cannot reach {url}"))
+    }
+
+    pub(crate) fn json(&self) -> bool {
+        self.json
     }
 }
 
@@ -237,6 +263,25 @@ pub enum TenantCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// GDPR export: everything held about the tenant, as one archive (.tar.gz).
+    Export {
+        id: String,
+        /// Where to write the archive (default: <id>-<export id>.tar.gz).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// GDPR erasure: revoke the tenant's keys at once, then delete everything
+    /// held about it, leaving an erasure receipt in the audit log.
+    Erase {
+        id: String,
+        /// The tenant id again, to confirm.
+        #[arg(long)]
+        confirm: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// Prints a tenant; a signing secret the call made is printed on its own line, this once.
@@ -265,6 +310,8 @@ fn print_tenant(v: &Value, json: bool) {
 
 pub async fn tenants(cmd: TenantCmd) -> anyhow::Result<()> {
     match cmd {
+        TenantCmd::Export { id, out, conn } => crate::gdpr::export(&conn, &id, out).await?,
+        TenantCmd::Erase { id, confirm, conn } => crate::gdpr::erase(&conn, &id, &confirm).await?,
         TenantCmd::Create { name, tier, conn } => {
             let v = conn
                 .call(

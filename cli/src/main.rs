@@ -2,7 +2,10 @@
 //! running instance through its admin API.
 
 mod admin;
+mod audit;
 mod dev;
+mod gdpr;
+mod ops;
 mod output;
 mod worker;
 
@@ -30,6 +33,15 @@ enum Command {
     Models(admin::ModelCmd),
     /// Usage and spend of one tenant or of all tenants, by day, model or tenant.
     Usage(admin::UsageArgs),
+    /// The audit trail: list with filters, export as JSONL, verify the hash chains.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Back up the whole table to the bucket (gzipped JSONL parts and a
+    /// manifest), then apply retention; `--list` shows the backups.
+    Backup(ops::BackupArgs),
+    /// Restore a backup (default: the latest) into an empty table, verified
+    /// first, resumable, with a progress bar.
+    Restore(ops::RestoreArgs),
 }
 
 #[tokio::main]
@@ -41,5 +53,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => admin::keys(cmd).await,
         Command::Models(cmd) => admin::models(cmd).await,
         Command::Usage(args) => admin::usage(args).await,
+        Command::Audit(cmd) => audit::audit(cmd).await,
+        Command::Backup(args) => ops::backup(args).await,
+        Command::Restore(args) => ops::restore(args).await,
     }
 }

@@ -13,6 +13,7 @@ use crate::alerts::{CostAlerts, Notifier, Retry};
 use crate::app::{App, Config};
 use crate::auth::{bearer, Authenticator, TenantContext};
 use crate::metering::{Meter, Record};
+use crate::ops::backup::BackupConfig;
 use crate::store::{aws, Queue, Resources, Storage};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
@@ -82,14 +83,65 @@ fn secrets_from_env(sdk: &aws_config::SdkConfig) -> Result<crate::secrets::Secre
     crate::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
 }
 
+/// The admin app: as [`app_from_env`], with the object store (GDPR exports
+/// and erasure keep and delete objects).
+pub async fn admin_app_from_env() -> Result<Arc<App>, String> {
+    let mut config = Config::from_env()?;
+    let sdk = aws::sdk_config().await;
+    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    config.secrets = secrets_from_env(&sdk)?;
+    App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
+}
+
 /// The AWS configuration of the environment and the deployment's storage on it.
 async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> {
     let sdk = aws::sdk_config().await;
-    // No function keeps objects yet: none carries an S3 client.
+    // Functions that keep no objects carry no S3 client.
     let storage = Storage::aws_without_blobs(&sdk, &resources_from_env(), false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((sdk, storage))
+}
+
+/// The backup function's state: the deployment's storage with its bucket, and
+/// the backup configuration (`TENANTAI_BACKUP_KEEP_DAILY`,
+/// `TENANTAI_BACKUP_KEEP_MONTHLY`, `TENANTAI_BACKUP_SEGMENTS`).
+pub async fn backup_from_env() -> Result<(Storage, BackupConfig), String> {
+    let config = BackupConfig::from_env()?;
+    let sdk = aws::sdk_config().await;
+    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((storage, config))
+}
+
+/// One scheduled backup: the table to the bucket, then retention. Answers
+/// what was written and which old backups went.
+pub async fn scheduled_backup(
+    storage: &Storage,
+    config: &BackupConfig,
+    event: aws_lambda_events::eventbridge::EventBridgeEvent<Value>,
+) -> Result<Value, crate::ops::OpsError> {
+    let summary = crate::ops::backup::run(storage, config, &crate::ops::Quiet).await?;
+    let m = &summary.manifest;
+    tracing::info!(
+        backup_id = %m.backup_id,
+        items = m.total_items,
+        parts = m.parts.len(),
+        deleted = summary.deleted_backups.len(),
+        schedule_time = ?event.time,
+        "backup written"
+    );
+    Ok(json!({
+        "backup_id": m.backup_id,
+        "manifest": crate::ops::backup::Manifest::key(&m.backup_id),
+        "total_items": m.total_items,
+        "parts": m.parts.len(),
+        "bytes": m.parts.iter().map(|p| p.bytes).sum::<u64>(),
+        "deleted_backups": summary.deleted_backups,
+    }))
 }
 
 /// Longest an invocation's usage flush waits for its response.

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod lambda;
 pub mod metering;
 pub mod models;
+pub mod ops;
 pub mod ratelimit;
 pub mod records;
 pub mod secrets;

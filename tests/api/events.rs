@@ -107,6 +107,14 @@ async fn admin_events() {
             && actions.contains(&"tenant.update".to_string()),
         "{actions:?}"
     );
+    let (_, verdict) = handle(&s, "admin/audit-verify.json").await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    for (name, status) in expected_events::ADMIN_ERASE {
+        let (got, body) = handle(&s, name).await;
+        assert_eq!(got, status, "{name}: {body}");
+    }
+    let (_, receipt) = handle(&s, "admin/erasure-status.json").await;
+    assert_eq!(receipt["receipt"]["target"], s.vars["TENANT_ID"].as_str());
 }
 
 #[tokio::test]

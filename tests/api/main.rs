@@ -13,9 +13,12 @@ mod isolation;
 mod jwt;
 mod malformed;
 mod metering;
+mod ops;
 mod ratelimit;
 mod routing;
 mod sagemaker;
+#[path = "../common/tables.rs"]
+mod tables;
 #[path = "../common/webhook.rs"]
 mod webhook;
 mod worker;

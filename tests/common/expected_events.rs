@@ -11,7 +11,7 @@ pub const API: [(&str, u16); 5] = [
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.
-pub const ADMIN: [(&str, u16); 14] = [
+pub const ADMIN: [(&str, u16); 18] = [
     ("admin/create-tenant.json", 201),
     ("admin/list-tenants.json", 200),
     ("admin/get-tenant.json", 200),
@@ -25,7 +25,19 @@ pub const ADMIN: [(&str, u16); 14] = [
     ("admin/set-override.json", 200),
     ("admin/revoke-key.json", 200),
     ("admin/audit.json", 200),
+    ("admin/audit-filtered.json", 200),
+    ("admin/audit-export.json", 200),
+    ("admin/audit-verify.json", 200),
+    ("admin/export-tenant.json", 201),
     ("admin/forged-token.json", 401),
+];
+
+/// The erasure of the seeded tenant, after every other admin event: then the
+/// tenant is gone and only its erasure receipt answers.
+pub const ADMIN_ERASE: [(&str, u16); 3] = [
+    ("admin/erase-tenant.json", 200),
+    ("admin/erasure-status.json", 200),
+    ("admin/get-tenant.json", 404),
 ];
 
 /// authorizer events that must be refused.

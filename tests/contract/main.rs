@@ -8,11 +8,14 @@ mod blobs;
 mod budget;
 mod env;
 mod metering;
+mod ops;
 mod processes;
 mod queue;
 mod ratelimit;
 mod secrets;
 mod table;
+#[path = "../common/tables.rs"]
+mod tables;
 #[path = "../common/webhook.rs"]
 mod webhook;
 
@@ -51,6 +54,8 @@ contract! {
     table::expired_items_read_as_absent,
     table::failed_transaction_changes_nothing,
     table::transaction_limits,
+    table::scan_segments_cover_every_item_once,
+    table::batch_writes_put_and_delete,
     queue::send_receive_delete,
     queue::visibility_timeout_then_redelivery,
     queue::dead_letter_after_max_receives,
@@ -71,4 +76,9 @@ contract! {
     budget::hard_cap_holds_under_concurrent_reservations,
     alerts::alerts_fire_once_under_concurrent_runs,
     secrets::sealed_secrets_open_only_in_their_context,
+    ops::backup_and_restore_round_trip,
+    ops::corrupt_or_missing_parts_are_refused_before_writing,
+    ops::interrupted_restore_resumes,
+    ops::retention_keeps_daily_and_monthly,
+    ops::erasure_leaves_nothing_naming_the_tenant,
 }

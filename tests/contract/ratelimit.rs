@@ -9,13 +9,19 @@ use tenantai::ratelimit::{Limits, RateLimiter, Scope};
 
 use crate::env::Env;
 
-/// One instant for the whole test, so it never straddles two windows.
+/// One instant for a whole test, so it never straddles two windows (taken when
+/// the test starts: counters expire two windows after theirs, so an instant
+/// shared by the whole suite would outlive them when the suite runs long).
 fn now_ms() -> i64 {
-    static NOW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *NOW.get_or_init(tenantai::store::now_millis)
+    tenantai::store::now_millis()
 }
 
-async fn hammer(limiter: RateLimiter, scopes: Vec<Scope>, attempts_each: u64) -> (u64, u64) {
+async fn hammer(
+    limiter: RateLimiter,
+    scopes: Vec<Scope>,
+    attempts_each: u64,
+    now: i64,
+) -> (u64, u64) {
     let admitted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -28,10 +34,7 @@ async fn hammer(limiter: RateLimiter, scopes: Vec<Scope>, attempts_each: u64) ->
         );
         tasks.push(tokio::spawn(async move {
             for i in 0..attempts_each {
-                match limiter
-                    .admit(&scopes, 10, now_ms(), client * 7919 + i)
-                    .await
-                {
+                match limiter.admit(&scopes, 10, now, client * 7919 + i).await {
                     Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
                     Err(ApiError::RateLimited { retry_after_ms, .. }) => {
                         assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
@@ -62,16 +65,23 @@ fn scope(id: &str, rpm: u64, tpm: u64) -> Scope {
 }
 
 pub async fn admitted_requests_never_exceed_the_limit(env: &Env) {
+    let now = now_ms();
     let limiter = RateLimiter::new(env.table().clone());
     // One shard.
-    let (admitted, refused) =
-        hammer(limiter.clone(), vec![scope("tenant:a", 100, 1_000_000)], 5).await;
+    let (admitted, refused) = hammer(
+        limiter.clone(),
+        vec![scope("tenant:a", 100, 1_000_000)],
+        5,
+        now,
+    )
+    .await;
     assert_eq!((admitted, refused), (100, 60));
     // A hot tenant sharded over three counters: still exactly the limit.
     let (admitted, refused) = hammer(
         limiter.clone(),
         vec![scope("tenant:hot", 1200, 10_000_000)],
         45,
+        now,
     )
     .await;
     assert_eq!((admitted, refused), (1200, 240));
@@ -81,13 +91,13 @@ pub async fn admitted_requests_never_exceed_the_limit(env: &Env) {
         scope("tenant:b", 400, 1_000_000),
         scope("key:b1", 40, 1_000_000),
     ];
-    let (admitted, _) = hammer(limiter.clone(), scopes, 3).await;
+    let (admitted, _) = hammer(limiter.clone(), scopes, 3, now).await;
     assert_eq!(admitted, 40);
     // The tenant gave back the tickets of the requests its key refused: exactly
     // 400 - 40 more requests fit in its window.
     let mut more = 0;
     while limiter
-        .admit(&[scope("tenant:b", 400, 1_000_000)], 10, now_ms(), 0)
+        .admit(&[scope("tenant:b", 400, 1_000_000)], 10, now, 0)
         .await
         .is_ok()
     {
@@ -101,12 +111,14 @@ pub async fn admitted_requests_never_exceed_the_limit(env: &Env) {
 /// admit more than the limit together, and a quiet scope's counter holds only
 /// what it used.
 pub async fn hosts_leasing_tickets_never_exceed_the_limit(env: &Env) {
+    let now = now_ms();
     let hosts = (0..4).map(|_| {
         let host = RateLimiter::new(env.table().clone());
         tokio::spawn(hammer(
             host,
             vec![scope("tenant:shared", 300, 10_000_000)],
             20,
+            now,
         ))
     });
     let mut admitted = 0;
@@ -122,11 +134,11 @@ pub async fn hosts_leasing_tickets_never_exceed_the_limit(env: &Env) {
     let quiet = RateLimiter::new(env.table().clone());
     for _ in 0..3 {
         quiet
-            .admit(&[scope("tenant:quiet", 300, 10_000_000)], 7, now_ms(), 0)
+            .admit(&[scope("tenant:quiet", 300, 10_000_000)], 7, now, 0)
             .await
             .unwrap();
     }
-    let window = now_ms().div_euclid(60_000);
+    let window = now.div_euclid(60_000);
     let item = env
         .table()
         .get(&tenantai::store::Key::new(
@@ -140,11 +152,12 @@ pub async fn hosts_leasing_tickets_never_exceed_the_limit(env: &Env) {
 }
 
 pub async fn token_limits_refuse_and_settle(env: &Env) {
+    let now = now_ms();
     let limiter = RateLimiter::new(env.table().clone());
     let s = vec![scope("tenant:t", 1000, 100)];
-    let first = limiter.admit(&s, 60, now_ms(), 0).await.unwrap();
+    let first = limiter.admit(&s, 60, now, 0).await.unwrap();
     assert_eq!(first.standing.remaining_tokens, 40);
-    match limiter.admit(&s, 60, now_ms(), 0).await {
+    match limiter.admit(&s, 60, now, 0).await {
         Err(ApiError::RateLimited { message, .. }) => {
             assert!(message.contains("tokens"), "{message}")
         }
@@ -152,8 +165,8 @@ pub async fn token_limits_refuse_and_settle(env: &Env) {
     }
     // The real count was 20: settling frees 40 tokens for the next request.
     limiter.settle(&first, 20).await;
-    let second = limiter.admit(&s, 60, now_ms(), 0).await.unwrap();
+    let second = limiter.admit(&s, 60, now, 0).await.unwrap();
     assert_eq!(second.standing.remaining_tokens, 20);
     // A new window starts from zero.
-    assert!(limiter.admit(&s, 90, now_ms() + 60_000, 0).await.is_ok());
+    assert!(limiter.admit(&s, 90, now + 60_000, 0).await.is_ok());
 }

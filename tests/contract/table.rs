@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use tenantai::store::{now_secs, Attrs, Cond, Item, Key, Query, StoreError, TxOp, Update};
+use tenantai::store::{
+    now_secs, Attrs, Cond, Item, Key, Query, Scan, StoreError, TxOp, Update, Write,
+};
 
 use crate::env::Env;
 
@@ -378,4 +380,127 @@ pub async fn transaction_limits(env: &Env) {
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(t.transact(&[]).await, Err(StoreError::Invalid(_))));
+}
+
+/// Every key of the table, read through `total` segments in pages of `limit`;
+/// panics (fails) when a key shows up twice.
+pub async fn scan_keys(t: &dyn tenantai::store::Table, total: u32, limit: usize) -> Vec<Key> {
+    let mut keys = Vec::new();
+    for segment in 0..total {
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = t
+                .scan(&Scan::segment(segment, total).limit(limit).after(cursor))
+                .await
+                .unwrap();
+            assert!(page.items.len() <= limit);
+            keys.extend(page.items.into_iter().map(|i| i.key));
+            cursor = page.next;
+            pages += 1;
+            assert!(pages < 10_000, "scan pagination does not end");
+            if cursor.is_none() {
+                break;
+            }
+        }
+    }
+    let unique: BTreeSet<_> = keys.iter().cloned().collect();
+    assert_eq!(unique.len(), keys.len(), "a scan returned a key twice");
+    keys
+}
+
+pub async fn scan_segments_cover_every_item_once(env: &Env) {
+    let t = env.table();
+    let mut want = BTreeSet::new();
+    for p in 0..40 {
+        for s in 0..3 {
+            let it = item(
+                &format!("P#{p}"),
+                &format!("S#{s}"),
+                json!({"p": p, "s": s}),
+            );
+            t.put(&it, &Cond::Always).await.unwrap();
+            want.insert(it.key);
+        }
+    }
+    // An expired item is absent from scans as from reads.
+    let mut gone = item("P#gone", "S#0", json!({}));
+    gone.expires_at = Some(now_secs() - 5);
+    t.put(&gone, &Cond::Always).await.unwrap();
+    for (total, limit) in [(1, 1000), (1, 7), (4, 9), (7, 50)] {
+        let got: BTreeSet<_> = scan_keys(t.as_ref(), total, limit)
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(got, want, "{total} segments in pages of {limit}");
+    }
+    // The segments split the table: with 4 of them, none holds everything.
+    let first = t.scan(&Scan::segment(0, 4).limit(1000)).await.unwrap();
+    assert!(first.items.len() < want.len());
+    // Attributes come back whole.
+    let page = t.scan(&Scan::segment(0, 1).limit(1000)).await.unwrap();
+    let one = page
+        .items
+        .iter()
+        .find(|i| i.key == Key::new("P#3", "S#2"))
+        .unwrap();
+    assert_eq!(one.attrs["p"], 3);
+    assert_eq!(one.version, 1);
+    // Tokens are bound to their segment; bad segments are refused.
+    let page = t.scan(&Scan::segment(1, 4).limit(2)).await.unwrap();
+    assert!(page.next.is_some());
+    assert!(matches!(
+        t.scan(&Scan::segment(2, 4).after(page.next.clone())).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        t.scan(&Scan::segment(4, 4)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        t.scan(&Scan::segment(0, 1).after(Some("junk".into())))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+pub async fn batch_writes_put_and_delete(env: &Env) {
+    let t = env.table();
+    let puts: Vec<_> = (0..25)
+        .map(|i| Write::Put(item("B", &format!("{i:02}"), json!({"i": i}))))
+        .collect();
+    t.write_batch(&puts).await.unwrap();
+    // Writing the same batch again changes nothing (idempotent), and replaces whole items.
+    t.write_batch(&puts).await.unwrap();
+    let all = t.query(&Query::new("B").limit(100)).await.unwrap();
+    assert_eq!(all.items.len(), 25);
+    assert_eq!(all.items[7].attrs["i"], 7);
+    let mut versioned = item("B", "00", json!({"new": true}));
+    versioned.version = 9;
+    versioned.expires_at = Some(now_secs() + 3600);
+    let mixed = vec![
+        Write::Put(versioned.clone()),
+        Write::Delete(Key::new("B", "01")),
+        Write::Delete(Key::new("B", "absent")),
+    ];
+    t.write_batch(&mixed).await.unwrap();
+    assert_eq!(t.get(&versioned.key).await.unwrap(), Some(versioned));
+    assert_eq!(t.get(&Key::new("B", "01")).await.unwrap(), None);
+    // Over the limit, or one item twice: refused, nothing written.
+    let many: Vec<_> = (0..26)
+        .map(|i| Write::Put(item("C", &format!("{i}"), json!({}))))
+        .collect();
+    assert!(matches!(
+        t.write_batch(&many).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let twice = vec![
+        Write::Put(item("C", "x", json!({}))),
+        Write::Delete(Key::new("C", "x")),
+    ];
+    assert!(matches!(
+        t.write_batch(&twice).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(t.query(&Query::new("C")).await.unwrap().items.is_empty());
 }

@@ -20,6 +20,8 @@ use tenantai::store::{aws, Resources, Storage};
 
 #[path = "../common/expected_events.rs"]
 mod expected_events;
+#[path = "../common/tables.rs"]
+mod tables;
 #[path = "../common/webhook.rs"]
 mod webhook;
 
@@ -363,4 +365,56 @@ async fn functions_through_cargo_lambda() {
         check.is_err(),
         "the key revoked through the admin function still authenticates"
     );
+
+    // The backup function: the whole table to S3, restorable item by item.
+    let before = tables::snapshot(app.storage.table.as_ref()).await;
+    let backup = invoke(port, "backup", "backup/schedule.json", &vars);
+    assert_eq!(backup["total_items"], before.len() as u64, "{backup}");
+    assert_eq!(backup["deleted_backups"], serde_json::json!([]), "{backup}");
+    let blobs = app.storage.blobs().unwrap().clone();
+    let manifest = tenantai::ops::backup::manifest(blobs.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!(backup["backup_id"], manifest.backup_id.as_str());
+    let mut elsewhere = Resources::named(&prefix);
+    elsewhere.table = format!("{prefix}-restored");
+    let restored = Storage::aws(&sdk, &elsewhere, true).await.unwrap();
+    let opts = tenantai::ops::restore::RestoreOptions::default();
+    let r = tenantai::ops::restore::restore(&restored.table, &blobs, &opts, &tenantai::ops::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(r.backup_id, manifest.backup_id);
+    assert_eq!(tables::snapshot(restored.table.as_ref()).await, before);
+
+    // GDPR erasure through the admin function: the tenant is gone but for its receipt.
+    for (event, want) in expected_events::ADMIN_ERASE {
+        let (status, body) = status_and_body(&invoke(port, "admin", event, &vars));
+        assert_eq!(status, u64::from(want), "{event}: {body}");
+    }
+    let refs = tenantai::ops::kinds::Refs {
+        tenant_id: tenant.id.clone(),
+        key_ids: vec![key.key.key_id.clone(), revoked.key.key_id.clone()],
+        key_hashes: vec![
+            tenantai::keys::hash_secret(&key.secret),
+            tenantai::keys::hash_secret(&revoked.secret),
+        ],
+    };
+    let naming: Vec<_> = tables::snapshot(app.storage.table.as_ref())
+        .await
+        .into_values()
+        .filter(|i| refs.named_in(i))
+        .collect();
+    assert_eq!(
+        naming.len(),
+        1,
+        "only the receipt names the tenant: {naming:#?}"
+    );
+    assert_eq!(naming[0].key.pk, "AUDIT#_platform");
+    let objects: Vec<_> = tables::objects(blobs.as_ref())
+        .await
+        .into_iter()
+        .filter(|k| !k.starts_with("backups/") && refs.named_in_text(k))
+        .filter(|k| *k != format!("erasures/{}.json", tenant.id))
+        .collect();
+    assert!(objects.is_empty(), "{objects:?}");
 }

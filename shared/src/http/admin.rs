@@ -1,4 +1,5 @@
-//! The admin API under `/admin/v1`: tenants, keys, models, overrides, audit.
+//! The admin API under `/admin/v1`: tenants, keys, models, overrides; the audit
+//! trail, export and erasure routes are in [`super::ops`].
 //! Every call needs an admin bearer token; every change writes an audit record.
 
 use std::sync::Arc;
@@ -29,7 +30,12 @@ pub struct Actor(pub String);
 pub fn router(app: Arc<App>) -> Router {
     let v1 = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
-        .route("/tenants/{id}", get(get_tenant).patch(update_tenant))
+        .route(
+            "/tenants/{id}",
+            get(get_tenant)
+                .patch(update_tenant)
+                .delete(super::ops::erase_tenant),
+        )
         .route(
             "/tenants/{id}/alert-webhook/rotate-secret",
             post(rotate_webhook_secret),
@@ -52,7 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/models/{model}/versions/{version}/promote", post(promote))
         .route("/models/{model}/rollback", post(rollback))
-        .route("/audit", get(list_audit));
+        .merge(super::ops::routes());
     Router::new()
         .nest("/admin/v1", v1)
         .layer(middleware::from_fn_with_state(app.clone(), admin_auth))
@@ -464,27 +470,4 @@ async fn rollback(
     Ok(Json(
         record_changes(&app, &actor, "model.rollback", &changes).await?,
     ))
-}
-
-#[derive(Deserialize)]
-struct AuditParams {
-    tenant_id: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
-}
-
-async fn list_audit(
-    State(app): State<Arc<App>>,
-    Query(p): Query<AuditParams>,
-) -> ApiResult<Json<Value>> {
-    let limit = PageParams {
-        limit: p.limit,
-        after: None,
-    }
-    .limit()?;
-    Ok(Json(list_body(
-        app.audit
-            .list(p.tenant_id.as_deref(), p.after, limit)
-            .await?,
-    )))
 }

@@ -12,7 +12,7 @@ pub use blobs::{BlobMeta, BlobReader, Blobs};
 pub use error::{StoreError, StoreResult};
 pub use queue::{Message, Outgoing, Queue, Receive};
 pub use storage::Storage;
-pub use table::{Attrs, Cond, Item, Key, Page, Query, Table, TxOp, Update};
+pub use table::{Attrs, Cond, Item, Key, Page, Query, Scan, Table, TxOp, Update, Write};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -82,6 +82,11 @@ impl Storage {
         })
     }
 
+    /// The names of the deployment's resources.
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
     /// The object store.
     pub fn blobs(&self) -> StoreResult<&Arc<dyn Blobs>> {
         self.blobs.as_ref().ok_or_else(|| {

@@ -23,8 +23,14 @@ pub const RESERVED_ATTRS: [&str; 4] = ["pk", "sk", VERSION_ATTR, EXPIRES_ATTR];
 /// Most operations one transaction may hold (DynamoDB's limit).
 pub const MAX_TRANSACT_OPS: usize = 25;
 
-/// Most items one query page may return.
+/// Most items one query or scan page may return.
 pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Most segments a scan may be split into.
+pub const MAX_SCAN_SEGMENTS: u32 = 1024;
+
+/// Most writes one batch may hold (DynamoDB's BatchWriteItem limit).
+pub const MAX_BATCH_WRITES: usize = 25;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
@@ -215,6 +221,54 @@ impl Query {
     }
 }
 
+/// A scan of the whole table, split into `total_segments` disjoint segments that
+/// may be read in parallel; every item belongs to exactly one segment. For
+/// backups and jobs, never for the request path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scan {
+    pub segment: u32,
+    pub total_segments: u32,
+    pub limit: usize,
+    /// The `next` token of the previous page of this segment.
+    pub cursor: Option<String>,
+}
+
+impl Scan {
+    /// Segment `segment` of `total` (the whole table with `segment(0, 1)`).
+    pub fn segment(segment: u32, total: u32) -> Self {
+        Scan {
+            segment,
+            total_segments: total,
+            limit: 100,
+            cursor: None,
+        }
+    }
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = n;
+        self
+    }
+    pub fn after(mut self, cursor: Option<String>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+}
+
+/// One unconditional write of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Put(Item),
+    Delete(Key),
+}
+
+impl Write {
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Put(item) => &item.key,
+            Write::Delete(key) => key,
+        }
+    }
+}
+
 /// One page of results and the opaque token of the next page, if there may be one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Page<T> {
@@ -237,6 +291,14 @@ pub trait Table: Send + Sync {
     /// All or nothing: either every operation applies or none does, and the
     /// error names the first operation whose condition failed.
     async fn transact(&self, ops: &[TxOp]) -> StoreResult<()>;
+    /// One page of one segment of the whole table, unexpired items only, in no
+    /// promised order; consistent reads where the backend offers them (each page
+    /// is read consistently, the scan as a whole is not a snapshot).
+    async fn scan(&self, scan: &Scan) -> StoreResult<Page<Item>>;
+    /// Up to [`MAX_BATCH_WRITES`] unconditional puts and deletes of distinct
+    /// items. Each write applies exactly once when the call succeeds; on an error
+    /// some may have applied (every write is idempotent: retry the batch).
+    async fn write_batch(&self, writes: &[Write]) -> StoreResult<()>;
 }
 
 // ---- checks shared by both adapters ----
@@ -293,6 +355,48 @@ pub(crate) fn check_query(q: &Query) -> StoreResult<()> {
     Ok(())
 }
 
+pub(crate) fn check_scan(s: &Scan) -> StoreResult<()> {
+    if s.total_segments == 0 || s.total_segments > MAX_SCAN_SEGMENTS {
+        return Err(StoreError::Invalid(format!(
+            "a scan has 1 to {MAX_SCAN_SEGMENTS} segments"
+        )));
+    }
+    if s.segment >= s.total_segments {
+        return Err(StoreError::Invalid(format!(
+            "segment {} is outside 0..{}",
+            s.segment, s.total_segments
+        )));
+    }
+    if s.limit == 0 || s.limit > MAX_PAGE_SIZE {
+        return Err(StoreError::Invalid(format!(
+            "page size must be between 1 and {MAX_PAGE_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_batch(writes: &[Write]) -> StoreResult<()> {
+    if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
+        return Err(StoreError::Invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_WRITES} writes, got {}",
+            writes.len()
+        )));
+    }
+    let mut keys = HashSet::new();
+    for w in writes {
+        match w {
+            Write::Put(item) => check_item(item)?,
+            Write::Delete(key) => check_key(key)?,
+        }
+        if !keys.insert(w.key()) {
+            return Err(StoreError::Invalid(
+                "a batch may touch each item only once".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_transaction(ops: &[TxOp]) -> StoreResult<()> {
     if ops.is_empty() || ops.len() > MAX_TRANSACT_OPS {
         return Err(StoreError::Invalid(format!(
@@ -343,6 +447,46 @@ pub(crate) fn decode_cursor(pk: &str, token: &str) -> StoreResult<String> {
         ));
     }
     Ok(cursor.sk)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScanCursor {
+    seg: u32,
+    of: u32,
+    pk: String,
+    sk: String,
+}
+
+/// An opaque scan token: the last key returned, bound to its segment.
+pub(crate) fn encode_scan_cursor(scan: &Scan, last: &Key) -> String {
+    let json = serde_json::json!({
+        "seg": scan.segment, "of": scan.total_segments, "pk": last.pk, "sk": last.sk,
+    });
+    URL_SAFE_NO_PAD.encode(json.to_string())
+}
+
+/// The last key a scan token holds, if it belongs to this segment.
+pub(crate) fn decode_scan_cursor(scan: &Scan, token: &str) -> StoreResult<Key> {
+    let invalid = || StoreError::Invalid("malformed page token".into());
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let c: ScanCursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if c.seg != scan.segment || c.of != scan.total_segments {
+        return Err(StoreError::Invalid(
+            "page token belongs to another scan segment".into(),
+        ));
+    }
+    Ok(Key::new(c.pk, c.sk))
+}
+
+/// The segment of `total` that a partition key falls in (FNV-1a of the key),
+/// for adapters that split a scan themselves. Stable across processes.
+pub fn segment_of(pk: &str, total: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in pk.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(total.max(1))) as u32
 }
 
 #[cfg(test)]
@@ -400,6 +544,31 @@ mod tests {
         let many: Vec<_> = (0..26).map(|i| put(&i.to_string())).collect();
         assert!(check_transaction(&many).is_err());
         assert!(check_transaction(&many[..25]).is_ok());
+    }
+
+    #[test]
+    fn scan_checks_and_tokens() {
+        assert!(check_scan(&Scan::segment(0, 1)).is_ok());
+        assert!(check_scan(&Scan::segment(1, 1)).is_err());
+        assert!(check_scan(&Scan::segment(0, 0)).is_err());
+        assert!(check_scan(&Scan::segment(0, 2).limit(0)).is_err());
+        let s = Scan::segment(1, 4);
+        let token = encode_scan_cursor(&s, &Key::new("a", "b"));
+        assert_eq!(decode_scan_cursor(&s, &token).unwrap(), Key::new("a", "b"));
+        assert!(decode_scan_cursor(&Scan::segment(2, 4), &token).is_err());
+        assert!(decode_scan_cursor(&s, "junk!").is_err());
+        let spread: HashSet<u32> = (0..64).map(|i| segment_of(&format!("T#{i}"), 4)).collect();
+        assert_eq!(spread.len(), 4);
+    }
+
+    #[test]
+    fn batch_checks() {
+        let put = |sk: &str| Write::Put(Item::new(Key::new("p", sk), Attrs::new()));
+        assert!(check_batch(&[]).is_err());
+        assert!(check_batch(&[put("a"), Write::Delete(Key::new("p", "a"))]).is_err());
+        let many: Vec<_> = (0..26).map(|i| put(&i.to_string())).collect();
+        assert!(check_batch(&many).is_err());
+        assert!(check_batch(&many[..25]).is_ok());
     }
 
     #[test]

@@ -5,18 +5,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update as DynUpdate,
+    AttributeValue, ConditionCheck, Delete, DeleteRequest, Put, PutRequest, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update as DynUpdate, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 
 use super::{build_err, sdk_err};
 use crate::store::table::{
-    check_item, check_key, check_query, check_transaction, check_update, decode_cursor,
-    encode_cursor, expiry_now, is_expired, EXPIRES_ATTR, VERSION_ATTR,
+    check_batch, check_item, check_key, check_query, check_scan, check_transaction, check_update,
+    decode_cursor, decode_scan_cursor, encode_cursor, encode_scan_cursor, expiry_now, is_expired,
+    EXPIRES_ATTR, VERSION_ATTR,
 };
 use crate::store::{
-    Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update,
+    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update, Write,
 };
 
 type AvMap = HashMap<String, AttributeValue>;
@@ -554,5 +555,94 @@ impl Table for DynamoTable {
         Err(StoreError::Backend(
             "transaction kept conflicting with concurrent writes".into(),
         ))
+    }
+
+    async fn scan(&self, scan: &Scan) -> StoreResult<Page<Item>> {
+        check_scan(scan)?;
+        let start = scan
+            .cursor
+            .as_deref()
+            .map(|c| decode_scan_cursor(scan, c).map(|k| key_av(&k)))
+            .transpose()?;
+        let mut req = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .set_exclusive_start_key(start)
+            .limit(i32::try_from(scan.limit).unwrap_or(i32::MAX))
+            .consistent_read(true);
+        if scan.total_segments > 1 {
+            req = req
+                .segment(scan.segment as i32)
+                .total_segments(scan.total_segments as i32);
+        }
+        let out = req.send().await.map_err(sdk_err)?;
+        let now = expiry_now();
+        let mut items = Vec::new();
+        for raw in out.items.unwrap_or_default() {
+            let item = from_av(raw)?;
+            if !item.is_expired(now) {
+                items.push(item);
+            }
+        }
+        let next = match out.last_evaluated_key {
+            Some(mut k) => match (k.remove("pk"), k.remove("sk")) {
+                (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
+                    Some(encode_scan_cursor(scan, &Key::new(pk, sk)))
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn write_batch(&self, writes: &[Write]) -> StoreResult<()> {
+        check_batch(writes)?;
+        let mut pending = writes
+            .iter()
+            .map(|w| match w {
+                Write::Put(item) => Ok(WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(to_av(item)?))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build()),
+                Write::Delete(key) => Ok(WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .set_key(Some(key_av(key)))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build()),
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Unprocessed writes (throttling) are retried with exponential backoff.
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..RETRIES * 2 {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, pending)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(&self.table))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        Err(StoreError::Backend(format!(
+            "{} writes of a batch stayed unprocessed (throttled)",
+            pending.len()
+        )))
     }
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::Notify;
 
@@ -81,6 +82,17 @@ fn connect(path: &Path) -> StoreResult<Connection> {
         .map_err(sqlite_err)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sqlite_err)?;
+    conn.create_scalar_function(
+        "tenantai_segment",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let pk = ctx.get_raw(0).as_str().unwrap_or("");
+            let total = u32::try_from(ctx.get::<i64>(1)?).unwrap_or(1);
+            Ok(i64::from(crate::store::table::segment_of(pk, total)))
+        },
+    )
+    .map_err(sqlite_err)?;
     Ok(conn)
 }
 

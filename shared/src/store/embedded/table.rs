@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::{sqlite_err, Db};
 use crate::store::table::{
-    check_item, check_key, check_query, check_transaction, check_update, decode_cursor,
-    encode_cursor, expiry_now,
+    check_batch, check_item, check_key, check_query, check_scan, check_transaction, check_update,
+    decode_cursor, decode_scan_cursor, encode_cursor, encode_scan_cursor, expiry_now,
 };
 use crate::store::{
-    Attrs, Cond, Item, Key, Page, Query, StoreError, StoreResult, Table, TxOp, Update,
+    Attrs, Cond, Item, Key, Page, Query, Scan, StoreError, StoreResult, Table, TxOp, Update, Write,
 };
 
 #[derive(Clone)]
@@ -248,6 +248,74 @@ impl Table for EmbeddedTable {
                         TxOp::Update(u) => store(tx, &apply_update(current, u)?.0)?,
                         TxOp::Delete(key, _) => remove(tx, key)?,
                         TxOp::Check(..) => {}
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn scan(&self, scan: &Scan) -> StoreResult<Page<Item>> {
+        check_scan(scan)?;
+        let s = scan.clone();
+        let after = s
+            .cursor
+            .as_deref()
+            .map(|c| decode_scan_cursor(&s, c))
+            .transpose()?;
+        self.db
+            .read(move |conn| {
+                // Segments split by a hash of the partition key (see `segment_of`).
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT pk, sk, version, expires_at, attrs FROM items
+                         WHERE (?1 IS NULL OR (pk, sk) > (?1, ?2))
+                           AND (expires_at IS NULL OR expires_at > ?3)
+                           AND (?4 = 1 OR tenantai_segment(pk, ?4) = ?5)
+                         ORDER BY pk, sk LIMIT ?6",
+                    )
+                    .map_err(sqlite_err)?;
+                let (after_pk, after_sk) = match &after {
+                    Some(k) => (Some(k.pk.as_str()), Some(k.sk.as_str())),
+                    None => (None, None),
+                };
+                let rows = stmt
+                    .query_map(
+                        params![
+                            after_pk,
+                            after_sk,
+                            expiry_now(),
+                            i64::from(s.total_segments),
+                            i64::from(s.segment),
+                            (s.limit + 1) as i64
+                        ],
+                        row_to_item,
+                    )
+                    .map_err(sqlite_err)?;
+                let mut items = Vec::with_capacity(s.limit + 1);
+                for row in rows {
+                    items.push(decode(row.map_err(sqlite_err)?)?);
+                }
+                let next = if items.len() > s.limit {
+                    items.truncate(s.limit);
+                    items.last().map(|it| encode_scan_cursor(&s, &it.key))
+                } else {
+                    None
+                };
+                Ok(Page { items, next })
+            })
+            .await
+    }
+
+    async fn write_batch(&self, writes: &[Write]) -> StoreResult<()> {
+        check_batch(writes)?;
+        let writes = writes.to_vec();
+        self.db
+            .write(move |tx| {
+                for w in &writes {
+                    match w {
+                        Write::Put(item) => store(tx, item)?,
+                        Write::Delete(key) => remove(tx, key)?,
                     }
                 }
                 Ok(())
