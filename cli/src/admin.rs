@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::output::{line, print};
-use tenantai::text::escape_terminal;
+use tenantai::tenancy::text::escape_terminal;
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -78,7 +78,7 @@ impl Conn {
             .admin_token
             .as_deref()
             .context("no admin token: pass --admin-token or set TENANTAI_ADMIN_TOKEN")?;
-        tenantai::backend::install_crypto();
+        tenantai::gateway::backend::install_crypto();
         let mut url = reqwest::Url::parse(&format!(
             "{}/admin/v1{path}",
             self.endpoint.trim_end_matches('/')
@@ -161,7 +161,7 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
     let columns: Vec<&str> = ["tenant_id", "day", "model"]
         .into_iter()
         .filter(|c| groups.iter().any(|g| g == c))
-        .chain(tenantai::metering::COUNTERS)
+        .chain(tenantai::billing::metering::COUNTERS)
         .collect();
     print(&report, &columns, a.conn.json);
     if !a.conn.json {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
-use tenantai::models::ModelVersion;
-use tenantai::secrets::Secrets;
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
+use tenantai::gateway::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
+use tenantai::tenancy::secrets::Secrets;
 
 /// The model `tenantai dev` serves, and the id clients ask for.
 pub const DEV_MODEL: &str = "all-MiniLM-L6-v2";
@@ -157,7 +157,7 @@ fn spawn_alerts(
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = tenantai::metering::stopped(&mut stop) => return,
+                _ = tenantai::billing::metering::stopped(&mut stop) => return,
             }
             match alerts.run(time::OffsetDateTime::now_utc()).await {
                 Ok(summary) if summary.sent + summary.failed > 0 => {

@@ -12,7 +12,7 @@ import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
 import { Queues } from './queues';
 import { Workers } from './workers';
 
-/** The namespace `shared/src/telemetry.rs` writes EMF metrics to. */
+/** The namespace `shared/src/gateway/telemetry.rs` writes EMF metrics to. */
 export const EMF_NAMESPACE = 'tenantai';
 
 export interface ObservabilityProps {

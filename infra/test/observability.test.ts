@@ -57,8 +57,8 @@ test('the dashboard shows requests, latency, overhead, cache hit rate, tokens, s
   expect(body).toContain(`\\"${EMF_NAMESPACE}\\"`);
 });
 
-test('the EMF namespace and metric names are the ones shared/src/telemetry.rs writes', () => {
-  const src = require('fs').readFileSync(require('path').join(__dirname, '..', '..', 'shared', 'src', 'telemetry.rs'), 'utf8');
+test('the EMF namespace and metric names are the ones shared/src/gateway/telemetry.rs writes', () => {
+  const src = require('fs').readFileSync(require('path').join(__dirname, '..', '..', 'shared', 'src', 'gateway', 'telemetry.rs'), 'utf8');
   expect(src).toContain(`"Namespace": "${EMF_NAMESPACE}"`);
   for (const m of ['latency_ms', 'overhead_ms', 'backend_ms', 'cache_hits', 'tokens', 'inputs']) expect(src).toContain(`{"Name": "${m}"`);
 });

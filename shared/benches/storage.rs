@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tenantai::metering::{Meter, Record, UsageEvent};
+use tenantai::billing::metering::{Meter, Record, UsageEvent};
 use tenantai::store::{
     aws, Cond, Item, Key, Outgoing, Queue, QueueSpec, Receive, Resources, Storage, Table, Update,
 };

@@ -42,7 +42,7 @@ pub enum ApiError {
     RateLimited {
         message: String,
         retry_after_ms: u64,
-        limits: crate::ratelimit::Limits,
+        limits: crate::gateway::ratelimit::Limits,
     },
     /// 429: the tenant's hard budget cap leaves no room for this request.
     #[error("{0}")]
@@ -174,14 +174,14 @@ impl IntoResponse for ApiError {
                     HeaderValue::from(retry_after_ms.div_ceil(1000).max(1)),
                 );
                 h.insert("retry-after-ms", HeaderValue::from(*retry_after_ms));
-                let standing = crate::ratelimit::Standing {
+                let standing = crate::gateway::ratelimit::Standing {
                     limit_requests: limits.requests_per_minute,
                     remaining_requests: 0,
                     limit_tokens: limits.tokens_per_minute,
                     remaining_tokens: 0,
                     reset_ms: *retry_after_ms,
                 };
-                crate::ratelimit::insert_headers(h, &standing);
+                crate::gateway::ratelimit::insert_headers(h, &standing);
             }
             ApiError::QuotaExceeded(_) => {
                 // Retrying cannot help until the budget is raised or the month turns.

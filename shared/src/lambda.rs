@@ -9,12 +9,12 @@ use aws_lambda_events::apigw::{
 };
 use serde_json::{json, Value};
 
-use crate::alerts::{CostAlerts, Notifier, Retry};
 use crate::app::{App, Config};
-use crate::auth::{bearer, Authenticator, TenantContext};
-use crate::metering::{Meter, Record};
+use crate::billing::alerts::{CostAlerts, Notifier, Retry};
+use crate::billing::metering::{Meter, Record};
 use crate::ops::backup::BackupConfig;
 use crate::store::{aws, Queue, Resources, Storage};
+use crate::tenancy::auth::{bearer, Authenticator, TenantContext};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
 /// JSON logs (CloudWatch) at `RUST_LOG` or `info`. `RUST_LOG` takes levels and
@@ -79,8 +79,10 @@ pub async fn app_from_env() -> Result<Arc<App>, String> {
 
 /// The vault for secrets at rest: the KMS key `TENANTAI_KMS_KEY_ID` (or a key
 /// file, `TENANTAI_SECRETS_KEY_FILE`); without either, setting a webhook fails.
-fn secrets_from_env(sdk: &aws_config::SdkConfig) -> Result<crate::secrets::Secrets, String> {
-    crate::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
+fn secrets_from_env(
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::tenancy::secrets::Secrets, String> {
+    crate::tenancy::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
 }
 
 /// The admin app: as [`app_from_env`], with the object store (GDPR exports
@@ -150,12 +152,12 @@ const FLUSH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// Registers an internal Lambda extension (INVOKE events) that keeps usage
 /// events from waiting in memory while the environment is frozen: for each
 /// invocation it waits until the api has answered (see
-/// [`crate::usage::UsageSink::request_done`]) and flushes the sink. Lambda
+/// [`crate::billing::usage::UsageSink::request_done`]) and flushes the sink. Lambda
 /// freezes the environment only once every extension has asked for its next
 /// event, so the flush happens after the response is sent and costs the
 /// client nothing. Returns the extension's run loop, to run beside the runtime.
 pub async fn register_usage_flush(
-    sink: crate::usage::UsageSink,
+    sink: crate::billing::usage::UsageSink,
 ) -> Result<
     impl std::future::Future<Output = Result<(), lambda_extension::Error>>,
     lambda_extension::Error,
@@ -215,7 +217,7 @@ pub async fn alerts_from_env() -> Result<CostAlerts, String> {
 pub async fn scheduled_alerts(
     alerts: &CostAlerts,
     event: aws_lambda_events::eventbridge::EventBridgeEvent<Value>,
-) -> crate::error::ApiResult<crate::alerts::RunSummary> {
+) -> crate::error::ApiResult<crate::billing::alerts::RunSummary> {
     let now = event
         .time
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
@@ -287,7 +289,7 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
             text("key_tpm").and_then(|v| v.parse().ok()),
         ) {
             (Some(requests_per_minute), Some(tokens_per_minute)) => {
-                Some(crate::ratelimit::Limits {
+                Some(crate::gateway::ratelimit::Limits {
                     requests_per_minute,
                     tokens_per_minute,
                 })

@@ -10,9 +10,9 @@ use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::json;
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
-use tenantai::egress::{blocked, Egress, EgressError, EgressPolicy, GuardedResolver};
-use tenantai::metering::UsageEvent;
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
+use tenantai::billing::metering::UsageEvent;
+use tenantai::gateway::egress::{blocked, Egress, EgressError, EgressPolicy, GuardedResolver};
 
 use crate::harness::Harness;
 use crate::net::recorder;
@@ -173,7 +173,7 @@ async fn names_that_resolve_inside_are_dropped_at_connect_time() {
         .await;
     let err = sent.err().unwrap();
     assert!(
-        tenantai::egress::describe(&err).contains("not reachable"),
+        tenantai::gateway::egress::describe(&err).contains("not reachable"),
         "{err}"
     );
     assert!(

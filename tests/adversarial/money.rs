@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::http::Method;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tenantai::amounts::{
+use tenantai::billing::amounts::{
     cost_micros, MAX_BUDGET_MICROS, MAX_PRICE_PER_1K_TOKENS_MICROS, MAX_REQUESTS_PER_MINUTE,
     MAX_TOKENS_PER_MINUTE, MAX_UNIX_SECS,
 };
-use tenantai::metering::{Record, UsageEvent};
-use tenantai::ratelimit::{Limits, RateLimiter, Scope};
+use tenantai::billing::metering::{Record, UsageEvent};
+use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
 use tenantai::store::{Receive, Storage};
 
 use crate::harness::Harness;

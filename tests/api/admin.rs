@@ -154,7 +154,7 @@ async fn keys_are_shown_once_and_stored_hashed() {
         "the secret must never be listed"
     );
     assert!(
-        !text.contains(&tenantai::keys::hash_secret(&secret)),
+        !text.contains(&tenantai::tenancy::keys::hash_secret(&secret)),
         "nor its hash"
     );
     assert_eq!(listed.body["data"][0]["scopes"], json!(["embeddings"]));

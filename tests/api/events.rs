@@ -148,7 +148,7 @@ async fn authorizer_events() {
 
 #[tokio::test]
 async fn metering_and_cost_alert_events() {
-    use tenantai::alerts::{CostAlerts, Notifier, Retry};
+    use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
     use tenantai::lambda::{scheduled_alerts, sqs_batch};
     use tenantai::store::Receive;
 

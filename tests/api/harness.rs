@@ -83,7 +83,8 @@ impl Harness {
             .unwrap();
         if config.secrets.kind().is_none() {
             config.secrets =
-                tenantai::secrets::Secrets::local(&dir.path().join("secrets.key")).unwrap();
+                tenantai::tenancy::secrets::Secrets::local(&dir.path().join("secrets.key"))
+                    .unwrap();
         }
         let app = App::new(storage, config).unwrap();
         let admin = app.admins.create("test-admin").await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::Method;
 use serde_json::{json, Value};
 use tenantai::app::Config;
-use tenantai::tenants::{Tier, Tiers};
+use tenantai::tenancy::tenants::{Tier, Tiers};
 
 use crate::harness::{Harness, Reply};
 use crate::worker;
@@ -167,12 +167,12 @@ async fn usage_pages_with_a_cursor() {
         .iter()
         .enumerate()
     {
-        let at = tenantai::metering::parse_day(day)
+        let at = tenantai::billing::metering::parse_day(day)
             .unwrap()
             .midnight()
             .assume_utc();
         meter
-            .fold(&tenantai::metering::UsageEvent {
+            .fold(&tenantai::billing::metering::UsageEvent {
                 event_id: format!("page-{i}"),
                 tenant_id: t.clone(),
                 key_id: key_id.clone(),
@@ -279,7 +279,7 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
 
     // Settlements land off the response path: the committed spend converges
     // on exactly what was served.
-    let month = &tenantai::metering::month_of(tenantai::store::now_millis());
+    let month = &tenantai::billing::metering::month_of(tenantai::store::now_millis());
     let mut committed = 0;
     for _ in 0..100 {
         committed = h.app.budget.committed(&t, month).await.unwrap();

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::ops::backup::{self, BackupConfig, Retention};
 use tenantai::ops::kinds::Refs;
 use tenantai::ops::restore::{restore, RestoreOptions};
@@ -528,13 +528,13 @@ async fn the_audit_trail_filters_exports_and_verifies_its_chain() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let lines: Vec<tenantai::audit::AuditRecord> = String::from_utf8(body)
+    let lines: Vec<tenantai::tenancy::audit::AuditRecord> = String::from_utf8(body)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 16);
-    assert!(tenantai::audit::verify("export", lines.clone(), None).ok);
+    assert!(tenantai::tenancy::audit::verify("export", lines.clone(), None).ok);
     let (_, only_keys) = raw(
         &h,
         Method::GET,

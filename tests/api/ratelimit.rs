@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::Method;
 use serde_json::json;
 use tenantai::app::Config;
-use tenantai::tenants::{Tier, Tiers};
+use tenantai::tenancy::tenants::{Tier, Tiers};
 
 use crate::harness::Harness;
 use crate::worker;

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tenantai::alerts::{due, month_of, CostAlerts, Notifier, Retry};
-use tenantai::egress::EgressPolicy;
-use tenantai::metering::{Meter, UsageEvent};
-use tenantai::tenants::{TenantPatch, Tenants, Tiers};
-use tenantai::webhooks::WebhookRules;
+use tenantai::billing::alerts::{due, month_of, CostAlerts, Notifier, Retry};
+use tenantai::billing::metering::{Meter, UsageEvent};
+use tenantai::billing::webhooks::WebhookRules;
+use tenantai::gateway::egress::EgressPolicy;
+use tenantai::tenancy::tenants::{TenantPatch, Tenants, Tiers};
 
 use crate::env::Env;
 use crate::webhook::Webhook;

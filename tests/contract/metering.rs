@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tenantai::metering::{parse_day, Folded, Meter, Record, UsageEvent, COUNTERS};
+use tenantai::billing::metering::{parse_day, Folded, Meter, Record, UsageEvent, COUNTERS};
 use tenantai::store::{Outgoing, Receive};
 
 use crate::env::Env;
@@ -47,7 +47,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 },
                 latency_ms: 3.5,
                 compute_ms: rng.next(40),
-                cost_micros: tenantai::metering::cost_micros(tokens, 20).unwrap(),
+                cost_micros: tenantai::billing::metering::cost_micros(tokens, 20).unwrap(),
                 at_ms: base + (rng.next(3) as i64) * day_ms + rng.next(day_ms as u64) as i64,
             }
         })

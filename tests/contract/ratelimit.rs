@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tenantai::error::ApiError;
-use tenantai::ratelimit::{Limits, RateLimiter, Scope};
+use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
 
 use crate::env::Env;
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tenantai::app::{App, Config};
-use tenantai::models::ModelVersion;
+use tenantai::gateway::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
 
 #[path = "../common/expected_events.rs"]
@@ -171,7 +171,7 @@ async fn functions_through_cargo_lambda() {
         .to_string();
     let mut config = Config::default();
     config.egress.allow_private = true;
-    config.secrets = tenantai::secrets::Secrets::kms(&sdk, kms_key_id.clone());
+    config.secrets = tenantai::tenancy::secrets::Secrets::kms(&sdk, kms_key_id.clone());
     let app = App::new(storage, config).unwrap();
     let admin = app.admins.create("lambda-test").await.unwrap();
     let tenant = app
@@ -204,7 +204,7 @@ async fn functions_through_cargo_lambda() {
         .unwrap();
     // Cost alerts: a small budget, a webhook that checks signatures, an SNS topic.
     let hook = webhook::Webhook::start(0).await;
-    let patch = tenantai::tenants::TenantPatch {
+    let patch = tenantai::tenancy::tenants::TenantPatch {
         monthly_budget_micros: Some(100),
         alert_webhook_url: Some(hook.url.clone()),
         ..Default::default()
@@ -290,7 +290,7 @@ async fn functions_through_cargo_lambda() {
     let emitted = receive(usage_queue.as_ref(), 2).await;
     assert_eq!(emitted.len(), 2, "one usage event per embeddings call");
     for m in &emitted {
-        let e = tenantai::metering::parse_event(&m.body).unwrap();
+        let e = tenantai::billing::metering::parse_event(&m.body).unwrap();
         assert_eq!(e.tenant_id, tenant.id);
         assert_eq!(e.key_id, key.key.key_id);
     }
@@ -305,7 +305,7 @@ async fn functions_through_cargo_lambda() {
     let live = serde_json::json!({ "Records": records }).to_string();
     let resp = invoke_text(port, "metering", "live usage batch", &live);
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
-    let meter = tenantai::metering::Meter::new(app.storage.table.clone());
+    let meter = tenantai::billing::metering::Meter::new(app.storage.table.clone());
     let today = time::OffsetDateTime::now_utc().date();
     let folded: u64 = meter
         .aggregates(&tenant.id, today.previous_day().unwrap(), today)
@@ -324,7 +324,7 @@ async fn functions_through_cargo_lambda() {
     }
     let resp = invoke(port, "metering", "metering/sqs-malformed.json", &vars);
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
-    let sample_day = tenantai::metering::parse_day("2026-11-24").unwrap();
+    let sample_day = tenantai::billing::metering::parse_day("2026-11-24").unwrap();
     let sample = meter
         .aggregates(&tenant.id, sample_day, sample_day)
         .await
@@ -395,8 +395,8 @@ async fn functions_through_cargo_lambda() {
         tenant_id: tenant.id.clone(),
         key_ids: vec![key.key.key_id.clone(), revoked.key.key_id.clone()],
         key_hashes: vec![
-            tenantai::keys::hash_secret(&key.secret),
-            tenantai::keys::hash_secret(&revoked.secret),
+            tenantai::tenancy::keys::hash_secret(&key.secret),
+            tenantai::tenancy::keys::hash_secret(&revoked.secret),
         ],
     };
     let naming: Vec<_> = tables::snapshot(app.storage.table.as_ref())

@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 
 use super::{list_body, parse_json, read_body, PageParams};
 use crate::app::App;
-use crate::auth::bearer;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::KeyRequest;
-use crate::models::{ModelVersion, VersionStatus};
+use crate::gateway::models::{ModelVersion, VersionStatus};
 use crate::store::Page;
-use crate::tenants::{Tenant, TenantPatch, TenantUpdate};
+use crate::tenancy::auth::bearer;
+use crate::tenancy::keys::KeyRequest;
+use crate::tenancy::tenants::{Tenant, TenantPatch, TenantUpdate};
 
 /// The admin making the call (the token's name), for the audit log.
 #[derive(Clone, Debug)]
@@ -176,7 +176,7 @@ async fn rotate_webhook_secret(
     };
     let overlap = req
         .overlap_secs
-        .unwrap_or(crate::webhooks::DEFAULT_OVERLAP_SECS);
+        .unwrap_or(crate::billing::webhooks::DEFAULT_OVERLAP_SECS);
     let update = app.tenants.rotate_webhook_secret(&id, overlap).await?;
     audit_update(&app, &actor, "tenant.webhook.rotate", &update).await
 }
@@ -312,7 +312,7 @@ async fn change_override(
     actor: &str,
     id: &str,
     action: &str,
-    change: impl Fn(&mut crate::tenants::Tenant),
+    change: impl Fn(&mut crate::tenancy::tenants::Tenant),
 ) -> ApiResult<Json<Value>> {
     let (before, after) = app
         .tenants

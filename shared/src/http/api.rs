@@ -13,19 +13,19 @@ use serde_json::json;
 
 use super::{read_body, RequestId};
 use crate::app::App;
-use crate::auth::{bearer, TenantContext};
-use crate::cache::Cache;
+use crate::gateway::cache::Cache;
+use crate::tenancy::auth::{bearer, TenantContext};
 use std::time::Duration;
 
-use crate::backend::BackendFailure;
-use crate::breaker::Outcome;
-use crate::embeddings::{response_body, EmbeddingRequest, Embeddings};
+use crate::billing::metering::{cost_micros, UsageEvent};
 use crate::error::{ApiError, ApiResult};
-use crate::metering::{cost_micros, UsageEvent};
-use crate::models::{BackendKind, ModelVersion, Route};
-use crate::ratelimit::{insert_headers, Scope};
+use crate::gateway::backend::BackendFailure;
+use crate::gateway::breaker::Outcome;
+use crate::gateway::embeddings::{response_body, EmbeddingRequest, Embeddings};
+use crate::gateway::models::{BackendKind, ModelVersion, Route};
+use crate::gateway::ratelimit::{insert_headers, Scope};
 use crate::store::now_millis;
-use crate::tenants::{CacheScope, Tenant};
+use crate::tenancy::tenants::{CacheScope, Tenant};
 
 /// The API's routes (host them with [`super::host`]).
 pub fn router(app: Arc<App>) -> Router {
@@ -117,7 +117,7 @@ async fn embeddings(
             limits: ctx.key_limits.unwrap_or(tenant_limits),
         },
     ];
-    let spread = u64::from(crate::models::bucket(&request_id));
+    let spread = u64::from(crate::gateway::models::bucket(&request_id));
     let admission = app
         .limiter
         .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
@@ -129,7 +129,7 @@ async fn embeddings(
     // The budget gate holds back the most this request can cost (at the dearest
     // version it may fall back to) until the real cost is known.
     let now_ms = now_millis();
-    let month = crate::metering::month_of(now_ms);
+    let month = crate::billing::metering::month_of(now_ms);
     let dearest = routes
         .iter()
         .map(|r| r.version.price_per_1k_tokens_micros)
@@ -211,7 +211,7 @@ async fn embeddings(
         inputs = req.len(), tokens, cache_hit = served.hit,
         latency_ms, overhead_ms, request_id = %request_id, "embeddings"
     );
-    crate::telemetry::record(&crate::telemetry::RequestMetrics {
+    crate::gateway::telemetry::record(&crate::gateway::telemetry::RequestMetrics {
         model: &version.model,
         version: &version.version,
         tenant_id: &tenant.id,
@@ -226,7 +226,7 @@ async fn embeddings(
 }
 
 /// A money figure that does not fit: our arithmetic, not the client's request.
-fn money(e: crate::amounts::Overflow) -> ApiError {
+fn money(e: crate::billing::amounts::Overflow) -> ApiError {
     ApiError::Internal(format!("cost: {e}"))
 }
 

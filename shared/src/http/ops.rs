@@ -19,10 +19,10 @@ use tokio::io::AsyncReadExt;
 use super::admin::Actor;
 use super::{list_body, PageParams};
 use crate::app::App;
-use crate::audit::Filter;
 use crate::error::{ApiError, ApiResult};
 use crate::ops::erase::{Eraser, ErasureJob, Outcome};
 use crate::store::BlobReader;
+use crate::tenancy::audit::Filter;
 
 /// The operations routes, nested under `/admin/v1` by the admin router.
 pub fn routes() -> Router<Arc<App>> {
@@ -59,7 +59,7 @@ fn bound(param: &'static str, value: Option<&str>, end_of_day: bool) -> ApiResul
     if let Ok(secs) = v.parse::<i64>() {
         return Ok(Some(secs));
     }
-    let day = crate::metering::parse_day(v).ok_or_else(|| {
+    let day = crate::billing::metering::parse_day(v).ok_or_else(|| {
         ApiError::invalid_param(param, format!("{param} must be Unix seconds or YYYY-MM-DD"))
     })?;
     let start = day.midnight().assume_utc().unix_timestamp();

@@ -15,11 +15,11 @@ use serde_json::{json, Map, Value};
 use time::{Date, Duration as Days, OffsetDateTime};
 
 use crate::app::App;
-use crate::auth::TenantContext;
+use crate::billing::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
 use crate::error::{ApiError, ApiResult};
-use crate::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
 use crate::store::{decode_token, encode_token};
-use crate::tenants::Tenant;
+use crate::tenancy::auth::TenantContext;
+use crate::tenancy::tenants::Tenant;
 
 /// The longest range one report covers.
 pub const MAX_DAYS: i64 = 366;
@@ -155,7 +155,7 @@ fn zero() -> BTreeMap<String, u64> {
 fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) -> ApiResult<()> {
     for (k, v) in from {
         let sum = into.entry(k.clone()).or_default();
-        *sum = crate::amounts::add(*sum, *v, "a usage total")
+        *sum = crate::billing::amounts::add(*sum, *v, "a usage total")
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     Ok(())

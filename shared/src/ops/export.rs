@@ -75,7 +75,7 @@ pub async fn export(
     blobs: &Arc<dyn Blobs>,
     tenant_id: &str,
 ) -> OpsResult<Export> {
-    crate::tenants::Tenants::new(table.clone())
+    crate::tenancy::tenants::Tenants::new(table.clone())
         .get(tenant_id)
         .await?;
     let refs = Refs::load(table.as_ref(), tenant_id).await?;

@@ -116,7 +116,7 @@ fn keep(_: &mut Attrs) {}
 
 fn no_secrets(attrs: &mut Attrs) {
     let mut v = Value::Object(std::mem::take(attrs));
-    crate::audit::redact(&mut v);
+    crate::tenancy::audit::redact(&mut v);
     if let Value::Object(m) = v {
         *attrs = m;
     }
@@ -137,7 +137,7 @@ pub static KINDS: &[Kind] = &[
         description: "the tenant record: name, tier, status, budgets, limits, overrides (webhook secret redacted)",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![Place::Item(Key::new(crate::tenants::TENANTS_PK, format!("T#{}", r.tenant_id)))],
+        places: |r| vec![Place::Item(Key::new(crate::tenancy::tenants::TENANTS_PK, format!("T#{}", r.tenant_id)))],
         redact: no_secrets,
     },
     Kind {
@@ -166,7 +166,7 @@ pub static KINDS: &[Kind] = &[
         description: "usage aggregates by day and model, and month totals",
         exported: true,
         erase: Erase::FoldIntoAnonymous,
-        places: |r| vec![partition(crate::metering::usage_pk(&r.tenant_id), "")],
+        places: |r| vec![partition(crate::billing::metering::usage_pk(&r.tenant_id), "")],
         redact: keep,
     },
     Kind {
@@ -190,7 +190,7 @@ pub static KINDS: &[Kind] = &[
         description: "the audit trail of admin actions on the tenant (its own hash chain)",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![partition(crate::audit::chain_pk(Some(&r.tenant_id)), "")],
+        places: |r| vec![partition(crate::tenancy::audit::chain_pk(Some(&r.tenant_id)), "")],
         redact: keep,
     },
     Kind {
@@ -221,7 +221,7 @@ pub static KINDS: &[Kind] = &[
         erase: Erase::Delete,
         places: |_| {
             vec![Place::Owned {
-                pk: crate::models::MODELS_PK.into(),
+                pk: crate::gateway::models::MODELS_PK.into(),
                 sk_prefix: "M#".into(),
                 attr: "owner_tenant",
             }]
@@ -333,6 +333,9 @@ mod tests {
         no_hash(&mut attrs);
         no_secrets(&mut attrs);
         assert!(!attrs.contains_key("hash"));
-        assert_eq!(attrs["alert_webhook"]["secret"], crate::audit::REDACTED);
+        assert_eq!(
+            attrs["alert_webhook"]["secret"],
+            crate::tenancy::audit::REDACTED
+        );
     }
 }

@@ -17,7 +17,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::metering::UsageEvent;
+use crate::billing::metering::UsageEvent;
 use crate::store::queue::MAX_BATCH;
 use crate::store::{Outgoing, Queue};
 

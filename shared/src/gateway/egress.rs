@@ -291,7 +291,7 @@ impl Egress {
         policy: EgressPolicy,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, EgressError> {
-        crate::backend::install_crypto();
+        crate::gateway::backend::install_crypto();
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver::new(
                 resolver,

@@ -27,12 +27,12 @@ use serde_json::json;
 use sha2::Sha256;
 use time::{Date, Month, OffsetDateTime, Time};
 
-use crate::egress::{describe, Egress, EgressError};
+use crate::billing::metering::Meter;
+use crate::billing::webhooks::WebhookRules;
 use crate::error::{ApiError, ApiResult};
-use crate::metering::Meter;
+use crate::gateway::egress::{describe, Egress, EgressError};
 use crate::store::{Cond, Item, Key, Query, StoreError, Table, Update};
-use crate::tenants::{Tenant, Tenants, Tiers, Webhook};
-use crate::webhooks::WebhookRules;
+use crate::tenancy::tenants::{Tenant, Tenants, Tiers, Webhook};
 
 /// The header that carries a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "tenantai-signature";
@@ -117,7 +117,7 @@ pub fn month_of(now: OffsetDateTime) -> String {
 /// The alerts a tenant's spend and forecast call for (before deduplication).
 pub fn due(
     tenant: &str,
-    budget: &crate::tenants::Budget,
+    budget: &crate::tenancy::tenants::Budget,
     spend: u64,
     now: OffsetDateTime,
 ) -> Vec<Alert> {
@@ -569,7 +569,7 @@ impl CostAlerts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenants::Budget;
+    use crate::tenancy::tenants::Budget;
     use time::macros::datetime;
 
     #[test]

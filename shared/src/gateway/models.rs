@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ApiResult};
 use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Query, StoreError, Table};
-use crate::tenants::Tenant;
+use crate::tenancy::tenants::Tenant;
 
 pub const MODELS_PK: &str = "MODELS";
 
@@ -132,9 +132,9 @@ impl ModelVersion {
                 "canary_weight is a percentage, 0 to 100",
             ));
         }
-        crate::text::check_label("endpoint", &self.endpoint, 2048)?;
+        crate::tenancy::text::check_label("endpoint", &self.endpoint, 2048)?;
         if let Some(uri) = &self.artifact_uri {
-            crate::text::check_label("artifact_uri", uri, 2048)?;
+            crate::tenancy::text::check_label("artifact_uri", uri, 2048)?;
         }
         if self.serves.as_deref().is_some_and(|m| !id_ok(m)) {
             return Err(ApiError::invalid_param(
@@ -142,10 +142,10 @@ impl ModelVersion {
                 "serves names a model id: 1 to 128 of A-Z a-z 0-9 - _ . :",
             ));
         }
-        crate::amounts::check_max(
+        crate::billing::amounts::check_max(
             "price_per_1k_tokens_micros",
             self.price_per_1k_tokens_micros,
-            crate::amounts::MAX_PRICE_PER_1K_TOKENS_MICROS,
+            crate::billing::amounts::MAX_PRICE_PER_1K_TOKENS_MICROS,
         )?;
         if self.tier.is_some() != self.serves.is_some() {
             return Err(ApiError::invalid_param(

@@ -1,5 +1,5 @@
 //! A tenant's alert webhook: its URL (under the egress policy) and its signing
-//! secrets, sealed at rest ([`crate::secrets`]).
+//! secrets, sealed at rest ([`crate::tenancy::secrets`]).
 //!
 //! A signing secret (`whsec_...`) is shown once, in the answer that creates it
 //! (setting the URL, or a rotation), and never again: reads show when it was
@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::egress::EgressPolicy;
 use crate::error::{ApiError, ApiResult};
-use crate::secrets::Secrets;
+use crate::gateway::egress::EgressPolicy;
+use crate::tenancy::secrets::Secrets;
 
 /// How long a rotated-out secret keeps signing, unless the rotation says.
 pub const DEFAULT_OVERLAP_SECS: u64 = 24 * 3600;
@@ -52,7 +52,7 @@ pub fn seal_context(tenant_id: &str) -> String {
     format!("tenant:{tenant_id}:alert_webhook")
 }
 
-fn sealing_failed(e: crate::secrets::SecretsError) -> ApiError {
+fn sealing_failed(e: crate::tenancy::secrets::SecretsError) -> ApiError {
     ApiError::Internal(format!("webhook secret: {e}"))
 }
 
@@ -70,7 +70,7 @@ impl WebhookRules {
         tenant_id: &str,
         now: i64,
     ) -> ApiResult<(SigningSecret, String)> {
-        let secret = crate::keys::generate_secret("whsec_")?;
+        let secret = crate::tenancy::keys::generate_secret("whsec_")?;
         let sealed = self
             .secrets
             .seal(&secret, &seal_context(tenant_id))
@@ -151,7 +151,7 @@ impl Webhook {
 
 /// Checks a rotation's overlap (seconds the old secret keeps signing).
 pub fn check_overlap(overlap_secs: u64) -> ApiResult<u64> {
-    crate::amounts::check_max("overlap_secs", overlap_secs, MAX_OVERLAP_SECS)?;
+    crate::billing::amounts::check_max("overlap_secs", overlap_secs, MAX_OVERLAP_SECS)?;
     Ok(overlap_secs)
 }
 

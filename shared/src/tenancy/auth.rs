@@ -6,10 +6,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
-use crate::jwt::JwtVerifier;
-use crate::keys::{hash_secret, Keys, KEY_PREFIX, SCOPES};
 use crate::store::now_secs;
-use crate::tenants::{TenantStatus, Tenants};
+use crate::tenancy::jwt::JwtVerifier;
+use crate::tenancy::keys::{hash_secret, Keys, KEY_PREFIX, SCOPES};
+use crate::tenancy::tenants::{TenantStatus, Tenants};
 
 /// Who is calling: what the authorizer hands the api.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ pub struct TenantContext {
     pub scopes: Vec<String>,
     /// The key's own rate limits, if it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_limits: Option<crate::ratelimit::Limits>,
+    pub key_limits: Option<crate::gateway::ratelimit::Limits>,
 }
 
 impl TenantContext {
@@ -126,7 +126,7 @@ impl Authenticator {
         tenant_id: &str,
         key_id: String,
         scopes: Vec<String>,
-        key_limits: Option<crate::ratelimit::Limits>,
+        key_limits: Option<crate::gateway::ratelimit::Limits>,
     ) -> ApiResult<TenantContext> {
         let tenant = match self.tenants.get(tenant_id).await {
             Ok(t) => t,

@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use crate::amounts::{delta, dollars, from_counter, saturating_counter, to_counter};
+use crate::billing::amounts::{delta, dollars, from_counter, saturating_counter, to_counter};
+use crate::billing::metering::Meter;
 use crate::error::{ApiError, ApiResult};
-use crate::metering::Meter;
 use crate::store::{Attrs, Cond, Item, Key, StoreError, Table, Update};
-use crate::tenants::Budget;
+use crate::tenancy::tenants::Budget;
 
 /// The month counters live a little over a year (for audit), then expire.
 const COUNTER_TTL_SECS: i64 = 400 * 24 * 3600;
@@ -214,7 +214,7 @@ mod tests {
         let (_dir, storage) = storage().await;
         let meter = Meter::new(storage.table.clone());
         let at_ms = 1_795_000_000_000; // 2026-11-18
-        let event = crate::metering::UsageEvent {
+        let event = crate::billing::metering::UsageEvent {
             event_id: "e1".into(),
             tenant_id: "t1".into(),
             key_id: "k1".into(),
@@ -231,7 +231,7 @@ mod tests {
             at_ms,
         };
         meter.fold(&event).await.unwrap();
-        let month = &crate::metering::month_of(at_ms);
+        let month = &crate::billing::metering::month_of(at_ms);
         let gate = BudgetGate::new(storage.table.clone());
         assert!(matches!(
             gate.reserve("t1", month, &capped(100), 11).await,

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::amounts::{from_counter, saturating_counter};
+use crate::billing::amounts::{from_counter, saturating_counter};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Key, StoreError, Table, Update};
 
@@ -54,7 +54,7 @@ pub struct Limits {
 impl Limits {
     /// Refuses limits above the documented maxima (400 naming the field).
     pub fn validate(&self) -> crate::error::ApiResult<()> {
-        use crate::amounts::{check_max, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
+        use crate::billing::amounts::{check_max, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE};
         check_max(
             "rate_limits.requests_per_minute",
             self.requests_per_minute,

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::amounts::{check_max, MAX_BUDGET_MICROS, MAX_INPUTS_PER_REQUEST};
+use crate::billing::amounts::{check_max, MAX_BUDGET_MICROS, MAX_INPUTS_PER_REQUEST};
+pub use crate::billing::webhooks::Webhook;
+use crate::billing::webhooks::WebhookRules;
 use crate::error::{ApiError, ApiResult};
 use crate::records::{from_item, to_attrs};
 use crate::store::{Cond, Item, Key, Page, Query, StoreError, Table};
-pub use crate::webhooks::Webhook;
-use crate::webhooks::WebhookRules;
 
 /// Limits and defaults of one tier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ impl Default for Tiers {
 }
 
 impl Tier {
-    /// Refuses figures above the documented maxima (see [`crate::amounts`]).
+    /// Refuses figures above the documented maxima (see [`crate::billing::amounts`]).
     pub fn validate(&self) -> ApiResult<()> {
         self.limits().validate()?;
         check_max(
@@ -80,8 +80,8 @@ impl Tier {
         )
     }
 
-    pub fn limits(&self) -> crate::ratelimit::Limits {
-        crate::ratelimit::Limits {
+    pub fn limits(&self) -> crate::gateway::ratelimit::Limits {
+        crate::gateway::ratelimit::Limits {
             requests_per_minute: u64::from(self.requests_per_minute),
             tokens_per_minute: self.tokens_per_minute,
         }
@@ -98,7 +98,7 @@ impl Tiers {
             Err(_) => return Ok(Tiers::default()),
         };
         for (name, tier) in &tiers.0 {
-            crate::text::check_label("tier", name, 64)
+            crate::tenancy::text::check_label("tier", name, 64)
                 .and_then(|_| tier.validate())
                 .map_err(|e| format!("TENANTAI_TIERS: tier '{name}': {e}"))?;
         }
@@ -151,7 +151,7 @@ pub struct Tenant {
     pub model_overrides: BTreeMap<String, String>,
     /// Rate limits overriding the tier's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limits: Option<crate::ratelimit::Limits>,
+    pub rate_limits: Option<crate::gateway::ratelimit::Limits>,
     /// Whether the budget is a hard cap (else the tier's setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hard_cap: Option<bool>,
@@ -212,7 +212,7 @@ pub struct TenantPatch {
     pub status: Option<TenantStatus>,
     pub cache_scope: Option<CacheScope>,
     pub monthly_budget_micros: Option<u64>,
-    pub rate_limits: Option<crate::ratelimit::Limits>,
+    pub rate_limits: Option<crate::gateway::ratelimit::Limits>,
     pub hard_cap: Option<bool>,
     pub alert_thresholds: Option<Vec<u16>>,
     /// Sets the alert webhook (a new signing secret is generated); "" removes it.
@@ -229,9 +229,9 @@ fn key(id: &str) -> Key {
 pub const MAX_NAME_CHARS: usize = 200;
 
 /// A tenant name as stored: trimmed, 1 to 200 characters, no control,
-/// bidirectional or invisible characters (see [`crate::text`]).
+/// bidirectional or invisible characters (see [`crate::tenancy::text`]).
 pub fn check_name(name: &str) -> ApiResult<String> {
-    crate::text::check_label("name", name, MAX_NAME_CHARS)
+    crate::tenancy::text::check_label("name", name, MAX_NAME_CHARS)
 }
 
 impl TenantPatch {
@@ -482,7 +482,7 @@ impl Tenants {
         id: &str,
         overlap_secs: u64,
     ) -> ApiResult<TenantUpdate> {
-        let overlap_secs = crate::webhooks::check_overlap(overlap_secs)?;
+        let overlap_secs = crate::billing::webhooks::check_overlap(overlap_secs)?;
         let current = self.get(id).await?;
         if current.alert_webhook.is_none() {
             return Err(ApiError::invalid_param(

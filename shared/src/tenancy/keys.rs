@@ -71,7 +71,7 @@ pub struct ApiKey {
     pub created_at: i64,
     /// Rate limits of this key (else the tenant's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limits: Option<crate::ratelimit::Limits>,
+    pub rate_limits: Option<crate::gateway::ratelimit::Limits>,
 }
 
 impl ApiKey {
@@ -106,7 +106,7 @@ pub struct KeyRequest {
     pub scopes: Option<Vec<String>>,
     /// Unix seconds.
     pub expires_at: Option<i64>,
-    pub rate_limits: Option<crate::ratelimit::Limits>,
+    pub rate_limits: Option<crate::gateway::ratelimit::Limits>,
 }
 
 fn lookup_key(hash: &str) -> Key {
@@ -148,18 +148,22 @@ impl Keys {
         }
         if req
             .expires_at
-            .is_some_and(|t| t > crate::amounts::MAX_UNIX_SECS)
+            .is_some_and(|t| t > crate::billing::amounts::MAX_UNIX_SECS)
         {
             return Err(ApiError::invalid_param(
                 "expires_at",
                 format!(
                     "expires_at is Unix seconds; the maximum is {}",
-                    crate::amounts::MAX_UNIX_SECS
+                    crate::billing::amounts::MAX_UNIX_SECS
                 ),
             ));
         }
         let name = match &req.name {
-            Some(n) => Some(crate::text::check_label("name", n, MAX_KEY_NAME_CHARS)?),
+            Some(n) => Some(crate::tenancy::text::check_label(
+                "name",
+                n,
+                MAX_KEY_NAME_CHARS,
+            )?),
             None => None,
         };
         if let Some(limits) = &req.rate_limits {

@@ -64,7 +64,7 @@ const REFETCH_EVERY: Duration = Duration::from_secs(60);
 
 impl JwtVerifier {
     pub fn new(config: JwtConfig) -> ApiResult<Arc<Self>> {
-        crate::backend::install_crypto();
+        crate::gateway::backend::install_crypto();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

@@ -10,9 +10,9 @@ use aws_sdk_sagemakerruntime::primitives::Blob;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::embeddings::{decode_base64, EmbeddingRequest, Embeddings};
 use crate::error::{ApiError, ApiResult};
-use crate::models::ModelVersion;
+use crate::gateway::embeddings::{decode_base64, EmbeddingRequest, Embeddings};
+use crate::gateway::models::ModelVersion;
 
 /// Installs rustls' ring crypto provider for this process (idempotent); every
 /// HTTPS client of the process (reqwest, JWKS fetches) uses it.

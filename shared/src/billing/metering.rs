@@ -92,8 +92,8 @@ impl UsageEvent {
 
     /// The event's counters as the signed deltas its fold adds, in
     /// [`COUNTERS`] order; an error names the first that does not fit.
-    pub fn counters(&self) -> Result<[i64; 6], crate::amounts::Overflow> {
-        use crate::amounts::to_counter;
+    pub fn counters(&self) -> Result<[i64; 6], crate::billing::amounts::Overflow> {
+        use crate::billing::amounts::to_counter;
         Ok([
             to_counter(self.requests, "requests")?,
             to_counter(self.inputs, "inputs")?,
@@ -124,8 +124,8 @@ impl UsageEvent {
     /// Adds `other`'s calls to this event (same [`UsageEvent::merge_key`]); this
     /// event keeps its id and time. When a sum would not fit, nothing changes
     /// and the events stay apart.
-    pub fn absorb(&mut self, other: &UsageEvent) -> Result<(), crate::amounts::Overflow> {
-        use crate::amounts::add;
+    pub fn absorb(&mut self, other: &UsageEvent) -> Result<(), crate::billing::amounts::Overflow> {
+        use crate::billing::amounts::add;
         let merged = UsageEvent {
             cache_hits: add(self.hits(), other.hits(), "cache_hits")?,
             cache_hit: false,
@@ -147,7 +147,7 @@ impl UsageEvent {
     }
 }
 
-pub use crate::amounts::cost_micros;
+pub use crate::billing::amounts::cost_micros;
 
 /// A date as YYYY-MM-DD (how days are stored and reported).
 pub fn format_day(date: Date) -> String {
@@ -269,7 +269,9 @@ impl Meter {
             .table
             .get(&Key::new(usage_pk(tenant_id), month_sk(month)))
             .await?;
-        Ok(item.map_or(0, |i| crate::amounts::from_counter(i.number("cost_micros"))))
+        Ok(item.map_or(0, |i| {
+            crate::billing::amounts::from_counter(i.number("cost_micros"))
+        }))
     }
 
     /// The day/model aggregates of a tenant from `from` to `to` (inclusive).
@@ -304,7 +306,12 @@ impl Meter {
                 }
                 let counters = COUNTERS
                     .iter()
-                    .map(|c| (c.to_string(), crate::amounts::from_counter(item.number(c))))
+                    .map(|c| {
+                        (
+                            c.to_string(),
+                            crate::billing::amounts::from_counter(item.number(c)),
+                        )
+                    })
                     .collect();
                 let model = item
                     .attrs

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::embeddings::Embeddings;
+use crate::gateway::embeddings::Embeddings;
 use crate::store::{now_secs, Attrs, Cond, Item, Key, Table};
 
 /// Entries above this size stay out of the table (DynamoDB items hold 400 KB).
