@@ -63,12 +63,13 @@ pub const REDACTED: &str = "[redacted]";
 /// The chain of the platform's own actions (no tenant).
 pub const PLATFORM: &str = "_platform";
 
-/// Replaces every field named `secret`, at any depth, by [`REDACTED`].
+/// Replaces every field named `secret` or `sealed` (a secret under the vault's
+/// key is still a secret), at any depth, by [`REDACTED`].
 pub(crate) fn redact(value: &mut Value) {
     match value {
         Value::Object(fields) => {
             for (name, field) in fields.iter_mut() {
-                if name == "secret" && !field.is_null() {
+                if (name == "secret" || name == "sealed") && !field.is_null() {
                     *field = Value::String(REDACTED.into());
                 } else {
                     redact(field);
@@ -477,13 +478,16 @@ mod tests {
     #[test]
     fn secrets_are_redacted_at_any_depth() {
         let mut v = json!({"name": "acme", "alert_webhook": {"url": "https://x", "secret": "whsec_abc"},
-                           "list": [{"secret": "s2"}], "none": {"secret": null}});
+                           "list": [{"secret": "s2"}], "none": {"secret": null},
+                           "vaulted": {"secrets": [{"sealed": "v1:abc", "created_at": 1}]}});
         redact(&mut v);
         assert_eq!(v["alert_webhook"]["secret"], REDACTED);
         assert_eq!(v["alert_webhook"]["url"], "https://x");
         assert_eq!(v["list"][0]["secret"], REDACTED);
         assert_eq!(v["none"]["secret"], Value::Null);
         assert_eq!(v["name"], "acme");
+        assert_eq!(v["vaulted"]["secrets"][0]["sealed"], REDACTED);
+        assert_eq!(v["vaulted"]["secrets"][0]["created_at"], 1);
     }
 
     fn chain(n: u64) -> Vec<AuditRecord> {
