@@ -230,6 +230,7 @@ fn usage_batch(i: usize) -> Vec<Record> {
                 model_version: "1".into(),
                 inputs: 4,
                 tokens: 120,
+                completion_tokens: 0,
                 requests: 1,
                 cache_hit: n % 5 == 0,
                 cache_hits: 0,

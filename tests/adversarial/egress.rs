@@ -193,6 +193,7 @@ pub fn spend_event(tenant: &str, cost: u64) -> UsageEvent {
         requests: 1,
         inputs: 1,
         tokens: 1,
+        completion_tokens: 0,
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,

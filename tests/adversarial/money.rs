@@ -243,6 +243,7 @@ fn event(id: &str, tenant: &str, cost: u64, tokens: u64) -> UsageEvent {
         requests: 1,
         inputs: 1,
         tokens,
+        completion_tokens: 0,
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,

@@ -180,6 +180,7 @@ async fn usage_pages_with_a_cursor() {
                 model_version: "1".into(),
                 inputs: 1,
                 tokens: 10 + i as u64,
+                completion_tokens: 0,
                 requests: 1,
                 cache_hit: false,
                 cache_hits: 0,

@@ -22,6 +22,7 @@ fn spend_event(tenant: &str, id: &str, cost: u64, at_ms: i64) -> UsageEvent {
         model_version: "1".into(),
         inputs: 1,
         tokens: 10,
+        completion_tokens: 0,
         requests: 1,
         cache_hit: false,
         cache_hits: 0,

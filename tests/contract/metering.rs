@@ -38,6 +38,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 model_version: "1".into(),
                 inputs: 1 + rng.next(8),
                 tokens,
+                completion_tokens: rng.next(3) * rng.next(200),
                 requests,
                 cache_hit: requests == 1 && rng.next(4) == 0,
                 cache_hits: if requests > 1 {
@@ -54,7 +55,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
         .collect()
 }
 
-type Truth = BTreeMap<(String, String, String), [u64; 6]>;
+type Truth = BTreeMap<(String, String, String), [u64; 7]>;
 
 fn truth(events: &[UsageEvent]) -> Truth {
     let mut t = Truth::new();
@@ -65,9 +66,10 @@ fn truth(events: &[UsageEvent]) -> Truth {
         c[0] += e.requests;
         c[1] += e.inputs;
         c[2] += e.tokens;
-        c[3] += e.hits();
-        c[4] += e.cost_micros;
-        c[5] += e.compute_ms;
+        c[3] += e.completion_tokens;
+        c[4] += e.hits();
+        c[5] += e.cost_micros;
+        c[6] += e.compute_ms;
     }
     t
 }

@@ -46,6 +46,7 @@ fn event(tenant: &str, key: &str, i: usize, cost: u64) -> UsageEvent {
         model_version: "1".into(),
         inputs: 2,
         tokens: 40 + i as u64,
+        completion_tokens: 0,
         requests: 1,
         cache_hit: i % 3 == 0,
         cache_hits: 0,

@@ -222,6 +222,7 @@ mod tests {
             model_version: "1".into(),
             inputs: 1,
             tokens: 10,
+            completion_tokens: 0,
             requests: 1,
             cache_hit: false,
             cache_hits: 0,

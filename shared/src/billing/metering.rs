@@ -21,11 +21,13 @@ use crate::store::{
 /// How long a claimed event id is remembered.
 pub const CLAIM_TTL_SECS: i64 = 30 * 24 * 3600;
 
-/// The counters of one aggregate.
-pub const COUNTERS: [&str; 6] = [
+/// The counters of one aggregate (`tokens` are prompt tokens, read; a chat call
+/// also generates `completion_tokens`).
+pub const COUNTERS: [&str; 7] = [
     "requests",
     "inputs",
     "tokens",
+    "completion_tokens",
     "cache_hits",
     "cost_micros",
     "compute_ms",
@@ -49,7 +51,11 @@ pub struct UsageEvent {
     #[serde(default = "one")]
     pub requests: u64,
     pub inputs: u64,
+    /// Prompt (input) tokens.
     pub tokens: u64,
+    /// Tokens generated (chat; 0 for embeddings).
+    #[serde(default)]
+    pub completion_tokens: u64,
     /// A single call served from the cache.
     pub cache_hit: bool,
     /// Cache hits among merged calls (besides the one `cache_hit` marks).
@@ -92,12 +98,13 @@ impl UsageEvent {
 
     /// The event's counters as the signed deltas its fold adds, in
     /// [`COUNTERS`] order; an error names the first that does not fit.
-    pub fn counters(&self) -> Result<[i64; 6], crate::billing::amounts::Overflow> {
+    pub fn counters(&self) -> Result<[i64; 7], crate::billing::amounts::Overflow> {
         use crate::billing::amounts::to_counter;
         Ok([
             to_counter(self.requests, "requests")?,
             to_counter(self.inputs, "inputs")?,
             to_counter(self.tokens, "tokens")?,
+            to_counter(self.completion_tokens, "completion_tokens")?,
             to_counter(self.hits(), "cache_hits")?,
             to_counter(self.cost_micros, "cost_micros")?,
             to_counter(self.compute_ms, "compute_ms")?,
@@ -132,6 +139,7 @@ impl UsageEvent {
             requests: add(self.requests, other.requests, "requests")?,
             inputs: add(self.inputs, other.inputs, "inputs")?,
             tokens: add(self.tokens, other.tokens, "tokens")?,
+            completion_tokens: add(self.completion_tokens, other.completion_tokens, "completion_tokens")?,
             latency_ms: self.latency_ms + other.latency_ms,
             compute_ms: add(self.compute_ms, other.compute_ms, "compute_ms")?,
             cost_micros: add(self.cost_micros, other.cost_micros, "cost_micros")?,
@@ -244,7 +252,7 @@ impl Meter {
             )
             .set("day", day.clone().into())
             .set("model", e.model.clone().into());
-        let [requests, _, _, _, cost, _] = deltas;
+        let [requests, _, _, _, _, cost, _] = deltas;
         let month = Update::new(Key::new(usage_pk(&e.tenant_id), month_sk(&day[..7])))
             .add("cost_micros", cost)
             .add("requests", requests);

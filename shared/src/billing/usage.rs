@@ -226,6 +226,7 @@ mod tests {
             requests: 1,
             inputs: 1,
             tokens: 3,
+            completion_tokens: 0,
             cache_hit: false,
             cache_hits: 0,
             latency_ms: 1.0,

@@ -40,18 +40,52 @@ pub enum VersionStatus {
     Retired,
 }
 
+/// What a model does: it embeds, or it chats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    #[default]
+    Embedding,
+    Chat,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Embedding => "embedding",
+            ModelKind::Chat => "chat",
+        }
+    }
+}
+
+/// Longest context a chat model may declare, in tokens.
+pub const MAX_CONTEXT_LENGTH: u32 = 1 << 21;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelVersion {
     pub model: String,
     pub version: String,
+    /// `embedding` (the default, for versions registered before chat) or `chat`.
+    #[serde(default)]
+    pub kind: ModelKind,
     pub backend: BackendKind,
     /// Worker base URL, or SageMaker endpoint name.
     pub endpoint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_uri: Option<String>,
-    /// Price per 1,000 input tokens, in micro-dollars.
+    /// Price per 1,000 input (prompt) tokens, in micro-dollars.
     pub price_per_1k_tokens_micros: u64,
+    /// Price per 1,000 generated (completion) tokens, in micro-dollars (chat).
+    #[serde(default)]
+    pub price_per_1k_completion_tokens_micros: u64,
+    /// Tokens of prompt plus completion the model reads at most (chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// Completion tokens allowed when a request sets no `max_tokens` (chat);
+    /// unset: what the context leaves, at most 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
     pub status: VersionStatus,
     /// Percent of requests (0-100) a canary version receives.
     #[serde(default)]
@@ -79,10 +113,14 @@ impl ModelVersion {
         ModelVersion {
             model: model.into(),
             version: version.into(),
+            kind: ModelKind::Embedding,
             backend: BackendKind::Worker,
             endpoint: endpoint.into(),
             artifact_uri: None,
             price_per_1k_tokens_micros,
+            price_per_1k_completion_tokens_micros: 0,
+            context_length: None,
+            max_output_tokens: None,
             status: VersionStatus::Live,
             canary_weight: 0,
             owner_tenant: None,
@@ -147,6 +185,30 @@ impl ModelVersion {
             self.price_per_1k_tokens_micros,
             crate::billing::amounts::MAX_PRICE_PER_1K_TOKENS_MICROS,
         )?;
+        crate::billing::amounts::check_max(
+            "price_per_1k_completion_tokens_micros",
+            self.price_per_1k_completion_tokens_micros,
+            crate::billing::amounts::MAX_PRICE_PER_1K_TOKENS_MICROS,
+        )?;
+        for (field, value) in [
+            ("context_length", self.context_length),
+            ("max_output_tokens", self.max_output_tokens),
+        ] {
+            if let Some(v) = value {
+                if v == 0 {
+                    return Err(ApiError::invalid_param(field, format!("{field} must be positive")));
+                }
+                crate::billing::amounts::check_max(field, u64::from(v), u64::from(MAX_CONTEXT_LENGTH))?;
+            }
+        }
+        if self.kind == ModelKind::Embedding
+            && (self.price_per_1k_completion_tokens_micros > 0 || self.max_output_tokens.is_some())
+        {
+            return Err(ApiError::invalid_param(
+                "kind",
+                "an embedding model generates nothing: no completion price or max_output_tokens",
+            ));
+        }
         if self.tier.is_some() != self.serves.is_some() {
             return Err(ApiError::invalid_param(
                 "serves",

@@ -195,6 +195,7 @@ async fn embeddings(
         requests: 1,
         inputs: u64::try_from(req.len()).unwrap_or(u64::MAX),
         tokens,
+        completion_tokens: 0,
         cache_hit: served.hit,
         cache_hits: 0,
         latency_ms,

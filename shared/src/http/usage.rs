@@ -161,6 +161,18 @@ fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) -> ApiRes
     Ok(())
 }
 
+/// A bucket's counters as reported: the stored `tokens` (prompt tokens) appear as
+/// `prompt_tokens`, beside `completion_tokens`; `tokens` is their sum.
+fn token_kinds(out: &mut Map<String, Value>, counters: &BTreeMap<String, u64>) {
+    for (c, v) in counters {
+        out.insert(c.clone(), (*v).into());
+    }
+    let prompt = counters.get("tokens").copied().unwrap_or(0);
+    let completion = counters.get("completion_tokens").copied().unwrap_or(0);
+    out.insert("prompt_tokens".into(), prompt.into());
+    out.insert("tokens".into(), prompt.saturating_add(completion).into());
+}
+
 /// Groups `(tenant, aggregate)` rows and cuts the page after the cursor.
 pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<Value> {
     let mut groups: BTreeMap<Vec<String>, BTreeMap<String, u64>> = BTreeMap::new();
@@ -202,19 +214,19 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<Value> 
             for (d, v) in q.group_by.iter().zip(key) {
                 bucket.insert(d.name().into(), v.clone().into());
             }
-            for (c, v) in counters {
-                bucket.insert(c.clone(), (*v).into());
-            }
+            token_kinds(&mut bucket, counters);
             Value::Object(bucket)
         })
         .collect::<Vec<_>>();
+    let mut total_map = Map::new();
+    token_kinds(&mut total_map, &totals);
     Ok(json!({
         "object": "list",
         "from": format_day(q.from),
         "to": format_day(q.to),
         "group_by": q.group_by.iter().map(|d| d.name()).collect::<Vec<_>>(),
         "data": data,
-        "totals": totals,
+        "totals": total_map,
         "has_more": next.is_some(),
         "next": next,
     }))
