@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::app::App;
 use crate::error::{ApiError, ApiResult};
+use crate::gateway::backend::BackendFailure;
+use crate::gateway::models::{BackendKind, ModelVersion};
 
 /// Most inputs one request may carry (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
@@ -220,6 +223,60 @@ impl EmbeddingRequest {
     pub fn canonical_hash(&self) -> String {
         let canonical = json!({"input": &self.input, "truncate": self.truncate});
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// The embeddings endpoint's parts of the request pipeline.
+#[async_trait::async_trait]
+impl crate::gateway::pipeline::Endpoint for EmbeddingRequest {
+    type Answer = std::sync::Arc<Embeddings>;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn estimate_tokens(&self) -> u64 {
+        EmbeddingRequest::estimate_tokens(self)
+    }
+
+    /// The most tokens the request can be billed for, at the version's price.
+    fn max_cost(&self, version: &ModelVersion) -> Result<u64, crate::billing::amounts::Overflow> {
+        crate::billing::amounts::cost_micros(self.max_tokens(), version.price_per_1k_tokens_micros)
+    }
+
+    fn cache_hash(&self) -> Option<String> {
+        Some(self.canonical_hash())
+    }
+
+    async fn cached(&self, app: &App, key: &str) -> Option<Self::Answer> {
+        app.cache.get(key).await
+    }
+
+    async fn store(&self, app: &App, key: &str, answer: &Self::Answer) {
+        app.cache.put(key, answer.clone()).await;
+    }
+
+    async fn call(&self, app: &App, version: &ModelVersion) -> Result<Self::Answer, BackendFailure> {
+        let e = match version.backend {
+            BackendKind::Worker => app.worker.embed(version, self).await,
+            BackendKind::Sagemaker => match &app.sagemaker {
+                Some(sm) => sm.embed(version, self).await,
+                None => Err(BackendFailure::Down {
+                    message: "this deployment has no AWS configuration for SageMaker".into(),
+                    timeout: false,
+                }),
+            },
+        };
+        e.map(std::sync::Arc::new)
+    }
+
+    /// Tokens held to the request's bound, so billing never passes the reservation.
+    fn tokens(&self, answer: &Self::Answer) -> crate::gateway::pipeline::Tokens {
+        crate::gateway::pipeline::Tokens {
+            prompt: self.billable(answer.prompt_tokens),
+            completion: 0,
+            inputs: u64::try_from(self.len()).unwrap_or(u64::MAX),
+        }
     }
 }
 

@@ -8,5 +8,6 @@ pub mod cache;
 pub mod egress;
 pub mod embeddings;
 pub mod models;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod telemetry;

@@ -1,0 +1,384 @@
+//! The request pipeline every model call goes through, whatever the endpoint:
+//!
+//! 1. [`admit`]: rate limits (requests and the endpoint's token estimate), routing
+//!    along the model hierarchy (with the canary share), and a budget reservation of
+//!    the most the request can cost at the dearest version it may fall back to;
+//! 2. [`serve`]: the answer cache, then the backends in route order past open
+//!    circuits and failing backends (503 with Retry-After when none is left);
+//! 3. [`Admitted::finish`]: the real cost (never above the reservation) settles the
+//!    budget and the token limits, and one usage event leaves for metering.
+//!
+//! An endpoint supplies only what is its own through [`Endpoint`]: its scope, token
+//! estimate, cost bound, cache hash and cache, the backend call, and what an answer
+//! bills. A streamed answer keeps its [`Admitted`] until the stream ends (or its
+//! client leaves) and finishes it then; one dropped unfinished releases its
+//! reservation.
+
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue};
+
+use crate::app::App;
+use crate::billing::amounts::{self, Overflow};
+use crate::billing::budget::Reservation;
+use crate::billing::metering::UsageEvent;
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::backend::BackendFailure;
+use crate::gateway::breaker::Outcome;
+use crate::gateway::cache::Cache;
+use crate::gateway::models::{ModelVersion, Route};
+use crate::gateway::ratelimit::{self, insert_headers, Scope};
+use crate::store::now_millis;
+use crate::tenancy::auth::TenantContext;
+use crate::tenancy::tenants::{CacheScope, Tenant, Tier};
+
+/// What an answer bills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    /// Inputs served (embedding inputs; 1 for a chat completion).
+    pub inputs: u64,
+}
+
+/// The parts of a request that are its endpoint's own.
+#[async_trait::async_trait]
+pub trait Endpoint: Send + Sync {
+    /// What a backend (or the cache) answers.
+    type Answer: Send + Sync;
+
+    /// The model the client asked for.
+    fn model(&self) -> &str;
+    /// Tokens admitted against the per-minute limits before the call.
+    fn estimate_tokens(&self) -> u64;
+    /// The most the request can cost at `version`'s prices, by construction.
+    fn max_cost(&self, version: &ModelVersion) -> Result<u64, Overflow>;
+    /// What determines the answer, hashed; `None`: never cached.
+    fn cache_hash(&self) -> Option<String>;
+    async fn cached(&self, app: &App, key: &str) -> Option<Self::Answer>;
+    async fn store(&self, app: &App, key: &str, answer: &Self::Answer);
+    /// Asks `version`'s backend.
+    async fn call(&self, app: &App, version: &ModelVersion) -> Result<Self::Answer, BackendFailure>;
+    /// What an answer bills (held to the request's bound).
+    fn tokens(&self, answer: &Self::Answer) -> Tokens;
+}
+
+/// Cache-Control as a client sends it: `no-cache` skips the read, `no-store` the write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheControl {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl CacheControl {
+    pub fn from_headers(headers: &HeaderMap) -> CacheControl {
+        let value = headers
+            .get_all("cache-control")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase();
+        let has = |d: &str| value.split(',').any(|p| p.trim() == d);
+        CacheControl {
+            read: !has("no-cache"),
+            write: !has("no-store"),
+        }
+    }
+}
+
+/// A request admitted by the limits and the budget, holding what it reserved.
+pub struct Admitted {
+    pub tenant: Tenant,
+    pub routes: Vec<Route>,
+    pub limits: ratelimit::Admission,
+    reservation: Option<Reservation>,
+    /// The most the request may be billed (what the budget reserved for).
+    most: u64,
+    started: Instant,
+    at_ms: i64,
+    key_id: String,
+    pub request_id: String,
+    app: std::sync::Arc<App>,
+}
+
+/// What served a request.
+pub struct Served<A> {
+    pub version: ModelVersion,
+    pub answer: A,
+    pub hit: bool,
+    /// Time spent waiting on backends (failed attempts included).
+    pub backend_ms: f64,
+}
+
+/// What a finished request cost, and the figures its answer reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Receipt {
+    pub tokens: Tokens,
+    pub cost_micros: u64,
+    pub latency_ms: f64,
+    pub overhead_ms: f64,
+}
+
+/// The caller's tenant and tier, once the key has the endpoint's scope.
+pub async fn caller(app: &App, ctx: &TenantContext, scope: &str) -> ApiResult<(Tenant, Tier)> {
+    ctx.require(scope)?;
+    let tenant = app.tenant(&ctx.tenant_id).await?;
+    let tier = app.config.tiers.get(&tenant.tier)?.clone();
+    Ok((tenant, tier))
+}
+
+/// A money figure that does not fit: our arithmetic, not the client's request.
+pub fn money(e: Overflow) -> ApiError {
+    ApiError::Internal(format!("cost: {e}"))
+}
+
+/// Admits a request (see the module's step 1).
+pub async fn admit<E: Endpoint>(
+    app: &std::sync::Arc<App>,
+    ctx: &TenantContext,
+    (tenant, tier): (Tenant, Tier),
+    request_id: &str,
+    req: &E,
+) -> ApiResult<Admitted> {
+    let started = Instant::now();
+    let tenant_limits = tenant.rate_limits.unwrap_or_else(|| tier.limits());
+    let scopes = [
+        Scope {
+            id: format!("tenant:{}", tenant.id),
+            limits: tenant_limits,
+        },
+        Scope {
+            id: format!("key:{}", ctx.key_id),
+            limits: ctx.key_limits.unwrap_or(tenant_limits),
+        },
+    ];
+    let spread = u64::from(crate::gateway::models::bucket(request_id));
+    let limits = app
+        .limiter
+        .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
+        .await?;
+    let routes = app
+        .registry
+        .route_chain(&tenant, req.model(), request_id)
+        .await?;
+    let mut most = 0;
+    for r in &routes {
+        most = most.max(req.max_cost(&r.version).map_err(money)?);
+    }
+    let at_ms = now_millis();
+    let month = crate::billing::metering::month_of(at_ms);
+    let reservation = app
+        .budget
+        .reserve(&tenant.id, &month, &tenant.budget(&tier), most)
+        .await?;
+    Ok(Admitted {
+        tenant,
+        routes,
+        limits,
+        reservation,
+        most,
+        started,
+        at_ms,
+        key_id: ctx.key_id.clone(),
+        request_id: request_id.to_string(),
+        app: app.clone(),
+    })
+}
+
+/// The cache key of a request at `version` for this tenant.
+fn cache_key(tenant: &Tenant, version: &ModelVersion, hash: &str) -> String {
+    let scope = if tenant.cache_scope == CacheScope::Shared && version.is_shared() {
+        "shared"
+    } else {
+        tenant.id.as_str()
+    };
+    Cache::key(scope, &version.model, &version.version, hash)
+}
+
+/// Serves an admitted request (see the module's step 2).
+pub async fn serve<E: Endpoint>(
+    admitted: &Admitted,
+    req: &E,
+    control: CacheControl,
+) -> ApiResult<Served<E::Answer>> {
+    let app = &admitted.app;
+    let mut backend_ms = 0.0;
+    let mut retry_after = Duration::from_secs(1);
+    let hash = req.cache_hash();
+    for route in &admitted.routes {
+        let version = &route.version;
+        let key = hash
+            .as_deref()
+            .map(|h| cache_key(&admitted.tenant, version, h));
+        if let (Some(key), true) = (&key, control.read) {
+            if let Some(answer) = req.cached(app, key).await {
+                return Ok(Served {
+                    version: version.clone(),
+                    answer,
+                    hit: true,
+                    backend_ms,
+                });
+            }
+        }
+        let backend = format!("{:?}:{}", version.backend, version.endpoint);
+        if let Err(wait) = app.breakers.allow(&backend) {
+            retry_after = retry_after.max(wait);
+            tracing::info!(model = %version.model, backend = %backend, "circuit open; trying the next route");
+            continue;
+        }
+        let call = Instant::now();
+        let outcome = req.call(app, version).await;
+        backend_ms += call.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(answer) => {
+                app.breakers.record(&backend, Outcome::Success);
+                if let (Some(key), true) = (&key, control.write) {
+                    req.store(app, key, &answer).await;
+                }
+                return Ok(Served {
+                    version: version.clone(),
+                    answer,
+                    hit: false,
+                    backend_ms,
+                });
+            }
+            Err(BackendFailure::Rejected(e)) => {
+                app.breakers.record(&backend, Outcome::Success);
+                return Err(e);
+            }
+            Err(BackendFailure::Down { message, timeout }) => {
+                tracing::warn!(model = %version.model, version = %version.version, backend = %backend, error = %message, timeout, "backend failed; trying the next route");
+                app.breakers.record(
+                    &backend,
+                    if timeout {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Failure
+                    },
+                );
+            }
+        }
+    }
+    Err(ApiError::Unavailable {
+        message: format!(
+            "no backend for model '{}' can serve now; retry shortly",
+            req.model()
+        ),
+        retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+    })
+}
+
+/// Milliseconds as a whole, non-negative count.
+pub fn whole_ms(ms: f64) -> u64 {
+    // Float-to-int `as` saturates (NaN is 0): the one safe cast here.
+    ms.round().max(0.0) as u64
+}
+
+/// The cost of `tokens` at `version`'s prices.
+pub fn cost(version: &ModelVersion, tokens: Tokens) -> Result<u64, Overflow> {
+    amounts::add(
+        amounts::cost_micros(tokens.prompt, version.price_per_1k_tokens_micros)?,
+        amounts::cost_micros(tokens.completion, version.price_per_1k_completion_tokens_micros)?,
+        "cost",
+    )
+}
+
+impl Admitted {
+    /// Settles the request served by `version` (see the module's step 3): what is
+    /// billed never passes what was reserved.
+    pub fn finish(mut self, version: &ModelVersion, tokens: Tokens, hit: bool, backend_ms: f64) -> Receipt {
+        let app = self.app.clone();
+        let cost = cost(version, tokens).unwrap_or(self.most).min(self.most);
+        if let Some(r) = self.reservation.take() {
+            let budget = app.budget.clone();
+            tokio::spawn(async move { budget.settle(&r, Some(cost)).await });
+        }
+        let total = tokens.prompt.saturating_add(tokens.completion);
+        let (limiter, settled) = (app.limiter.clone(), self.limits.clone());
+        tokio::spawn(async move { limiter.settle(&settled, total).await });
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let overhead_ms = (latency_ms - backend_ms).max(0.0);
+        // Cache hits are billed like misses (the price of the version that served
+        // them) and marked as hits; compute time is only what a backend spent.
+        app.usage.emit(&UsageEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: self.tenant.id.clone(),
+            key_id: self.key_id.clone(),
+            model: version.model.clone(),
+            model_version: version.version.clone(),
+            requests: 1,
+            inputs: tokens.inputs,
+            tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
+            cache_hit: hit,
+            cache_hits: 0,
+            latency_ms,
+            compute_ms: if hit { 0 } else { whole_ms(backend_ms) },
+            cost_micros: cost,
+            at_ms: self.at_ms,
+        });
+        tracing::info!(
+            tenant_id = %self.tenant.id, key_id = %self.key_id, model = %version.model, version = %version.version,
+            inputs = tokens.inputs, prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
+            cache_hit = hit, latency_ms, overhead_ms, request_id = %self.request_id, "served"
+        );
+        crate::gateway::telemetry::record(&crate::gateway::telemetry::RequestMetrics {
+            model: &version.model,
+            version: &version.version,
+            tenant_id: &self.tenant.id,
+            latency_ms,
+            overhead_ms,
+            backend_ms,
+            cache_hit: hit,
+            tokens: total,
+            inputs: usize::try_from(tokens.inputs).unwrap_or(usize::MAX),
+        });
+        Receipt {
+            tokens,
+            cost_micros: cost,
+            latency_ms,
+            overhead_ms,
+        }
+    }
+
+    /// The headers every answer carries: rate-limit standing, the version that
+    /// served and whether the cache did.
+    pub fn headers(&self, h: &mut HeaderMap, version: &ModelVersion, hit: bool) {
+        insert_headers(h, &self.limits.standing);
+        h.insert(
+            "x-tenantai-model-version",
+            header(&format!("{}@{}", version.model, version.version)),
+        );
+        h.insert(
+            "x-tenantai-cache",
+            HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+        );
+    }
+}
+
+impl Drop for Admitted {
+    /// An admitted request that never finished (it failed) releases its reservation.
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            let budget = self.app.budget.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { budget.settle(&r, None).await });
+            }
+        }
+    }
+}
+
+/// A header value, or `invalid` for text that cannot be one.
+pub fn header(v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The receipt's own headers on a whole answer: overhead and cost.
+pub fn receipt_headers(h: &mut HeaderMap, r: &Receipt) {
+    h.insert(
+        "x-tenantai-overhead-ms",
+        header(&format!("{:.3}", r.overhead_ms)),
+    );
+    h.insert("x-tenantai-cost-micros", HeaderValue::from(r.cost_micros));
+}
