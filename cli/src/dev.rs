@@ -1,5 +1,5 @@
-//! `tenantai dev`: the api, admin and authorizer logic and an embeddings worker
-//! in one process, on embedded storage (or the AWS adapters with `--aws`).
+//! `tenantai dev`: the api, admin and authorizer logic and a worker (embeddings
+//! and chat) in one process, on embedded storage (or the AWS adapters with `--aws`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tenantai::app::{App, Config};
 use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
-use tenantai::gateway::models::ModelVersion;
+use tenantai::gateway::models::{ModelKind, ModelVersion};
 use tenantai::store::{aws, Resources, Storage};
 use tenantai::tenancy::secrets::Secrets;
 
@@ -19,6 +19,11 @@ use tenantai::tenancy::secrets::Secrets;
 pub const DEV_MODEL: &str = "all-MiniLM-L6-v2";
 /// OpenAI's small embedding model costs $0.02 per million tokens: 20 micro-dollars per 1k.
 const DEV_PRICE_MICROS: u64 = 20;
+/// The chat model `tenantai dev` serves.
+pub const DEV_CHAT_MODEL: &str = "SmolLM2-135M-Instruct";
+/// Its prices per 1k prompt and completion tokens, in micro-dollars ($0.15 and
+/// $0.60 per million, the price class of small hosted models).
+const DEV_CHAT_PRICES_MICROS: (u64, u64) = (150, 600);
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -42,6 +47,16 @@ pub struct DevArgs {
         default_value = "models/all-MiniLM-L6-v2"
     )]
     model_dir: PathBuf,
+    /// The chat model directory (fetched with scripts/fetch-model.sh when absent).
+    #[arg(
+        long,
+        env = "TENANTAI_CHAT_MODEL_DIR",
+        default_value = "models/SmolLM2-135M-Instruct"
+    )]
+    chat_model_dir: PathBuf,
+    /// Serve no chat model (embeddings only).
+    #[arg(long)]
+    no_chat: bool,
     /// Use a running `gpu-worker serve` at this URL instead of the in-process worker.
     #[arg(long, env = "TENANTAI_WORKER_URL")]
     worker_url: Option<String>,
@@ -94,9 +109,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let worker_url = match &args.worker_url {
         Some(url) => url.clone(),
-        None => crate::worker::start(&args.model_dir).await?,
+        None => {
+            let chat = (!args.no_chat).then_some(args.chat_model_dir.as_path());
+            crate::worker::start(&args.model_dir, chat).await?
+        }
     };
-    ensure_model(&app, &worker_url).await?;
+    ensure_model(&app, &dev_model(&worker_url)).await?;
+    if !args.no_chat {
+        ensure_model(&app, &dev_chat_model(&worker_url)).await?;
+    }
     let creds = bootstrap(&app, &args.data_dir).await?;
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
@@ -184,24 +205,30 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
-/// Registers the dev model as the live base model, pointing at this run's worker.
-async fn ensure_model(app: &Arc<App>, worker_url: &str) -> anyhow::Result<()> {
-    match app.registry.get(DEV_MODEL, "1").await {
+fn dev_model(worker_url: &str) -> ModelVersion {
+    ModelVersion::live_worker(DEV_MODEL, "1", worker_url, DEV_PRICE_MICROS)
+}
+
+fn dev_chat_model(worker_url: &str) -> ModelVersion {
+    let mut v =
+        ModelVersion::live_worker(DEV_CHAT_MODEL, "1", worker_url, DEV_CHAT_PRICES_MICROS.0);
+    v.kind = ModelKind::Chat;
+    v.price_per_1k_completion_tokens_micros = DEV_CHAT_PRICES_MICROS.1;
+    v.context_length = Some(8192);
+    v
+}
+
+/// Registers a dev model as the live base model, pointing at this run's worker.
+async fn ensure_model(app: &Arc<App>, model: &ModelVersion) -> anyhow::Result<()> {
+    match app.registry.get(&model.model, &model.version).await {
         Ok(mut v) => {
-            if v.endpoint != worker_url {
-                v.endpoint = worker_url.to_string();
+            if v.endpoint != model.endpoint {
+                v.endpoint = model.endpoint.clone();
                 app.registry.update(&v).await?;
             }
         }
         Err(_) => {
-            app.registry
-                .register(ModelVersion::live_worker(
-                    DEV_MODEL,
-                    "1",
-                    worker_url,
-                    DEV_PRICE_MICROS,
-                ))
-                .await?;
+            app.registry.register(model.clone()).await?;
         }
     }
     Ok(())
@@ -255,7 +282,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
     let lines = [
         format!("tenantai dev is serving on {base}"),
-        format!("  OpenAI-compatible API: {base}/v1   (model: {DEV_MODEL})"),
+        format!("  OpenAI-compatible API: {base}/v1   (models: {DEV_MODEL}, {DEV_CHAT_MODEL})"),
         format!("  admin API:             {base}/admin/v1"),
         format!("  demo tenant:           {}", c.tenant_id),
         format!("  API key:               {}", c.api_key),
@@ -264,6 +291,8 @@ fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
         String::new(),
         format!("  curl {base}/v1/embeddings -H 'Authorization: Bearer {}' \\", c.api_key),
         format!("       -H 'Content-Type: application/json' -d '{{\"model\":\"{DEV_MODEL}\",\"input\":\"hello\"}}'"),
+        format!("  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {}' \\", c.api_key),
+        format!("       -H 'Content-Type: application/json' -d '{{\"model\":\"{DEV_CHAT_MODEL}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"),
     ];
     for l in lines {
         println!("{l}");

@@ -114,9 +114,13 @@ pub struct App {
     pub admins: AdminTokens,
     pub registry: Registry,
     pub cache: Cache,
+    /// Deterministic chat completions, cached like embeddings.
+    pub chat_cache: Cache<crate::gateway::chat::Completion>,
     pub audit: Audit,
     pub auth: Authenticator,
     pub worker: WorkerClient,
+    /// Chat backends: workers, upstream providers, SageMaker (through `sagemaker`).
+    pub chat: crate::gateway::upstream::ChatBackends,
     /// SageMaker endpoints, where the deployment has an AWS configuration.
     pub sagemaker: Option<crate::gateway::backend::SagemakerClient>,
     pub limiter: crate::gateway::ratelimit::RateLimiter,
@@ -142,8 +146,14 @@ impl App {
             admins: AdminTokens::new(table.clone()),
             registry: Registry::new(table.clone(), config.record_cache_ttl),
             cache: Cache::new(table.clone(), config.l1_cache_bytes, config.cache_ttl),
+            chat_cache: Cache::new(table.clone(), config.l1_cache_bytes / 4, config.cache_ttl),
             audit: Audit::new(table.clone()),
             worker: WorkerClient::new(config.backend_timeout)?,
+            chat: crate::gateway::upstream::ChatBackends::new(
+                config.backend_timeout,
+                &config.egress,
+                crate::gateway::upstream::UpstreamKeys::from_env(),
+            )?,
             sagemaker: None,
             limiter: crate::gateway::ratelimit::RateLimiter::new(table.clone()),
             breakers: crate::gateway::breaker::Breakers::new(config.breaker.clone()),
@@ -161,7 +171,8 @@ impl App {
         }))
     }
 
-    /// Serves `sagemaker` model versions through this AWS configuration.
+    /// Serves `sagemaker` model versions through this AWS configuration, and
+    /// reads upstream API keys from its Secrets Manager.
     pub fn with_sagemaker(
         storage: Storage,
         config: Config,
@@ -171,6 +182,11 @@ impl App {
         let mut app = Arc::try_unwrap(App::new(storage, config)?)
             .map_err(|_| ApiError::Internal("app is shared before it is built".into()))?;
         app.sagemaker = Some(crate::gateway::backend::SagemakerClient::new(aws, timeout));
+        app.chat = crate::gateway::upstream::ChatBackends::new(
+            timeout,
+            &app.config.egress,
+            crate::gateway::upstream::UpstreamKeys::secrets_manager(aws),
+        )?;
         Ok(Arc::new(app))
     }
 

@@ -53,6 +53,10 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// 502: an upstream provider refused us (its key, its own fault); the
+    /// message names the model, never the upstream's answer or its key.
+    #[error("{0}")]
+    BadGateway(String),
     /// 500: our fault; the message is logged, the client sees a generic one.
     #[error("{0}")]
     Internal(String),
@@ -96,6 +100,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,6 +121,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => ("rate_limit_exceeded", Some("rate_limit_exceeded")),
             ApiError::QuotaExceeded(_) => ("insufficient_quota", Some("insufficient_quota")),
             ApiError::Unavailable { .. } => ("server_error", Some("service_unavailable")),
+            ApiError::BadGateway(_) => ("server_error", Some("bad_gateway")),
             ApiError::Internal(_) => ("server_error", None),
         }
     }

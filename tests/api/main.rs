@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod breaker;
+mod chat;
 mod embeddings;
 mod events;
 mod harness;

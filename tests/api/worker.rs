@@ -57,3 +57,50 @@ pub fn url() -> String {
     })
     .clone()
 }
+
+pub fn chat_model_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/SmolLM2-135M-Instruct"
+    ))
+}
+
+/// The base URL of the shared chat worker (SmolLM2-135M-Instruct, started on first use).
+pub fn chat_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let dir = chat_model_dir();
+        assert!(
+            dir.join("manifest.json").is_file(),
+            "no chat model at {}: run scripts/fetch-model.sh",
+            dir.display()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let device = DeviceChoice::Cpu.open().unwrap();
+                let (chat, _thread) =
+                    gpu_worker::chat::ChatEngine::load(&dir, &device, Default::default()).unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(format!("http://{}", listener.local_addr().unwrap()))
+                    .unwrap();
+                let state = AppState {
+                    engine: None,
+                    chat: Some(chat),
+                    metrics: Arc::new(Metrics::default()),
+                    limits: Limits::default(),
+                    model_id: "".into(),
+                    chat_model_id: "SmolLM2-135M-Instruct".into(),
+                };
+                axum::serve(listener, router(state)).await.unwrap();
+            });
+        });
+        rx.recv().unwrap()
+    })
+    .clone()
+}

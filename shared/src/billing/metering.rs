@@ -139,7 +139,11 @@ impl UsageEvent {
             requests: add(self.requests, other.requests, "requests")?,
             inputs: add(self.inputs, other.inputs, "inputs")?,
             tokens: add(self.tokens, other.tokens, "tokens")?,
-            completion_tokens: add(self.completion_tokens, other.completion_tokens, "completion_tokens")?,
+            completion_tokens: add(
+                self.completion_tokens,
+                other.completion_tokens,
+                "completion_tokens",
+            )?,
             latency_ms: self.latency_ms + other.latency_ms,
             compute_ms: add(self.compute_ms, other.compute_ms, "compute_ms")?,
             cost_micros: add(self.cost_micros, other.cost_micros, "cost_micros")?,

@@ -1,4 +1,4 @@
-//! Backends that compute embeddings: the worker's HTTP API (`gpu-worker serve`)
+//! Backends that compute embeddings (chat calls are in `upstream`): the worker's HTTP API (`gpu-worker serve`)
 //! and SageMaker endpoints (InvokeEndpoint). Both speak the OpenAI request shape
 //! (the worker's container answers it on /invocations too), so one request body
 //! and one answer parser serve both.
@@ -178,20 +178,30 @@ impl SagemakerClient {
         version: &ModelVersion,
         req: &EmbeddingRequest,
     ) -> Result<Embeddings, BackendFailure> {
+        let (status, bytes) = self
+            .invoke(&version.endpoint, request_body(version, req))
+            .await?;
+        parse_answer(status, &bytes, req)
+    }
+
+    /// Invokes the endpoint with a JSON body: the container's answer with its
+    /// status (its own 4xx included), or why none came.
+    pub async fn invoke(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), BackendFailure> {
         let result = self
             .client
             .invoke_endpoint()
-            .endpoint_name(&version.endpoint)
+            .endpoint_name(endpoint)
             .content_type("application/json")
             .accept("application/json")
-            .body(Blob::new(request_body(version, req)))
+            .body(Blob::new(body))
             .send()
             .await;
         match result {
-            Ok(out) => {
-                let bytes = out.body.map(Blob::into_inner).unwrap_or_default();
-                parse_answer(200, &bytes, req)
-            }
+            Ok(out) => Ok((200, out.body.map(Blob::into_inner).unwrap_or_default())),
             Err(SdkError::TimeoutError(_)) => Err(BackendFailure::Down {
                 message: "timed out".into(),
                 timeout: true,
@@ -204,7 +214,7 @@ impl SagemakerClient {
                 }) {
                     let status = model_error.original_status_code().unwrap_or(500) as u16;
                     let body = model_error.original_message().unwrap_or_default().as_bytes().to_vec();
-                    return parse_answer(status, &body, req);
+                    return Ok((status, body));
                 }
                 // A container answering the runtime path itself (the worker) sends its
                 // 4xx as is: an OpenAI error body is the client's error.
@@ -214,7 +224,7 @@ impl SagemakerClient {
                     let openai_error = serde_json::from_slice::<serde_json::Value>(bytes)
                         .is_ok_and(|v| v["error"]["message"].is_string());
                     if (400..500).contains(&status) && status != 429 && openai_error {
-                        return parse_answer(status, bytes, req);
+                        return Ok((status, bytes.to_vec()));
                     }
                 }
                 let message = match e.as_service_error() {

@@ -291,8 +291,29 @@ impl Egress {
         policy: EgressPolicy,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, EgressError> {
+        Self::build(policy, resolver, None)
+    }
+
+    /// A client for long answers (streams): besides the policy's whole-request
+    /// timeout, each read must come within `read_timeout`.
+    pub fn streaming(policy: EgressPolicy, read_timeout: Duration) -> Result<Self, EgressError> {
+        Self::build(policy, Arc::new(SystemResolver), Some(read_timeout))
+    }
+
+    fn build(
+        policy: EgressPolicy,
+        resolver: Arc<dyn Resolve>,
+        read_timeout: Option<Duration>,
+    ) -> Result<Self, EgressError> {
         crate::gateway::backend::install_crypto();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(t) = read_timeout {
+            builder = builder
+                .read_timeout(t)
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true);
+        }
+        let client = builder
             .dns_resolver(Arc::new(GuardedResolver::new(
                 resolver,
                 policy.allow_private,

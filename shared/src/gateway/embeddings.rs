@@ -230,6 +230,7 @@ impl EmbeddingRequest {
 #[async_trait::async_trait]
 impl crate::gateway::pipeline::Endpoint for EmbeddingRequest {
     type Answer = std::sync::Arc<Embeddings>;
+    const KIND: crate::gateway::models::ModelKind = crate::gateway::models::ModelKind::Embedding;
 
     fn model(&self) -> &str {
         &self.model
@@ -256,7 +257,11 @@ impl crate::gateway::pipeline::Endpoint for EmbeddingRequest {
         app.cache.put(key, answer.clone()).await;
     }
 
-    async fn call(&self, app: &App, version: &ModelVersion) -> Result<Self::Answer, BackendFailure> {
+    async fn call(
+        &self,
+        app: &App,
+        version: &ModelVersion,
+    ) -> Result<Self::Answer, BackendFailure> {
         let e = match version.backend {
             BackendKind::Worker => app.worker.embed(version, self).await,
             BackendKind::Sagemaker => match &app.sagemaker {
@@ -266,6 +271,11 @@ impl crate::gateway::pipeline::Endpoint for EmbeddingRequest {
                     timeout: false,
                 }),
             },
+            // Registration keeps `openai` backends to chat models.
+            BackendKind::Openai => Err(BackendFailure::Down {
+                message: "an `openai` backend serves no embeddings".into(),
+                timeout: false,
+            }),
         };
         e.map(std::sync::Arc::new)
     }

@@ -5,9 +5,12 @@
 pub mod backend;
 pub mod breaker;
 pub mod cache;
+pub mod chat;
+pub mod chat_stream;
 pub mod egress;
 pub mod embeddings;
 pub mod models;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod upstream;

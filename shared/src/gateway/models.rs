@@ -29,6 +29,10 @@ pub enum BackendKind {
     Worker,
     /// A SageMaker endpoint, named by `endpoint`.
     Sagemaker,
+    /// Any OpenAI-compatible server (a hosted provider, vLLM, llama.cpp's server)
+    /// at the base URL `endpoint` (ending in `/v1`), reached under the egress
+    /// policy, with the API key named by `api_key_secret` (chat).
+    Openai,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,8 +74,16 @@ pub struct ModelVersion {
     #[serde(default)]
     pub kind: ModelKind,
     pub backend: BackendKind,
-    /// Worker base URL, or SageMaker endpoint name.
+    /// Worker base URL, SageMaker endpoint name, or an upstream's base URL.
     pub endpoint: String,
+    /// The model id the upstream knows (`openai` backends; default: `model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_model: Option<String>,
+    /// The name of the secret holding the upstream's API key (`openai` backends):
+    /// an environment variable in `tenantai dev`, a Secrets Manager secret on
+    /// AWS. The key itself is never stored here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_uri: Option<String>,
     /// Price per 1,000 input (prompt) tokens, in micro-dollars.
@@ -116,6 +128,8 @@ impl ModelVersion {
             kind: ModelKind::Embedding,
             backend: BackendKind::Worker,
             endpoint: endpoint.into(),
+            upstream_model: None,
+            api_key_secret: None,
             artifact_uri: None,
             price_per_1k_tokens_micros,
             price_per_1k_completion_tokens_micros: 0,
@@ -196,9 +210,16 @@ impl ModelVersion {
         ] {
             if let Some(v) = value {
                 if v == 0 {
-                    return Err(ApiError::invalid_param(field, format!("{field} must be positive")));
+                    return Err(ApiError::invalid_param(
+                        field,
+                        format!("{field} must be positive"),
+                    ));
                 }
-                crate::billing::amounts::check_max(field, u64::from(v), u64::from(MAX_CONTEXT_LENGTH))?;
+                crate::billing::amounts::check_max(
+                    field,
+                    u64::from(v),
+                    u64::from(MAX_CONTEXT_LENGTH),
+                )?;
             }
         }
         if self.kind == ModelKind::Embedding
@@ -209,6 +230,7 @@ impl ModelVersion {
                 "an embedding model generates nothing: no completion price or max_output_tokens",
             ));
         }
+        self.validate_upstream()?;
         if self.tier.is_some() != self.serves.is_some() {
             return Err(ApiError::invalid_param(
                 "serves",
@@ -216,6 +238,51 @@ impl ModelVersion {
             ));
         }
         Ok(())
+    }
+}
+
+impl ModelVersion {
+    /// An `openai` backend is a chat model at an http(s) base URL; its secret is
+    /// a name (letters, digits, `_-/.+=@`), never a key.
+    fn validate_upstream(&self) -> ApiResult<()> {
+        if let Some(name) = &self.upstream_model {
+            crate::tenancy::text::check_label("upstream_model", name, 256)?;
+        }
+        if let Some(name) = &self.api_key_secret {
+            let ok = !name.is_empty()
+                && name.len() <= 512
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-/.+=@:".contains(c));
+            if !ok {
+                return Err(ApiError::invalid_param(
+                    "api_key_secret",
+                    "api_key_secret names a secret (an environment variable or a Secrets Manager secret id), 1 to 512 of A-Z a-z 0-9 _ - / . + = @ :",
+                ));
+            }
+        }
+        if self.backend != BackendKind::Openai {
+            if self.upstream_model.is_some() || self.api_key_secret.is_some() {
+                return Err(ApiError::invalid_param(
+                    "backend",
+                    "upstream_model and api_key_secret belong to `openai` backends",
+                ));
+            }
+            return Ok(());
+        }
+        if self.kind != ModelKind::Chat {
+            return Err(ApiError::invalid_param(
+                "kind",
+                "`openai` backends serve chat models",
+            ));
+        }
+        match reqwest::Url::parse(&self.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            _ => Err(ApiError::invalid_param(
+                "endpoint",
+                "an `openai` backend's endpoint is its base URL, e.g. https://api.example.com/v1",
+            )),
+        }
     }
 }
 

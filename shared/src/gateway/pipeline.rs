@@ -26,7 +26,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::gateway::backend::BackendFailure;
 use crate::gateway::breaker::Outcome;
 use crate::gateway::cache::Cache;
-use crate::gateway::models::{ModelVersion, Route};
+use crate::gateway::models::{ModelKind, ModelVersion, Route};
 use crate::gateway::ratelimit::{self, insert_headers, Scope};
 use crate::store::now_millis;
 use crate::tenancy::auth::TenantContext;
@@ -46,6 +46,8 @@ pub struct Tokens {
 pub trait Endpoint: Send + Sync {
     /// What a backend (or the cache) answers.
     type Answer: Send + Sync;
+    /// The kind of model the endpoint serves (another kind is a 400).
+    const KIND: ModelKind;
 
     /// The model the client asked for.
     fn model(&self) -> &str;
@@ -58,7 +60,8 @@ pub trait Endpoint: Send + Sync {
     async fn cached(&self, app: &App, key: &str) -> Option<Self::Answer>;
     async fn store(&self, app: &App, key: &str, answer: &Self::Answer);
     /// Asks `version`'s backend.
-    async fn call(&self, app: &App, version: &ModelVersion) -> Result<Self::Answer, BackendFailure>;
+    async fn call(&self, app: &App, version: &ModelVersion)
+        -> Result<Self::Answer, BackendFailure>;
     /// What an answer bills (held to the request's bound).
     fn tokens(&self, answer: &Self::Answer) -> Tokens;
 }
@@ -109,6 +112,9 @@ pub struct Served<A> {
     pub hit: bool,
     /// Time spent waiting on backends (failed attempts included).
     pub backend_ms: f64,
+    /// Where the answer is cached, when the client lets it be (a stream's
+    /// answer is stored by its end).
+    pub store_key: Option<String>,
 }
 
 /// What a finished request cost, and the figures its answer reports.
@@ -158,10 +164,13 @@ pub async fn admit<E: Endpoint>(
         .limiter
         .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
         .await?;
-    let routes = app
-        .registry
-        .route_chain(&tenant, req.model(), request_id)
-        .await?;
+    let routes = of_kind(
+        app.registry
+            .route_chain(&tenant, req.model(), request_id)
+            .await?,
+        E::KIND,
+        req.model(),
+    )?;
     let mut most = 0;
     for r in &routes {
         most = most.max(req.max_cost(&r.version).map_err(money)?);
@@ -184,6 +193,34 @@ pub async fn admit<E: Endpoint>(
         request_id: request_id.to_string(),
         app: app.clone(),
     })
+}
+
+/// The routes that serve `kind`; a model of the other kind is a clear 400.
+fn of_kind(routes: Vec<Route>, kind: ModelKind, model: &str) -> ApiResult<Vec<Route>> {
+    let other = routes.first().map(|r| r.version.kind);
+    let routes: Vec<Route> = routes
+        .into_iter()
+        .filter(|r| r.version.kind == kind)
+        .collect();
+    match (routes.is_empty(), other) {
+        (true, Some(other)) => Err(ApiError::invalid_param(
+            "model",
+            format!(
+                "'{model}' is {} model; {}",
+                if other == ModelKind::Chat {
+                    "a chat"
+                } else {
+                    "an embedding"
+                },
+                if other == ModelKind::Chat {
+                    "ask /v1/chat/completions"
+                } else {
+                    "ask /v1/embeddings"
+                }
+            ),
+        )),
+        _ => Ok(routes),
+    }
 }
 
 /// The cache key of a request at `version` for this tenant.
@@ -218,6 +255,7 @@ pub async fn serve<E: Endpoint>(
                     answer,
                     hit: true,
                     backend_ms,
+                    store_key: None,
                 });
             }
         }
@@ -233,7 +271,8 @@ pub async fn serve<E: Endpoint>(
         match outcome {
             Ok(answer) => {
                 app.breakers.record(&backend, Outcome::Success);
-                if let (Some(key), true) = (&key, control.write) {
+                let store_key = key.filter(|_| control.write);
+                if let Some(key) = &store_key {
                     req.store(app, key, &answer).await;
                 }
                 return Ok(Served {
@@ -241,6 +280,7 @@ pub async fn serve<E: Endpoint>(
                     answer,
                     hit: false,
                     backend_ms,
+                    store_key,
                 });
             }
             Err(BackendFailure::Rejected(e)) => {
@@ -279,7 +319,10 @@ pub fn whole_ms(ms: f64) -> u64 {
 pub fn cost(version: &ModelVersion, tokens: Tokens) -> Result<u64, Overflow> {
     amounts::add(
         amounts::cost_micros(tokens.prompt, version.price_per_1k_tokens_micros)?,
-        amounts::cost_micros(tokens.completion, version.price_per_1k_completion_tokens_micros)?,
+        amounts::cost_micros(
+            tokens.completion,
+            version.price_per_1k_completion_tokens_micros,
+        )?,
         "cost",
     )
 }
@@ -287,7 +330,49 @@ pub fn cost(version: &ModelVersion, tokens: Tokens) -> Result<u64, Overflow> {
 impl Admitted {
     /// Settles the request served by `version` (see the module's step 3): what is
     /// billed never passes what was reserved.
-    pub fn finish(mut self, version: &ModelVersion, tokens: Tokens, hit: bool, backend_ms: f64) -> Receipt {
+    pub fn finish(
+        self,
+        version: &ModelVersion,
+        tokens: Tokens,
+        hit: bool,
+        backend_ms: f64,
+    ) -> Receipt {
+        let latency_ms = self.elapsed_ms();
+        self.settle(
+            version,
+            tokens,
+            hit,
+            backend_ms,
+            (latency_ms - backend_ms).max(0.0),
+        )
+    }
+
+    /// Settles a stream at its end: its overhead is the gateway's part of the
+    /// time to first token; the rest of the stream is the backend's.
+    pub fn finish_stream(
+        self,
+        version: &ModelVersion,
+        tokens: Tokens,
+        hit: bool,
+        overhead_ms: f64,
+    ) -> Receipt {
+        let backend_ms = (self.elapsed_ms() - overhead_ms).max(0.0);
+        self.settle(version, tokens, hit, backend_ms, overhead_ms)
+    }
+
+    /// Milliseconds since the request was admitted.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn settle(
+        mut self,
+        version: &ModelVersion,
+        tokens: Tokens,
+        hit: bool,
+        backend_ms: f64,
+        overhead_ms: f64,
+    ) -> Receipt {
         let app = self.app.clone();
         let cost = cost(version, tokens).unwrap_or(self.most).min(self.most);
         if let Some(r) = self.reservation.take() {
@@ -297,8 +382,7 @@ impl Admitted {
         let total = tokens.prompt.saturating_add(tokens.completion);
         let (limiter, settled) = (app.limiter.clone(), self.limits.clone());
         tokio::spawn(async move { limiter.settle(&settled, total).await });
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let overhead_ms = (latency_ms - backend_ms).max(0.0);
+        let latency_ms = self.elapsed_ms();
         // Cache hits are billed like misses (the price of the version that served
         // them) and marked as hits; compute time is only what a backend spent.
         app.usage.emit(&UsageEvent {

@@ -1,4 +1,5 @@
-//! The tenant-facing, OpenAI-compatible API: `/v1/embeddings`, `/v1/models`.
+//! The tenant-facing, OpenAI-compatible API: `/v1/embeddings`,
+//! `/v1/chat/completions` (in `chat`), `/v1/models`, `/v1/usage`.
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::tenancy::auth::{bearer, TenantContext};
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(super::chat::chat_completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/usage", get(super::usage::own_usage))

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod chat;
 pub mod ops;
 pub mod usage;
 

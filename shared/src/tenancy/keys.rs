@@ -23,7 +23,7 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 pub const MAX_KEY_NAME_CHARS: usize = 200;
 
 /// What a key may do. Every route names the scope it needs.
-pub const SCOPES: [&str; 4] = ["embeddings", "models", "usage", "batches"];
+pub const SCOPES: [&str; 5] = ["embeddings", "chat", "models", "usage", "batches"];
 
 /// `prefix` + 43 uniformly random base62 characters (about 256 bits).
 pub fn generate_secret(prefix: &str) -> ApiResult<String> {
