@@ -4,7 +4,8 @@
 #      starts the emulator on a free loopback port, runs the workspace's tests;
 #   2. invokes every Lambda function through cargo-lambda against the emulator
 #      (after cargo has released its build lock: cargo-lambda builds them itself);
-#   3. drives `tenantai dev` with the official `openai` Python package;
+#   3. drives `tenantai dev` with the official `openai` Python package (and, when
+#      llama.cpp's build is cached, llama-server as an upstream provider behind it);
 #   4. checks the CDK app in infra/ offline: npm ci + jest, cdk synth for dev and
 #      prod (cdk-nag), cfn-lint and checkov on the templates, hadolint on the worker's
 #      Dockerfile and its steps run outside a container (scripts/lib/infra.sh).
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/tools.sh
 . scripts/lib/infra.sh
 . scripts/lib/worker_image.sh
+. scripts/lib/llama.sh
 
 scripts/fetch-model.sh
 moto_start
@@ -41,6 +43,11 @@ PATH="$LAMBDA_VENV/bin:$PATH" TENANTAI_LAMBDA_E2E=1 "$lambda_test" --nocapture
 echo "==> phase 3: tenantai dev with the openai SDK"
 py_install
 cargo build -p tenantai-cli
+# llama.cpp's server as an upstream provider, when its cached build is here (a cold
+# build takes over half an hour on two cores: scripts/lib/llama.sh llama_build).
+if [ -x "$LLAMA_SERVER" ] && [ -f "$LLAMA_CACHE/build/.ok" ]; then
+    llama_server_start models/SmolLM2-135M-Instruct/model.gguf
+fi
 dev_start
 "$PY_VENV/bin/python" -m pytest -q tests/openai
 

@@ -49,7 +49,7 @@ dev_start() {
     data="$(mktemp -d)"
     target/debug/tenantai dev --data-dir "$data" --port "$port" --alerts-interval-secs 1 --allow-private-egress >"$TOOLS_DIR/dev.log" 2>&1 &
     DEV_PID=$!
-    trap 'kill "$DEV_PID" 2>/dev/null || true; moto_stop' EXIT
+    trap 'kill "$DEV_PID" ${LLAMA_PID:-} 2>/dev/null || true; moto_stop' EXIT
     for _ in $(seq 1 300); do
         if [ -f "$data/credentials.json" ] && python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null; then
             break
