@@ -5,6 +5,7 @@
 
 use axum::http::Method;
 use serde_json::{json, Value};
+use tenantai::app::Config;
 
 use crate::harness::{Harness, Reply};
 use crate::worker;
@@ -12,10 +13,17 @@ use crate::worker;
 const MODEL: &str = "SmolLM2-135M-Instruct";
 const PRICES: (u64, u64) = (150, 600);
 
+/// `config` for a test sharing one CPU chat worker with many streams: private
+/// egress (the worker is on loopback) and a long wait for the backend.
+fn patient(mut config: Config) -> Config {
+    config.backend_timeout = std::time::Duration::from_secs(600);
+    crate::harness::private_egress(config)
+}
+
 /// A tenant, a key, the chat model on the shared chat worker and the
 /// embedding model on the embeddings worker.
 async fn setup() -> (Harness, String, String) {
-    let h = Harness::with_private_egress().await;
+    let h = Harness::with_config(patient(Config::default())).await;
     h.model(
         json!({"model": MODEL, "kind": "chat", "endpoint": worker::chat_url(),
                    "price_per_1k_tokens_micros": PRICES.0,
@@ -343,4 +351,165 @@ async fn an_openai_upstream_serves_through_the_same_key() {
         "endpoint": "https://api.example.com/v1", "price_per_1k_tokens_micros": 1, "status": "live"})))
         .await
         .error(400);
+}
+
+/// A streamed request (greedy, `max_tokens` 2) from one of many clients.
+async fn stream_once(h: &Harness, key: &str, who: usize) -> Reply {
+    let body = ask(
+        &format!("Client {who}: say a word."),
+        json!({"stream": true, "max_tokens": 2}),
+    );
+    chat(h, key, body, &[("cache-control", "no-cache, no-store")]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_32_streaming_clients_the_cap_and_the_token_window_hold() {
+    const CAP: u64 = 600_000;
+    let h = Harness::with_config(patient(crate::metering::capped_config(CAP))).await;
+    // $1 per 1k tokens each way: one request reserves about 0.1 $, costs about 0.04 $.
+    h.model(json!({"model": MODEL, "kind": "chat", "endpoint": worker::chat_url(),
+                   "price_per_1k_tokens_micros": 1_000_000, "price_per_1k_completion_tokens_micros": 1_000_000}))
+        .await;
+    let capped = h.tenant("Capped", "capped").await;
+    let (key, _) = h.key(&capped, json!({})).await;
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (h, key) = (h.clone(), key.clone());
+            tokio::spawn(async move { stream_once(&h, &key, c).await })
+        })
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for c in clients {
+        let r = c.await.unwrap();
+        if r.status.is_success() {
+            streamed_text(&events(&r));
+            served += 1;
+        } else {
+            r.error(429);
+            assert_eq!(r.body["error"]["code"], "insufficient_quota");
+            refused += 1;
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    h.settle_usage().await;
+    let month = &tenantai::billing::metering::month_of(tenantai::store::now_millis());
+    let mut committed = 0;
+    for _ in 0..100 {
+        committed = h.app.budget.committed(&capped, month).await.unwrap();
+        let billed = h
+            .call(Method::GET, "/v1/usage", Some(&key), None)
+            .await
+            .ok()["totals"]["cost_micros"]
+            .clone();
+        if billed.as_u64() == Some(committed) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(committed <= CAP, "committed {committed} past the cap {CAP}");
+    let billed = h
+        .call(Method::GET, "/v1/usage", Some(&key), None)
+        .await
+        .ok()["totals"]
+        .clone();
+    assert_eq!(
+        billed["cost_micros"].as_u64(),
+        Some(committed),
+        "settled spend is what usage bills"
+    );
+    assert_eq!(billed["requests"].as_u64(), Some(served));
+
+    // A tokens-per-minute window of 200 admits each stream's prompt estimate
+    // plus its cap (2): never more streams than fit.
+    let windowed = h.tenant("Windowed", "pro").await;
+    h.admin(
+        Method::PATCH,
+        &format!("/tenants/{windowed}"),
+        Some(json!({"rate_limits": {"requests_per_minute": 1000, "tokens_per_minute": 200}})),
+    )
+    .await
+    .ok();
+    let (wkey, _) = h.key(&windowed, json!({})).await;
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (h, key) = (h.clone(), wkey.clone());
+            tokio::spawn(async move { stream_once(&h, &key, c).await })
+        })
+        .collect();
+    let (mut admitted, mut limited) = (0u64, 0);
+    for c in clients {
+        let r = c.await.unwrap();
+        if r.status.is_success() {
+            admitted += 1;
+        } else {
+            r.error(429);
+            assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+            limited += 1;
+        }
+    }
+    let smallest_estimate =
+        2 + (r#"[{"role":"user","content":"Client 0: say a word."}]"#.len() as u64 + 16) / 4;
+    assert!(
+        admitted >= 1 && limited >= 1,
+        "admitted {admitted}, limited {limited}"
+    );
+    assert!(
+        admitted * smallest_estimate <= 200,
+        "{admitted} streams of {smallest_estimate} tokens in a 200-token window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_mid_stream_is_billed_for_what_was_generated() {
+    use tower::ServiceExt;
+    let (h, _, key) = setup().await;
+    let body = ask(
+        "Write a long story about the sea.",
+        json!({"stream": true, "max_tokens": 400}),
+    );
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/v1/chat/completions")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let resp = h.router.clone().oneshot(req).await.unwrap();
+    assert!(resp.status().is_success());
+    let mut body = resp.into_body();
+    let mut seen = 0;
+    while seen < 3 {
+        let frame = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+            seen += 1;
+        }
+    }
+    drop(body);
+    h.settle_usage().await;
+    let mut billed = Value::Null;
+    for _ in 0..100 {
+        h.settle_usage().await;
+        billed = h
+            .call(Method::GET, "/v1/usage", Some(&key), None)
+            .await
+            .ok()["totals"]
+            .clone();
+        if billed["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(billed["requests"], 1, "{billed}");
+    let completion = billed["completion_tokens"].as_u64().unwrap();
+    assert!(
+        (2..400).contains(&completion),
+        "billed {completion} completion tokens for a stream left after 3 chunks"
+    );
+    assert!(billed["cost_micros"].as_u64().unwrap() > 0);
 }

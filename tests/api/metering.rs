@@ -212,7 +212,7 @@ async fn usage_pages_with_a_cursor() {
     assert_eq!(days, ["2026-10-30", "2026-10-31", "2026-11-01"]);
 }
 
-fn capped_config(budget: u64) -> Config {
+pub(crate) fn capped_config(budget: u64) -> Config {
     let capped = Tier {
         requests_per_minute: 100_000,
         tokens_per_minute: 1_000_000_000,
