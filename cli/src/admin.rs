@@ -406,7 +406,7 @@ pub enum KeyCmd {
         tenant: String,
         #[arg(long)]
         name: Option<String>,
-        /// Comma-separated: embeddings, models, usage, batches (default: all).
+        /// Comma-separated: embeddings, chat, models, usage, batches (default: all).
         #[arg(long, value_delimiter = ',')]
         scopes: Option<Vec<String>>,
         /// Expiry, Unix seconds.
@@ -493,12 +493,35 @@ pub enum ModelCmd {
         model: String,
         #[arg(long)]
         version: String,
-        /// Base URL of the worker serving it.
+        /// Base URL of the worker serving it; SageMaker endpoint name; an
+        /// upstream's base URL (ending in /v1).
         #[arg(long)]
         endpoint: String,
-        /// Price per 1,000 input tokens, micro-dollars.
+        /// embedding or chat.
+        #[arg(long, default_value = "embedding")]
+        kind: String,
+        /// worker, sagemaker or openai (an OpenAI-compatible upstream).
+        #[arg(long, default_value = "worker")]
+        backend: String,
+        /// Price per 1,000 input (prompt) tokens, micro-dollars.
         #[arg(long)]
         price_micros: u64,
+        /// Price per 1,000 completion tokens, micro-dollars (chat).
+        #[arg(long, default_value_t = 0)]
+        completion_price_micros: u64,
+        /// Context length in tokens (chat).
+        #[arg(long)]
+        context_length: Option<u32>,
+        /// Completion cap when a request sets no max_tokens (chat).
+        #[arg(long)]
+        max_output_tokens: Option<u32>,
+        /// The model id the upstream knows (openai backends).
+        #[arg(long)]
+        upstream_model: Option<String>,
+        /// The secret holding the upstream's API key: an environment variable
+        /// name in `tenantai dev`, a Secrets Manager secret on AWS (openai backends).
+        #[arg(long)]
+        api_key_secret: Option<String>,
         /// staged, canary or live.
         #[arg(long, default_value = "staged")]
         status: String,
@@ -544,7 +567,14 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             model,
             version,
             endpoint,
+            kind,
+            backend,
             price_micros,
+            completion_price_micros,
+            context_length,
+            max_output_tokens,
+            upstream_model,
+            api_key_secret,
             status,
             canary_weight,
             owner_tenant,
@@ -554,8 +584,12 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             conn,
         } => {
             let body = json!({
-                "model": model, "version": version, "backend": "worker", "endpoint": endpoint,
-                "price_per_1k_tokens_micros": price_micros, "status": status, "canary_weight": canary_weight,
+                "model": model, "version": version, "kind": kind, "backend": backend, "endpoint": endpoint,
+                "price_per_1k_tokens_micros": price_micros,
+                "price_per_1k_completion_tokens_micros": completion_price_micros,
+                "context_length": context_length, "max_output_tokens": max_output_tokens,
+                "upstream_model": upstream_model, "api_key_secret": api_key_secret,
+                "status": status, "canary_weight": canary_weight,
                 "owner_tenant": owner_tenant, "tier": tier, "serves": serves, "artifact_uri": artifact_uri,
             });
             print(
