@@ -138,7 +138,7 @@ async fn authorizer_events() {
     assert_eq!(ok.context["tenant_id"], s.vars["TENANT_ID"].as_str());
     assert_eq!(ok.context["key_id"], s.vars["KEY_ID"].as_str());
     assert_eq!(ok.context["tier"], "pro");
-    assert_eq!(ok.context["scopes"], "embeddings models usage batches");
+    assert_eq!(ok.context["scopes"], "embeddings chat models usage batches");
     for name in expected_events::AUTHORIZER_REFUSED {
         let resp = run(name).await;
         assert!(!resp.is_authorized, "{name}");

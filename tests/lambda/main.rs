@@ -65,6 +65,10 @@ fn start_worker() -> (Killed, String) {
     let bin = root().join("target/debug/gpu-worker");
     let model = std::env::var("TENANTAI_MODEL_DIR")
         .unwrap_or_else(|_| root().join("models/all-MiniLM-L6-v2").display().to_string());
+    let chat = root()
+        .join("models/SmolLM2-135M-Instruct")
+        .display()
+        .to_string();
     let mut child = Command::new(&bin)
         .args([
             "serve",
@@ -74,6 +78,10 @@ fn start_worker() -> (Killed, String) {
             &port.to_string(),
             "--model",
             &model,
+            "--chat-model",
+            &chat,
+            "--chat-model-id",
+            "SmolLM2-135M-Instruct",
         ])
         .stdout(Stdio::null())
         .spawn()
@@ -202,6 +210,10 @@ async fn functions_through_cargo_lambda() {
         ))
         .await
         .unwrap();
+    let mut chat_model = ModelVersion::live_worker("SmolLM2-135M-Instruct", "1", &worker_url, 150);
+    chat_model.kind = tenantai::gateway::models::ModelKind::Chat;
+    chat_model.price_per_1k_completion_tokens_micros = 600;
+    app.registry.register(chat_model).await.unwrap();
     // Cost alerts: a small budget, a webhook that checks signatures, an SNS topic.
     let hook = webhook::Webhook::start(0).await;
     let patch = tenantai::tenancy::tenants::TenantPatch {
@@ -261,7 +273,10 @@ async fn functions_through_cargo_lambda() {
     let ok = invoke(port, "authorizer", "authorizer/valid-key.json", &vars);
     assert_eq!(ok["isAuthorized"], true, "{ok}");
     assert_eq!(ok["context"]["tenant_id"], tenant.id.as_str());
-    assert_eq!(ok["context"]["scopes"], "embeddings models usage batches");
+    assert_eq!(
+        ok["context"]["scopes"],
+        "embeddings chat models usage batches"
+    );
     for event in expected_events::AUTHORIZER_REFUSED {
         assert_eq!(
             invoke(port, "authorizer", event, &vars)["isAuthorized"],
@@ -279,6 +294,14 @@ async fn functions_through_cargo_lambda() {
     let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings-base64.json", &vars));
     assert_eq!(status, 200, "{body}");
     assert!(body["data"][0]["embedding"].is_string());
+    let (status, body) = status_and_body(&invoke(port, "api", "api/chat-completions.json", &vars));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "SmolLM2-135M-Instruct");
+    assert!(!body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    assert!((1..=6).contains(&body["usage"]["completion_tokens"].as_u64().unwrap()));
     for (event, want) in expected_events::API {
         let (status, body) = status_and_body(&invoke(port, "api", event, &vars));
         assert_eq!(status, u64::from(want), "{event}: {body}");
@@ -287,8 +310,12 @@ async fn functions_through_cargo_lambda() {
     // The api's usage events reach the usage queue once its invocations end
     // (flushed by its extension while the environment is still running).
     let (usage_queue, dlq) = app.storage.usage_queues().unwrap();
-    let emitted = receive(usage_queue.as_ref(), 2).await;
-    assert_eq!(emitted.len(), 2, "one usage event per embeddings call");
+    let emitted = receive(usage_queue.as_ref(), 3).await;
+    assert_eq!(
+        emitted.len(),
+        3,
+        "one usage event per embeddings or chat call"
+    );
     for m in &emitted {
         let e = tenantai::billing::metering::parse_event(&m.body).unwrap();
         assert_eq!(e.tenant_id, tenant.id);
@@ -314,7 +341,7 @@ async fn functions_through_cargo_lambda() {
         .iter()
         .map(|a| a.counters["requests"])
         .sum();
-    assert_eq!(folded, 2);
+    assert_eq!(folded, 3);
 
     // The sample batches: folded once however often delivered; the malformed
     // record is dead-lettered without failing its neighbour.
