@@ -76,6 +76,7 @@ contract! {
     budget::hard_cap_holds_under_concurrent_reservations,
     alerts::alerts_fire_once_under_concurrent_runs,
     secrets::sealed_secrets_open_only_in_their_context,
+    secrets::upstream_keys_are_read_from_their_secret,
     ops::backup_and_restore_round_trip,
     ops::corrupt_or_missing_parts_are_refused_before_writing,
     ops::interrupted_restore_resumes,
