@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod metrics;
 mod runner;
