@@ -77,6 +77,14 @@ impl QMatrix {
         }
     }
 
+    /// Row `row` as f32 values (`out` holds `k`): an embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        match self {
+            QMatrix::Q4_1(w) => w.dequantize_row(row, out),
+            QMatrix::Q8_0(w) => w.dequantize_row(row, out),
+        }
+    }
+
     /// The activation format its dot product takes.
     pub fn act_format(&self) -> ActFormat {
         match self {

@@ -100,6 +100,23 @@ impl Q41Matrix {
             scales,
         })
     }
+
+    /// Row `row` as f32 (`d * q + m`, as ggml's `dequantize_row_q4_1`). `out` has `k`
+    /// values.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let (g, l) = (row / GROUP, row % GROUP);
+        for (b, chunk) in out.chunks_exact_mut(BLOCK).enumerate().take(self.blocks) {
+            let at = g * self.blocks + b;
+            let [d, m] = &self.scales[at];
+            for (p, vector) in self.quants[at].iter().enumerate() {
+                for t in 0..4 {
+                    let byte = vector[4 * l + t];
+                    chunk[4 * p + t] = f32::from(byte & 15) * d[l] + m[l];
+                    chunk[16 + 4 * p + t] = f32::from(byte >> 4) * d[l] + m[l];
+                }
+            }
+        }
+    }
 }
 
 /// A Q8_0 matrix `[n, k]`, repacked.
