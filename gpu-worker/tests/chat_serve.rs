@@ -2,6 +2,7 @@
 //! completions whole and streamed (the same greedy text both ways), bad input as
 //! 4xx in the OpenAI shape without disturbing a stream running beside it, the
 //! SageMaker runtime SDK with a chat body, and the chat metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
 

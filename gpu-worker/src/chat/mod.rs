@@ -7,7 +7,10 @@
 //! matmuls and the attention pool use `threads` cores each step.
 
 pub mod attention;
+mod candle_forward;
+mod cpu_forward;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod metrics;
 mod runner;
