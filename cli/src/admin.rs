@@ -486,6 +486,7 @@ pub async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum ModelCmd {
     /// Register a model version.
     Register {

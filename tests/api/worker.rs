@@ -58,6 +58,7 @@ pub fn url() -> String {
     .clone()
 }
 
+#[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
 pub fn chat_model_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -66,6 +67,7 @@ pub fn chat_model_dir() -> PathBuf {
 }
 
 /// The base URL of the shared chat worker (SmolLM2-135M-Instruct, started on first use).
+#[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
 pub fn chat_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
