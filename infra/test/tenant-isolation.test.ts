@@ -94,6 +94,7 @@ const ONLY_PLATFORM_FUNCTIONS: Record<string, string> = {
   'ADMIN': 'keys.rs: admin tokens (admin)',
   'EVENT#': 'metering.rs: exactly-once claims (metering)',
   'AUDIT#_platform': 'audit.rs: platform audit records (admin)',
+  '_RESTORE': 'backup.rs: restore progress records (the restore CLI, platform credentials)',
 };
 
 function rustPartitionKeyPrefixes(): Set<string> {
