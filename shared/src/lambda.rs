@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{
-    ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayV2CustomAuthorizerSimpleResponse,
+    ApiGatewayV2CustomAuthorizerV2Request,
 };
 use serde_json::{json, Value};
 
@@ -309,8 +310,18 @@ pub fn with_tenant_context<B>(mut req: axum::http::Request<B>) -> axum::http::Re
             .authorizer
             .as_ref()
             .and_then(|a| context_from_authorizer(&a.fields)),
+        // A REST API hands the authorizer's context over flat.
+        Some(RequestContext::ApiGatewayV1(c)) => context_from_authorizer(&c.authorizer.fields),
         _ => None,
     };
+    // lambda_http puts a REST API's stage in front of the path; the routes have none.
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(c)) => c.stage.clone(),
+        _ => None,
+    };
+    if let Some(stage) = stage {
+        strip_stage(&mut req, &stage);
+    }
     if let Some(ctx) = ctx {
         req.extensions_mut().insert(ctx);
     }
@@ -353,10 +364,76 @@ pub async fn authorize(
     resp
 }
 
+/// `/{stage}/v1/models?x` -> `/v1/models?x`.
+fn strip_stage<B>(req: &mut axum::http::Request<B>, stage: &str) {
+    let prefix = format!("/{stage}/");
+    let Some(pq) = req.uri().path_and_query() else {
+        return;
+    };
+    let Some(rest) = pq.as_str().strip_prefix(prefix.as_str()) else {
+        return;
+    };
+    if let Ok(uri) = format!("/{rest}").parse() {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// The resource a REST API authorizer's answer allows: every method and path of
+/// the stage the request came through, so the cached answer serves them all.
+fn stage_wildcard(method_arn: &str) -> String {
+    let mut parts = method_arn.splitn(3, '/');
+    match (parts.next(), parts.next()) {
+        (Some(api), Some(stage)) => format!("{api}/{stage}/*"),
+        _ => method_arn.to_string(),
+    }
+}
+
+/// The REST API REQUEST authorizer: a bearer token in; an IAM policy allowing the
+/// stage and the tenant context out. Anything but a valid credential is
+/// `Err("Unauthorized")`, which API Gateway answers with a 401.
+pub async fn authorize_rest(
+    auth: &Authenticator,
+    event: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+) -> Result<Value, &'static str> {
+    let header = event
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let outcome = match bearer(header) {
+        Ok(token) => auth.authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(ctx) => Ok(json!({
+            "principalId": ctx.tenant_id,
+            "policyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Action": "execute-api:Invoke", "Effect": "Allow",
+                "Resource": stage_wildcard(event.method_arn.as_deref().unwrap_or("*")),
+            }]},
+            "context": authorizer_context(&ctx),
+        })),
+        Err(e) => {
+            tracing::info!(reason = %e, path = event.path.as_deref().unwrap_or(""), "request refused");
+            Err("Unauthorized")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::log_filter;
     use tracing::Level;
+
+    #[test]
+    fn a_rest_answer_allows_the_whole_stage() {
+        assert_eq!(
+            super::stage_wildcard(
+                "arn:aws:execute-api:eu-west-1:1:abc/prod/POST/v1/chat/completions"
+            ),
+            "arn:aws:execute-api:eu-west-1:1:abc/prod/*"
+        );
+        assert_eq!(super::stage_wildcard("odd"), "odd");
+    }
 
     #[test]
     fn log_filters_read_levels_and_targets() {

@@ -144,6 +144,34 @@ async fn authorizer_events() {
         assert!(!resp.is_authorized, "{name}");
         assert_eq!(resp.context, json!({}), "{name}");
     }
+    // The REST API's REQUEST authorizer: a policy allowing the stage, and the context.
+    let rest = |name: &'static str| {
+        let text = load_event(name, &s.vars);
+        let auth = auth.clone();
+        async move {
+            let event = serde_json::from_str(&text).unwrap();
+            tenantai::lambda::authorize_rest(&auth, &event).await
+        }
+    };
+    let ok = rest("authorizer/rest-valid-key.json").await.unwrap();
+    assert_eq!(ok["principalId"], s.vars["TENANT_ID"].as_str());
+    let statement = &ok["policyDocument"]["Statement"][0];
+    assert_eq!(
+        (statement["Effect"].as_str(), statement["Action"].as_str()),
+        (Some("Allow"), Some("execute-api:Invoke"))
+    );
+    assert_eq!(
+        statement["Resource"],
+        "arn:aws:execute-api:us-east-1:123456789012:tenantai/prod/*"
+    );
+    assert_eq!(ok["context"]["key_id"], s.vars["KEY_ID"].as_str());
+    assert_eq!(
+        ok["context"]["scopes"],
+        "embeddings chat models usage batches"
+    );
+    for name in expected_events::REST_AUTHORIZER_REFUSED {
+        assert_eq!(rest(name).await, Err("Unauthorized"), "{name}");
+    }
 }
 
 #[tokio::test]

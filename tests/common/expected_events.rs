@@ -2,7 +2,7 @@
 //! handlers directly and for those that invoke the functions through cargo-lambda.
 
 /// api events that need no backend, and their status.
-pub const API: [(&str, u16); 7] = [
+pub const API: [(&str, u16); 8] = [
     ("api/models.json", 200),
     ("api/model.json", 200),
     ("api/unauthenticated.json", 401),
@@ -10,6 +10,7 @@ pub const API: [(&str, u16); 7] = [
     ("api/embeddings-unknown-model.json", 404),
     ("api/chat-malformed.json", 400),
     ("api/chat-embedding-model.json", 400),
+    ("api/rest-models.json", 200),
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.
@@ -43,6 +44,12 @@ pub const ADMIN_ERASE: [(&str, u16); 3] = [
 ];
 
 /// authorizer events that must be refused.
+/// REST API authorizer events that are refused (`Unauthorized`, a 401).
+pub const REST_AUTHORIZER_REFUSED: [&str; 2] = [
+    "authorizer/rest-forged-key.json",
+    "authorizer/rest-missing-header.json",
+];
+
 pub const AUTHORIZER_REFUSED: [&str; 4] = [
     "authorizer/revoked-key.json",
     "authorizer/forged-key.json",

@@ -98,6 +98,36 @@ fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) 
     invoke_text(port, function, event, &text)
 }
 
+/// What `cargo lambda invoke` prints (both streams), whether or not the function failed.
+fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> String {
+    let mut text = std::fs::read_to_string(root().join("events").join(event)).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let out = Command::new("cargo")
+        .args([
+            "lambda",
+            "invoke",
+            function,
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+            "--data-file",
+        ])
+        .arg(file.path())
+        .current_dir(root())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
@@ -282,6 +312,19 @@ async fn functions_through_cargo_lambda() {
             invoke(port, "authorizer", event, &vars)["isAuthorized"],
             false,
             "{event}"
+        );
+    }
+
+    // The REST API's REQUEST authorizer.
+    let rest = invoke(port, "authorizer", "authorizer/rest-valid-key.json", &vars);
+    assert_eq!(rest["principalId"], tenant.id.as_str(), "{rest}");
+    assert_eq!(rest["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    assert_eq!(rest["context"]["key_id"], key.key.key_id.as_str());
+    for event in expected_events::REST_AUTHORIZER_REFUSED {
+        let out = invoke_output(port, "authorizer", event, &vars);
+        assert!(
+            out.contains("Unauthorized") && !out.contains("principalId"),
+            "{event}: {out}"
         );
     }
 
