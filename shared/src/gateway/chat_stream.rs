@@ -154,6 +154,9 @@ impl Passing {
         let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
             return Some(sse(data));
         };
+        if !chunk.is_object() {
+            return Some(sse(data));
+        }
         if chunk.get("error").is_some() {
             self.upstream = None;
             return Some(sse(data));
