@@ -90,23 +90,24 @@ fn start_worker() -> (Killed, String) {
     (Killed(child), format!("http://127.0.0.1:{port}"))
 }
 
-fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> Value {
+/// The sample event `event` with the seeded values in place of its placeholders.
+fn event_text(event: &str, vars: &HashMap<&str, String>) -> String {
     let mut text = std::fs::read_to_string(root().join("events").join(event)).unwrap();
     for (k, v) in vars {
         text = text.replace(&format!("${{{k}}}"), v);
     }
-    invoke_text(port, function, event, &text)
+    text
 }
 
-/// What `cargo lambda invoke` prints (both streams), whether or not the function failed.
-fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> String {
-    let mut text = std::fs::read_to_string(root().join("events").join(event)).unwrap();
-    for (k, v) in vars {
-        text = text.replace(&format!("${{{k}}}"), v);
-    }
+fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> Value {
+    invoke_text(port, function, event, &event_text(event, vars))
+}
+
+/// `cargo lambda invoke FUNCTION --data-file` with `text` as the event.
+fn run_invoke(port: u16, function: &str, text: &str) -> std::process::Output {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
-    let out = Command::new("cargo")
+    Command::new("cargo")
         .args([
             "lambda",
             "invoke",
@@ -120,7 +121,12 @@ fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, St
         .arg(file.path())
         .current_dir(root())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// What `cargo lambda invoke` prints (both streams), whether or not the function failed.
+fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> String {
+    let out = run_invoke(port, function, &event_text(event, vars));
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -129,23 +135,7 @@ fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, St
 }
 
 fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), text).unwrap();
-    let out = Command::new("cargo")
-        .args([
-            "lambda",
-            "invoke",
-            function,
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-            &port.to_string(),
-            "--data-file",
-        ])
-        .arg(file.path())
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let out = run_invoke(port, function, text);
     assert!(
         out.status.success(),
         "invoke {function} {event}: {}",
