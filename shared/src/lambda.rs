@@ -305,19 +305,20 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
 pub fn with_tenant_context<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
     use lambda_http::request::RequestContext;
     use lambda_http::RequestExt;
-    let ctx = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(c)) => c
-            .authorizer
-            .as_ref()
-            .and_then(|a| context_from_authorizer(&a.fields)),
-        // A REST API hands the authorizer's context over flat.
-        Some(RequestContext::ApiGatewayV1(c)) => context_from_authorizer(&c.authorizer.fields),
-        _ => None,
-    };
-    // lambda_http puts a REST API's stage in front of the path; the routes have none.
-    let stage = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV1(c)) => c.stage.clone(),
-        _ => None,
+    let (ctx, stage) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => (
+            c.authorizer
+                .as_ref()
+                .and_then(|a| context_from_authorizer(&a.fields)),
+            None,
+        ),
+        // A REST API hands the authorizer's context over flat, and lambda_http
+        // puts its stage in front of the path (the routes have none).
+        Some(RequestContext::ApiGatewayV1(c)) => (
+            context_from_authorizer(&c.authorizer.fields),
+            c.stage.clone(),
+        ),
+        _ => (None, None),
     };
     if let Some(stage) = stage {
         strip_stage(&mut req, &stage);

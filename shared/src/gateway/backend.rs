@@ -107,6 +107,19 @@ fn parse_answer(
     })
 }
 
+/// A client for workers on the private network: pooled keep-alive connections,
+/// a short connect timeout, no Nagle delay; `builder` adds the read limits.
+pub fn worker_http(builder: reqwest::ClientBuilder) -> ApiResult<reqwest::Client> {
+    install_crypto();
+    builder
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ApiError::Internal(format!("cannot build the HTTP client: {e}")))
+}
+
 /// The worker's HTTP API, called with pooled keep-alive connections and a timeout.
 #[derive(Clone)]
 pub struct WorkerClient {
@@ -116,14 +129,7 @@ pub struct WorkerClient {
 impl WorkerClient {
     pub fn new(timeout: Duration) -> ApiResult<Self> {
         install_crypto();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ApiError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let http = worker_http(reqwest::Client::builder().timeout(timeout))?;
         Ok(WorkerClient { http })
     }
 

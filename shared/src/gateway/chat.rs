@@ -87,7 +87,8 @@ fn check_messages(value: Option<&Value>) -> ApiResult<u64> {
             ));
         }
     }
-    Ok(u64::try_from(Value::Array(items.clone()).to_string().len()).unwrap_or(u64::MAX))
+    let bytes = serde_json::to_vec(items).map_or(usize::MAX, |b| b.len());
+    Ok(u64::try_from(bytes).unwrap_or(u64::MAX))
 }
 
 fn max_tokens(obj: &Map<String, Value>) -> ApiResult<Option<u64>> {

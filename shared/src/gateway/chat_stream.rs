@@ -12,7 +12,6 @@
 //! when it sent none.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
@@ -288,12 +287,10 @@ pub fn body(
     upstream: Option<Upstream>,
     whole: Option<&Completion>,
 ) -> axum::body::Body {
-    let started = Instant::now();
     let queued = whole
         .map(|c| replay(c, &finish.req.model, finish.req.include_usage))
         .unwrap_or_default();
     let usage = whole.map(|c| (c.prompt_tokens, c.completion_tokens));
-    let since_admit = finish.admitted.elapsed_ms();
     let state = Passing {
         finish: Some(finish),
         upstream,
@@ -309,7 +306,7 @@ pub fn body(
     let stream = futures::stream::unfold(state, move |mut st| async move {
         let next = st.step().await?;
         if st.first_sent.is_none() {
-            st.first_sent = Some(since_admit + started.elapsed().as_secs_f64() * 1000.0);
+            st.first_sent = st.finish.as_ref().map(|f| f.admitted.elapsed_ms());
         }
         Some((Ok::<_, std::convert::Infallible>(next), st))
     });

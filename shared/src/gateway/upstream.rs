@@ -113,15 +113,8 @@ pub struct ChatBackends {
 
 impl ChatBackends {
     pub fn new(timeout: Duration, egress: &EgressPolicy, keys: UpstreamKeys) -> ApiResult<Self> {
-        crate::gateway::backend::install_crypto();
-        let worker = reqwest::Client::builder()
-            .read_timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ApiError::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let worker =
+            crate::gateway::backend::worker_http(reqwest::Client::builder().read_timeout(timeout))?;
         let policy = EgressPolicy {
             timeout: Duration::from_secs(3600),
             ..egress.clone()
