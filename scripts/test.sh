@@ -32,15 +32,18 @@ if [ $# -gt 0 ]; then
 fi
 
 echo "==> phase 1: cargo test"
+disk_report
 cargo test --workspace --all-targets
 
 echo "==> phase 2: the functions through cargo-lambda"
+disk_report
 lambda_install
 cargo build -p api -p admin -p authorizer -p metering -p cost-alerts -p backup -p gpu-worker
 lambda_test="$(test_binary tenantai-tests lambda)"
 PATH="$LAMBDA_VENV/bin:$PATH" TENANTAI_LAMBDA_E2E=1 "$lambda_test" --nocapture
 
 echo "==> phase 3: tenantai dev with the openai SDK"
+disk_report
 py_install
 cargo build -p tenantai-cli
 # llama.cpp's server as an upstream provider, when its cached build is here (a cold
@@ -52,6 +55,7 @@ dev_start
 "$PY_VENV/bin/python" -m pytest -q tests/openai
 
 echo "==> phase 4: infra"
+disk_report
 infra_start=$(date +%s)
 infra_tools_install
 infra_npm_ci

@@ -16,7 +16,7 @@ lambda_install() {
     echo "==> installing cargo-lambda==$CARGO_LAMBDA_VERSION into $LAMBDA_VENV"
     rm -rf "$LAMBDA_VENV"
     python3 -m venv "$LAMBDA_VENV"
-    "$LAMBDA_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "cargo-lambda==$CARGO_LAMBDA_VERSION"
+    timeout 600 "$LAMBDA_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "cargo-lambda==$CARGO_LAMBDA_VERSION"
     touch "$LAMBDA_VENV/.v-$CARGO_LAMBDA_VERSION"
 }
 
@@ -27,8 +27,13 @@ py_install() {
     echo "==> installing openai==$OPENAI_VERSION and pytest==$PYTEST_VERSION into $PY_VENV"
     rm -rf "$PY_VENV"
     python3 -m venv "$PY_VENV"
-    "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION"
+    timeout 600 "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION"
     touch "$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION"
+}
+
+# Free disk where the build lives, printed at each phase (a full disk fails a late phase).
+disk_report() {
+    df -h --output=avail,used . 2>/dev/null | tail -n 1 | awk '{print "==> disk: " $1 " free, " $2 " used"}'
 }
 
 # The path of an integration-test binary, built.
