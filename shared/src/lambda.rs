@@ -1,6 +1,8 @@
 //! What the Lambda functions share: building the app from the AWS environment,
 //! JSON logs, and the authorizer's context in both directions.
 
+pub mod streaming;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! handlers directly and for those that invoke the functions through cargo-lambda.
 
 /// api events that need no backend, and their status.
-pub const API: [(&str, u16); 8] = [
+pub const API: [(&str, u16); 7] = [
     ("api/models.json", 200),
     ("api/model.json", 200),
     ("api/unauthenticated.json", 401),
@@ -10,7 +10,6 @@ pub const API: [(&str, u16); 8] = [
     ("api/embeddings-unknown-model.json", 404),
     ("api/chat-malformed.json", 400),
     ("api/chat-embedding-model.json", 400),
-    ("api/rest-models.json", 200),
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.

@@ -163,6 +163,76 @@ async fn receive(queue: &dyn tenantai::store::Queue, want: usize) -> Vec<tenanta
     got
 }
 
+/// A streamed invocation's answer: the status and headers of its metadata
+/// prelude, and the body as it streamed.
+struct Streamed {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Streamed {
+    fn json(&self) -> (u16, Value) {
+        (
+            self.status,
+            serde_json::from_slice(&self.body).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Invokes the api through `cargo lambda watch`'s invoke endpoint, the one
+/// `cargo lambda invoke` calls: the runtime emulator turns the streamed
+/// response's prelude into the status and headers.
+async fn invoke_api(port: u16, event: &str, vars: &HashMap<&str, String>) -> Streamed {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/api/invocations"
+        ))
+        .body(event_text(event, vars))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["lambda-runtime-function-response-mode"],
+        "streaming",
+        "{event}"
+    );
+    Streamed {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.unwrap(),
+    }
+}
+
+/// A streamed chat answer: server-sent events, chunk by chunk, with the usage
+/// chunk asked for, then `[DONE]`.
+async fn chat_stream_through_the_runtime(port: u16, vars: &HashMap<&str, String>) {
+    let got = invoke_api(port, "api/chat-stream.json", vars).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.headers["content-type"], "text/event-stream");
+    let text = std::str::from_utf8(&got.body).unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!content.is_empty(), "{text}");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(
+        (1..=6).contains(&usage["completion_tokens"].as_u64().unwrap()),
+        "{text}"
+    );
+    assert!(chunks.len() >= 3, "streamed as one chunk per token: {text}");
+}
+
 fn status_and_body(resp: &Value) -> (u64, Value) {
     let body = resp["body"]
         .as_str()
@@ -318,16 +388,21 @@ async fn functions_through_cargo_lambda() {
         );
     }
 
-    // The api: real embeddings from the worker, through the authorizer's context.
-    let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings.json", &vars));
+    // The api (a streaming function): real embeddings and chat from the worker,
+    // through the REST authorizer's context.
+    let (status, body) = invoke_api(port, "api/embeddings.json", &vars).await.json();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
-    let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings-base64.json", &vars));
+    let (status, body) = invoke_api(port, "api/embeddings-base64.json", &vars)
+        .await
+        .json();
     assert_eq!(status, 200, "{body}");
     assert!(body["data"][0]["embedding"].is_string());
-    let (status, body) = status_and_body(&invoke(port, "api", "api/chat-completions.json", &vars));
+    let (status, body) = invoke_api(port, "api/chat-completions.json", &vars)
+        .await
+        .json();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"], "SmolLM2-135M-Instruct");
     assert!(!body["choices"][0]["message"]["content"]
@@ -335,19 +410,28 @@ async fn functions_through_cargo_lambda() {
         .unwrap()
         .is_empty());
     assert!((1..=6).contains(&body["usage"]["completion_tokens"].as_u64().unwrap()));
+    chat_stream_through_the_runtime(port, &vars).await;
     for (event, want) in expected_events::API {
-        let (status, body) = status_and_body(&invoke(port, "api", event, &vars));
-        assert_eq!(status, u64::from(want), "{event}: {body}");
+        let (status, body) = invoke_api(port, event, &vars).await.json();
+        assert_eq!(status, want, "{event}: {body}");
     }
+    // `cargo lambda invoke` prints a streamed answer's body (the prelude it keeps).
+    let printed = invoke_text(
+        port,
+        "api",
+        "api/models.json",
+        &event_text("api/models.json", &vars),
+    );
+    assert_eq!(printed["object"], "list", "{printed}");
 
     // The api's usage events reach the usage queue once its invocations end
     // (flushed by its extension while the environment is still running).
     let (usage_queue, dlq) = app.storage.usage_queues().unwrap();
-    let emitted = receive(usage_queue.as_ref(), 3).await;
+    let emitted = receive(usage_queue.as_ref(), 4).await;
     assert_eq!(
         emitted.len(),
-        3,
-        "one usage event per embeddings or chat call"
+        4,
+        "one usage event per embeddings or chat call, streamed or not"
     );
     for m in &emitted {
         let e = tenantai::billing::metering::parse_event(&m.body).unwrap();
@@ -374,7 +458,7 @@ async fn functions_through_cargo_lambda() {
         .iter()
         .map(|a| a.counters["requests"])
         .sum();
-    assert_eq!(folded, 3);
+    assert_eq!(folded, 4);
 
     // The sample batches: folded once however often delivered; the malformed
     // record is dead-lettered without failing its neighbour.
