@@ -235,6 +235,7 @@ fn usage_batch(i: usize) -> Vec<Record> {
                 cache_hit: n % 5 == 0,
                 cache_hits: 0,
                 latency_ms: 3.0,
+                overhead_ms: 0.2,
                 compute_ms: 2,
                 cost_micros: 3,
                 at_ms: 1_795_478_400_000 + (n % 2) as i64 * 86_400_000,

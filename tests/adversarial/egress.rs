@@ -197,6 +197,7 @@ pub fn spend_event(tenant: &str, cost: u64) -> UsageEvent {
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms: tenantai::store::now_millis(),

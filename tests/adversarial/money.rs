@@ -247,6 +247,7 @@ fn event(id: &str, tenant: &str, cost: u64, tokens: u64) -> UsageEvent {
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms: 1_795_000_000_000,

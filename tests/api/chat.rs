@@ -178,6 +178,30 @@ async fn whole_and_streamed_answers_are_billed_by_prompt_and_completion_tokens()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streams_usage_event_carries_the_gateways_share_of_its_first_token() {
+    let (h, _, key) = setup().await;
+    let whole = chat(&h, &key, ask("Say hi.", json!({"max_tokens": 2})), &[]).await;
+    let header: f64 = whole.header("x-tenantai-overhead-ms").parse().unwrap();
+    let got = h.usage_events().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        (got[0].overhead_ms - header).abs() < 0.01,
+        "{got:?} {header}"
+    );
+
+    let body = ask("Name a colour.", json!({"stream": true, "max_tokens": 4}));
+    let streamed = chat(&h, &key, body, &[("cache-control", "no-store")]).await;
+    assert!(events(&streamed).len() > 1);
+    let got = h.usage_events().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    // The gateway's part of the time to first token is measured, and the
+    // backend's generation is not counted in it.
+    let e = &got[0];
+    assert!(e.overhead_ms > 0.0 && e.overhead_ms < e.latency_ms, "{e:?}");
+    assert!(e.completion_tokens > 0, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deterministic_answers_are_cached_and_replayed_as_chunks() {
     let (h, _, key) = setup().await;
     let request = ask("Count to three.", json!({"seed": 7, "temperature": 0.9}));

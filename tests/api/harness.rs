@@ -193,6 +193,27 @@ impl Harness {
         {}
     }
 
+    /// The usage events emitted so far, as they left for the queue (taken off it,
+    /// not folded).
+    pub async fn usage_events(&self) -> Vec<tenantai::billing::metering::UsageEvent> {
+        self.app.usage.flush().await;
+        let (queue, _) = self.app.storage.usage_queues().unwrap();
+        let now = tenantai::store::Receive {
+            wait: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let got = queue.receive(&now).await.unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            for m in got {
+                out.push(tenantai::billing::metering::parse_event(&m.body).unwrap());
+            }
+        }
+    }
+
     /// A new tenant of this tier; returns its id.
     pub async fn tenant(&self, name: &str, tier: &str) -> String {
         let r = self

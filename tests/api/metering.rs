@@ -185,6 +185,7 @@ async fn usage_pages_with_a_cursor() {
                 cache_hit: false,
                 cache_hits: 0,
                 latency_ms: 2.0,
+                overhead_ms: 0.25,
                 compute_ms: 1,
                 cost_micros: 1,
                 at_ms: at.unix_timestamp() * 1000 + 5,

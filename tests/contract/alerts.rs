@@ -27,6 +27,7 @@ fn spend_event(tenant: &str, id: &str, cost: u64, at_ms: i64) -> UsageEvent {
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms,

@@ -51,6 +51,7 @@ fn event(tenant: &str, key: &str, i: usize, cost: u64) -> UsageEvent {
         cache_hit: i % 3 == 0,
         cache_hits: 0,
         latency_ms: 2.0,
+        overhead_ms: 0.25,
         compute_ms: 3,
         cost_micros: cost,
         at_ms: now_millis() - (i as i64 % 3) * 86_400_000,

@@ -62,6 +62,11 @@ pub struct UsageEvent {
     #[serde(default)]
     pub cache_hits: u64,
     pub latency_ms: f64,
+    /// The gateway's own part of the latency: for a stream, of its time to first
+    /// token (before the backend's first byte, and between that byte and the
+    /// client's); for a whole answer, the latency less the backend's time.
+    #[serde(default)]
+    pub overhead_ms: f64,
     /// Time the backend spent computing (0 for a cache hit).
     pub compute_ms: u64,
     /// Cost at the price in force when the call was made.
@@ -82,8 +87,13 @@ impl UsageEvent {
                 return Err(format!("{name} must hold 1 to 256 characters"));
             }
         }
-        if !self.latency_ms.is_finite() || self.latency_ms < 0.0 {
-            return Err("latency_ms must be a non-negative number".into());
+        for (name, ms) in [
+            ("latency_ms", self.latency_ms),
+            ("overhead_ms", self.overhead_ms),
+        ] {
+            if !ms.is_finite() || ms < 0.0 {
+                return Err(format!("{name} must be a non-negative number"));
+            }
         }
         if self.at_ms <= 0 {
             return Err("at_ms must be a Unix time in milliseconds".into());
@@ -145,6 +155,7 @@ impl UsageEvent {
                 "completion_tokens",
             )?,
             latency_ms: self.latency_ms + other.latency_ms,
+            overhead_ms: self.overhead_ms + other.overhead_ms,
             compute_ms: add(self.compute_ms, other.compute_ms, "compute_ms")?,
             cost_micros: add(self.cost_micros, other.cost_micros, "cost_micros")?,
             ..self.clone()
@@ -539,16 +550,18 @@ mod tests {
         let old = r#"{"event_id":"e1","tenant_id":"t","key_id":"k","model":"m","model_version":"1","inputs":2,"tokens":9,"cache_hit":true,"latency_ms":1.5,"compute_ms":0,"cost_micros":3,"at_ms":1795521600000}"#;
         let mut a: UsageEvent = serde_json::from_str(old).unwrap();
         assert_eq!((a.requests, a.hits()), (1, 1));
+        assert_eq!(a.overhead_ms, 0.0);
         let b = UsageEvent {
             event_id: "e2".into(),
             cache_hit: false,
+            overhead_ms: 0.75,
             ..a.clone()
         };
         assert_eq!(a.merge_key(), b.merge_key());
         a.absorb(&b).unwrap();
         assert_eq!(
-            (a.requests, a.hits(), a.tokens, a.cost_micros),
-            (2, 1, 18, 6)
+            (a.requests, a.hits(), a.tokens, a.cost_micros, a.overhead_ms),
+            (2, 1, 18, 6, 0.75)
         );
         assert_eq!(a.event_id, "e1");
         assert!(a.validate().is_ok());

@@ -398,6 +398,7 @@ impl Admitted {
             cache_hit: hit,
             cache_hits: 0,
             latency_ms,
+            overhead_ms,
             compute_ms: if hit { 0 } else { whole_ms(backend_ms) },
             cost_micros: cost,
             at_ms: self.at_ms,

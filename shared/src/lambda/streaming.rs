@@ -149,6 +149,7 @@ mod tests {
             cache_hit: false,
             cache_hits: 0,
             latency_ms: 1.0,
+            overhead_ms: 0.25,
             compute_ms: 1,
             cost_micros: 1,
             at_ms: 1_700_000_000_000,
