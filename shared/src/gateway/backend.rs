@@ -1,5 +1,5 @@
 //! Backends that compute embeddings (chat calls are in `upstream`): the worker's HTTP API (`gpu-worker serve`)
-//! and SageMaker endpoints (InvokeEndpoint). Both speak the OpenAI request shape
+//! and SageMaker endpoints (InvokeEndpoint; InvokeEndpointWithResponseStream for chat streams). Both speak the OpenAI request shape
 //! (the worker's container answers it on /invocations too), so one request body
 //! and one answer parser serve both.
 
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{ApiError, ApiResult};
+use crate::gateway::chat_stream::{ChunkError, Chunks};
 use crate::gateway::embeddings::{decode_base64, EmbeddingRequest, Embeddings};
 use crate::gateway::models::ModelVersion;
 
@@ -208,41 +209,125 @@ impl SagemakerClient {
             .await;
         match result {
             Ok(out) => Ok((200, out.body.map(Blob::into_inner).unwrap_or_default())),
-            Err(SdkError::TimeoutError(_)) => Err(BackendFailure::Down {
-                message: "timed out".into(),
-                timeout: true,
-            }),
             Err(e) => {
-                // The container's own 4xx arrives as a ModelError carrying its status and body.
-                if let Some(model_error) = e.as_service_error().and_then(|s| match s {
-                    aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError::ModelError(m) => Some(m),
+                let model_error = e.as_service_error().and_then(|s| match s {
+                    aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError::ModelError(m) => Some(m.clone()),
                     _ => None,
-                }) {
-                    let status = model_error.original_status_code().unwrap_or(500) as u16;
-                    let body = model_error.original_message().unwrap_or_default().as_bytes().to_vec();
-                    return Ok((status, body));
-                }
-                // A container answering the runtime path itself (the worker) sends its
-                // 4xx as is: an OpenAI error body is the client's error.
-                if let Some(raw) = e.raw_response() {
-                    let status = raw.status().as_u16();
-                    let bytes = raw.body().bytes().unwrap_or_default();
-                    let openai_error = serde_json::from_slice::<serde_json::Value>(bytes)
-                        .is_ok_and(|v| v["error"]["message"].is_string());
-                    if (400..500).contains(&status) && status != 429 && openai_error {
-                        return Ok((status, bytes.to_vec()));
-                    }
-                }
-                let message = match e.as_service_error() {
-                    Some(s) => format!(
-                        "{}: {}",
-                        s.code().unwrap_or("error"),
-                        s.message().unwrap_or("")
-                    ),
-                    None => aws_sdk_sagemakerruntime::error::DisplayErrorContext(&e).to_string(),
-                };
-                Err(down(message))
+                });
+                refusal(e, model_error)
             }
         }
     }
+
+    /// Invokes the endpoint with InvokeEndpointWithResponseStream: the payload
+    /// parts as they arrive, or the container's own refusal (its status and body)
+    /// as `Err(Ok(..))`, or why nothing came as `Err(Err(..))`.
+    pub async fn invoke_stream(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+    ) -> Result<Chunks, Result<(u16, Vec<u8>), BackendFailure>> {
+        use aws_sdk_sagemakerruntime::operation::invoke_endpoint_with_response_stream::InvokeEndpointWithResponseStreamError as StreamError;
+        let result = self
+            .client
+            .invoke_endpoint_with_response_stream()
+            .endpoint_name(endpoint)
+            .content_type("application/json")
+            .accept("text/event-stream")
+            .body(Blob::new(body))
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(payload_parts(out.body)),
+            Err(e) => {
+                let model_error = e.as_service_error().and_then(|s| match s {
+                    StreamError::ModelError(m) => Some(m.clone()),
+                    _ => None,
+                });
+                match refusal(e, model_error) {
+                    Ok(answer) => Err(Ok(answer)),
+                    Err(down) => Err(Err(down)),
+                }
+            }
+        }
+    }
+}
+
+/// A failed invocation: the container's own answer (`Ok`: its status and body,
+/// for the caller to judge) or a failed backend.
+fn refusal<E>(
+    e: SdkError<E, aws_sdk_sagemakerruntime::config::http::HttpResponse>,
+    model_error: Option<aws_sdk_sagemakerruntime::types::error::ModelError>,
+) -> Result<(u16, Vec<u8>), BackendFailure>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let SdkError::TimeoutError(_) = e {
+        return Err(BackendFailure::Down {
+            message: "timed out".into(),
+            timeout: true,
+        });
+    }
+    // The container's own 4xx arrives as a ModelError carrying its status and body.
+    if let Some(m) = model_error {
+        let status = m.original_status_code().unwrap_or(500) as u16;
+        let body = m.original_message().unwrap_or_default().as_bytes().to_vec();
+        return Ok((status, body));
+    }
+    // A container answering the runtime path itself (the worker) sends its
+    // 4xx as is: an OpenAI error body is the client's error.
+    if let Some(raw) = e.raw_response() {
+        let status = raw.status().as_u16();
+        let bytes = raw.body().bytes().unwrap_or_default();
+        let openai_error = serde_json::from_slice::<serde_json::Value>(bytes)
+            .is_ok_and(|v| v["error"]["message"].is_string());
+        if (400..500).contains(&status) && status != 429 && openai_error {
+            return Ok((status, bytes.to_vec()));
+        }
+    }
+    let message = match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("error"),
+            s.message().unwrap_or("")
+        ),
+        None => aws_sdk_sagemakerruntime::error::DisplayErrorContext(&e).to_string(),
+    };
+    Err(down(message))
+}
+
+/// A response stream's payload parts as [`Chunks`]; an exception event (the
+/// model's stream broke) ends them with an error.
+fn payload_parts(
+    receiver: aws_sdk_sagemakerruntime::primitives::event_stream::EventReceiver<
+        aws_sdk_sagemakerruntime::types::ResponseStream,
+        aws_sdk_sagemakerruntime::types::error::ResponseStreamError,
+    >,
+) -> Chunks {
+    use aws_sdk_sagemakerruntime::types::ResponseStream;
+    Box::pin(futures::stream::unfold(
+        Some(receiver),
+        |receiver| async move {
+            let mut receiver = receiver?;
+            loop {
+                match receiver.recv().await {
+                    Ok(Some(ResponseStream::PayloadPart(part))) => {
+                        let bytes = part.bytes.map(Blob::into_inner).unwrap_or_default();
+                        return Some((Ok(bytes::Bytes::from(bytes)), Some(receiver)));
+                    }
+                    // Event types this client does not know carry nothing for it.
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        let failure = ChunkError {
+                            timeout: matches!(e, SdkError::TimeoutError(_)),
+                            message: aws_sdk_sagemakerruntime::error::DisplayErrorContext(&e)
+                                .to_string(),
+                        };
+                        return Some((Err(failure), None));
+                    }
+                }
+            }
+        },
+    ))
 }

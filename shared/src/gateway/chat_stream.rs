@@ -11,9 +11,11 @@
 //! the backend's usage, or one token per content chunk and the prompt estimate
 //! when it sent none.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use crate::app::App;
@@ -25,9 +27,39 @@ use crate::gateway::pipeline::Admitted;
 /// Longest one event may be.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// A backend's body as it arrives: an HTTP response's chunks, or the payload
+/// parts of a SageMaker response stream.
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, ChunkError>> + Send>>;
+
+/// Why a backend's body stopped short.
+#[derive(Debug)]
+pub struct ChunkError {
+    pub timeout: bool,
+    pub message: String,
+}
+
+/// An HTTP response's body as [`Chunks`].
+pub fn response_chunks(resp: reqwest::Response) -> Chunks {
+    Box::pin(futures::stream::unfold(resp, |mut resp| async move {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), resp)),
+            Ok(None) => None,
+            Err(e) => Some((
+                Err(ChunkError {
+                    timeout: e.is_timeout(),
+                    message: e.to_string(),
+                }),
+                resp,
+            )),
+        }
+    }))
+}
+
 /// A backend's event stream, opened: its first event has arrived.
 pub struct Upstream {
-    resp: reqwest::Response,
+    /// Behind a mutex only to be `Sync` (answers are shared by reference); it is
+    /// reached through `&mut self`, never locked.
+    chunks: std::sync::Mutex<Chunks>,
     buf: BytesMut,
 }
 
@@ -69,27 +101,31 @@ impl Upstream {
     /// Waits for the backend's first event: a stream that fails before it is a
     /// failed backend (the pipeline falls back), one that fails after is the
     /// client's partial answer.
-    pub async fn open(resp: reqwest::Response) -> Result<Upstream, BackendFailure> {
+    pub async fn open(chunks: Chunks) -> Result<Upstream, BackendFailure> {
         let mut up = Upstream {
-            resp,
+            chunks: std::sync::Mutex::new(chunks),
             buf: BytesMut::new(),
         };
         while event_end(&up.buf).is_none() {
-            match up.resp.chunk().await {
-                Ok(Some(chunk)) => up.buf.extend_from_slice(&chunk),
-                Err(e) => {
+            match up.chunks().next().await {
+                Some(Ok(chunk)) => up.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
                     return Err(BackendFailure::Down {
-                        timeout: e.is_timeout(),
-                        message: format!("the stream failed before its first event: {e}"),
+                        timeout: e.timeout,
+                        message: format!("the stream failed before its first event: {}", e.message),
                     })
                 }
-                Ok(None) => return Err(down("the stream ended before its first event")),
+                None => return Err(down("the stream ended before its first event")),
             }
             if up.buf.len() > MAX_EVENT_BYTES {
                 return Err(down("the stream's first event is too long"));
             }
         }
         Ok(up)
+    }
+
+    fn chunks(&mut self) -> &mut Chunks {
+        self.chunks.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The next event's data; `None` at the end of the stream.
@@ -105,10 +141,10 @@ impl Upstream {
             if self.buf.len() > MAX_EVENT_BYTES {
                 return Some(Err("an event of the stream is too long".into()));
             }
-            match self.resp.chunk().await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
-                Err(e) => return Some(Err(e.to_string())),
-                Ok(None) => return None,
+            match self.chunks().next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Some(Err(e.message)),
+                None => return None,
             }
         }
     }

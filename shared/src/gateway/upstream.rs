@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::backend::BackendFailure;
 use crate::gateway::chat::{ChatAnswer, ChatRequest, Completion};
-use crate::gateway::chat_stream::Upstream;
+use crate::gateway::chat_stream::{response_chunks, Upstream};
 use crate::gateway::egress::{Egress, EgressPolicy};
 use crate::gateway::models::{BackendKind, ModelVersion};
 
@@ -165,7 +165,9 @@ impl ChatBackends {
         };
         let status = resp.status().as_u16();
         if (200..300).contains(&status) && req.stream {
-            return match tokio::time::timeout(self.timeout, Upstream::open(resp)).await {
+            return match tokio::time::timeout(self.timeout, Upstream::open(response_chunks(resp)))
+                .await
+            {
                 Ok(up) => up.map(ChatAnswer::Stream),
                 Err(_) => Err(BackendFailure::Down {
                     message: "no first event in time".into(),
@@ -258,7 +260,8 @@ fn judge(
     })))
 }
 
-/// SageMaker's InvokeEndpoint answers whole; a streamed request is replayed.
+/// SageMaker: InvokeEndpoint for a whole answer, InvokeEndpointWithResponseStream
+/// for a stream (the container's server-sent events arrive as payload parts).
 async fn sagemaker(
     app: &App,
     version: &ModelVersion,
@@ -269,6 +272,16 @@ async fn sagemaker(
             "this deployment has no AWS configuration for SageMaker",
         ));
     };
+    if req.stream {
+        return match sm
+            .invoke_stream(&version.endpoint, req.backend_body(version, false))
+            .await
+        {
+            Ok(chunks) => Upstream::open(chunks).await.map(ChatAnswer::Stream),
+            Err(Ok((status, bytes))) => judge(status, &bytes, version, req),
+            Err(Err(failure)) => Err(failure),
+        };
+    }
     let mut whole = req.clone();
     whole.stream = false;
     let (status, bytes) = sm
