@@ -417,6 +417,7 @@ impl Admitted {
             cache_hit: hit,
             tokens: total,
             inputs: usize::try_from(tokens.inputs).unwrap_or(usize::MAX),
+            cost_micros: cost,
         });
         Receipt {
             tokens,
