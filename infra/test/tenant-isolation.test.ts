@@ -16,6 +16,7 @@ const EXPECTED_LEADING_KEYS = [
   'AUDIT#${aws:PrincipalTag/TenantId}',
   'CACHE#${aws:PrincipalTag/TenantId}',
   'RL#tenant:${aws:PrincipalTag/TenantId}',
+  'RL#tenant:${aws:PrincipalTag/TenantId}#key:*',
 ];
 
 test('trust: only the api role, AssumeRole + TagSession, one TenantId tag and no other', () => {
@@ -44,7 +45,9 @@ test('table access: item actions only, no Scan, on the base table, LeadingKeys o
   expect(asArray(st.Resource)).toHaveLength(1);
   expect(JSON.stringify(st.Resource)).toMatch(/Table/);
   expect(JSON.stringify(st.Resource)).not.toMatch(/index/);
-  expect(st.Condition['ForAllValues:StringEquals']['dynamodb:LeadingKeys'].sort()).toEqual([...EXPECTED_LEADING_KEYS].sort());
+  expect(st.Condition['ForAllValues:StringLike']['dynamodb:LeadingKeys'].sort()).toEqual([...EXPECTED_LEADING_KEYS].sort());
+  // A wildcard only after the tenant id and a delimiter: no pattern reaches another tenant's keys.
+  for (const k of EXPECTED_LEADING_KEYS) expect(k.replace(/^[^$]*\$\{aws:PrincipalTag\/TenantId\}/, '')).toMatch(/^(#[a-z]+:\*)?$/);
   expect(st.Condition.Null).toEqual({ 'dynamodb:LeadingKeys': 'false' });
 });
 
