@@ -136,3 +136,17 @@ test('every partition-key format in shared/src is classified', () => {
     expect(classified.some((c) => c === prefix || c.startsWith(prefix))).toBe(true);
   }
 });
+
+test('the api sends exactly the tenant partition keys with tenant credentials (shared/src/store/aws/tenant_scoped.rs)', () => {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'store', 'aws', 'tenant_scoped.rs'), 'utf8');
+  const list = src.match(/pub const TENANT_PARTITION_PREFIXES: \[&str; \d+\] = \[([^\]]*)\]/);
+  expect(list).not.toBeNull();
+  const rust = [...list![1].matchAll(/"([^"]+)"/g)].map((m) => m[1]).sort();
+  const infra = [...new Set(TENANT_PARTITION_KEYS.map((k) => k.replace(/<t>.*$/, '')))].sort();
+  expect(rust).toEqual(infra);
+  expect(src).toContain('pub const TENANT_TAG: &str = "TenantId"');
+  // The lookalikes the Rust code keeps on the platform's credentials are platform keys here.
+  for (const k of ['CACHE#shared']) expect(PLATFORM_PARTITION_KEYS).toContain(k);
+  expect(Object.keys(ONLY_PLATFORM_FUNCTIONS)).toContain('AUDIT#_platform');
+  expect(src).toContain('["AUDIT#_platform", "CACHE#shared"]');
+});
