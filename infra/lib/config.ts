@@ -56,6 +56,17 @@ export interface StageConfig {
   readonly alarmEmail?: string;
 }
 
+/**
+ * The CloudWatch namespace of the EMF metrics the functions write: one per stage, so that
+ * two stages in one account do not mix. Passed as `TENANTAI_METRICS_NAMESPACE`; without it
+ * `shared/src/gateway/telemetry.rs` writes to `DEFAULT_EMF_NAMESPACE`.
+ */
+export const METRICS_NAMESPACE_VAR = 'TENANTAI_METRICS_NAMESPACE';
+export const DEFAULT_EMF_NAMESPACE = 'tenantai';
+export function emfNamespace(cfg: Pick<StageConfig, 'stage'>): string {
+  return `${DEFAULT_EMF_NAMESPACE}/${cfg.stage}`;
+}
+
 export const FUNCTION_NAMES = ['api', 'admin', 'authorizer', 'metering', 'cost-alerts', 'backup'] as const;
 export type FunctionName = (typeof FUNCTION_NAMES)[number];
 

@@ -10,7 +10,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
+import { emfNamespace, FUNCTION_NAMES, FunctionName, METRICS_NAMESPACE_VAR, StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
 import { Queues } from './queues';
 import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
@@ -51,6 +51,7 @@ export class Functions extends Construct {
       TENANTAI_RESOURCE_PREFIX: cfg.prefix,
       TENANTAI_TABLE: table.tableName,
       TENANTAI_BUCKET: bucket.bucketName,
+      [METRICS_NAMESPACE_VAR]: emfNamespace(cfg),
       RUST_LOG: 'info',
     };
     const env: Record<FunctionName, Record<string, string>> = {

@@ -1,5 +1,5 @@
 // Alarms to the alerts topic and one dashboard, from the metrics AWS publishes and the
-// EMF metrics the functions write (namespace `tenantai`, dimensions [model] and []).
+// EMF metrics the functions write (namespace `tenantai/<stage>`, dimensions [model] and []).
 import { Duration } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigateway';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -8,12 +8,9 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
+import { emfNamespace, FUNCTION_NAMES, FunctionName, StageConfig } from './config';
 import { Queues } from './queues';
 import { Workers } from './workers';
-
-/** The namespace `shared/src/gateway/telemetry.rs` writes EMF metrics to. */
-export const EMF_NAMESPACE = 'tenantai';
 
 export interface ObservabilityProps {
   readonly cfg: StageConfig;
@@ -78,8 +75,10 @@ export class Observability extends Construct {
     alarm('worker-errors', 'GPU workers logged 10 or more errors in 5 minutes.', workers.errors, 10);
 
     // The dashboard.
+    // The namespace every function is given (TENANTAI_METRICS_NAMESPACE, lib/functions.ts).
+    const namespace = emfNamespace(cfg);
     const emf = (metricName: string, statistic: string, label?: string) =>
-      new cloudwatch.Metric({ namespace: EMF_NAMESPACE, metricName, statistic, period: five, label: label ?? `${metricName} ${statistic}` });
+      new cloudwatch.Metric({ namespace, metricName, statistic, period: five, label: label ?? `${metricName} ${statistic}` });
     const api = props.tenantApi;
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
       dashboardName: cfg.prefix,

@@ -16,7 +16,9 @@ const TENANT = `\${aws:PrincipalTag/${TENANT_TAG}}`;
 
 /**
  * Every partition key of a tenant's own items, as `shared/src` writes them, with the
- * tenant id in place of `<t>`. Each is one LeadingKeys pattern.
+ * tenant id in place of `<t>`. Each is one LeadingKeys pattern (StringLike: only the key
+ * counters' ends with `*`, after the tenant id and a delimiter; the others match exactly).
+ * `shared/src/store/aws/tenant_scoped.rs` sends exactly these with tenant credentials.
  */
 export const TENANT_PARTITION_KEYS: readonly string[] = [
   'TENANT#<t>', // keys.rs: the tenant's keys (sk KEY#<id>)
@@ -25,7 +27,8 @@ export const TENANT_PARTITION_KEYS: readonly string[] = [
   'ALERTS#<t>', // alerts.rs: alert claims
   'AUDIT#<t>', // audit.rs: the tenant's audit records
   'CACHE#<t>', // cache.rs: the tenant-scoped embeddings cache
-  'RL#tenant:<t>', // ratelimit.rs + http/api.rs: the tenant's rate-limit counters
+  'RL#tenant:<t>', // ratelimit.rs: the tenant's rate-limit counters
+  'RL#tenant:<t>#key:*', // ratelimit.rs: the counters of each of the tenant's keys
 ];
 
 /**
@@ -37,7 +40,6 @@ export const PLATFORM_PARTITION_KEYS: readonly string[] = [
   'TENANTS', // tenants.rs: every tenant record (sk T#<id>), read by the request path
   'MODELS', // models.rs: the model registry
   'CACHE#shared', // cache.rs: the opt-in shared cache scope
-  'RL#key:*', // http/api.rs: per-key rate-limit counters (key id, not tenant id)
 ];
 
 /** The item actions of the request path; never Scan (LeadingKeys does not limit it). */
@@ -88,7 +90,7 @@ export class TenantIsolation extends Construct {
             actions: ITEM_ACTIONS,
             resources: [props.table.tableArn],
             conditions: {
-              'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': leadingKeyPatterns(TENANT_PARTITION_KEYS) },
+              'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': leadingKeyPatterns(TENANT_PARTITION_KEYS) },
               // ForAllValues holds vacuously for a request without keys: require them.
               Null: { 'dynamodb:LeadingKeys': 'false' },
             },

@@ -12,7 +12,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { StageConfig } from './config';
+import { emfNamespace, StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
 import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 import { Queues } from './queues';
@@ -122,7 +122,7 @@ export class Workers extends Construct {
     });
     const errorsFilter = this.logGroup.addMetricFilter('Errors', {
       filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
-      metricNamespace: `tenantai/${cfg.stage}`,
+      metricNamespace: emfNamespace(cfg),
       metricName: 'worker_errors',
       metricValue: '1',
       defaultValue: 0,

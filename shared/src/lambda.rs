@@ -71,11 +71,22 @@ pub fn resources_from_env() -> Resources {
     res
 }
 
+/// The role the api assumes per tenant for that tenant's items, when set.
+pub const TENANT_ROLE_VAR: &str = "TENANTAI_TENANT_ROLE_ARN";
+
 /// The app on the AWS adapters, configured from the environment. Built once in
-/// `main`, before the runtime starts polling.
+/// `main`, before the runtime starts polling. With `TENANTAI_TENANT_ROLE_ARN` set,
+/// each tenant's items are reached with that role assumed for the tenant.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
-    let (sdk, storage) = storage_from_env().await?;
+    let (sdk, mut storage) = storage_from_env().await?;
+    // The api's tenant items with tenant-scoped credentials (the CDK app sets it).
+    if let Some(role) = std::env::var(TENANT_ROLE_VAR)
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
+        storage = storage.with_tenant_credentials(&sdk, &role);
+    }
     config.secrets = secrets_from_env(&sdk)?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }

@@ -86,6 +86,9 @@ async fn api_events() {
         let (got, body) = handle(&s, name).await;
         assert_eq!(got, want, "{name}: {body}");
     }
+    // The REST API's unauthenticated liveness probe, stage and all.
+    let (status, body) = handle(&s, "api/rest-health.json").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
 }
 
 #[tokio::test]
@@ -107,6 +110,23 @@ async fn admin_events() {
             && actions.contains(&"tenant.update".to_string()),
         "{actions:?}"
     );
+    // The REST API request through IAM auth: the token came in x-tenantai-admin-token
+    // (Authorization held a signature), and the entry names the IAM caller.
+    let by_iam: Vec<_> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["caller_arn"] == "arn:aws:iam::123456789012:user/ops-alice")
+        .collect();
+    assert_eq!(by_iam.len(), 1, "{audit}");
+    assert_eq!(by_iam[0]["action"], "tenant.update");
+    assert_eq!(by_iam[0]["after"]["monthly_budget_micros"], 3_000_000);
+    assert!(audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "tenant.create")
+        .all(|r| r.get("caller_arn").is_none()));
     let (_, verdict) = handle(&s, "admin/audit-verify.json").await;
     assert_eq!(verdict["ok"], true, "{verdict}");
     for (name, status) in expected_events::ADMIN_ERASE {

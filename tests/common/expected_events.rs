@@ -2,7 +2,7 @@
 //! handlers directly and for those that invoke the functions through cargo-lambda.
 
 /// api events that need no backend, and their status.
-pub const API: [(&str, u16); 7] = [
+pub const API: [(&str, u16); 8] = [
     ("api/models.json", 200),
     ("api/model.json", 200),
     ("api/unauthenticated.json", 401),
@@ -10,14 +10,16 @@ pub const API: [(&str, u16); 7] = [
     ("api/embeddings-unknown-model.json", 404),
     ("api/chat-malformed.json", 400),
     ("api/chat-embedding-model.json", 400),
+    ("api/rest-health.json", 200),
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.
-pub const ADMIN: [(&str, u16); 18] = [
+pub const ADMIN: [(&str, u16); 19] = [
     ("admin/create-tenant.json", 201),
     ("admin/list-tenants.json", 200),
     ("admin/get-tenant.json", 200),
     ("admin/update-tenant.json", 200),
+    ("admin/rest-iam-update-tenant.json", 200),
     ("admin/create-key.json", 201),
     ("admin/list-keys.json", 200),
     ("admin/register-model.json", 201),

@@ -16,6 +16,7 @@ mod secrets;
 mod table;
 #[path = "../common/tables.rs"]
 mod tables;
+mod tenant_scoped;
 #[path = "../common/webhook.rs"]
 mod webhook;
 
@@ -82,4 +83,14 @@ contract! {
     ops::interrupted_restore_resumes,
     ops::retention_keeps_daily_and_monthly,
     ops::erasure_leaves_nothing_naming_the_tenant,
+}
+
+/// Tenant-scoped credentials (STS AssumeRole per tenant) exist on the AWS adapters only.
+mod aws_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tenant_items_travel_with_the_tenants_session() {
+        if let Some(env) = crate::env::aws().await {
+            crate::tenant_scoped::tenant_items_travel_with_the_tenants_session(&env).await;
+        }
+    }
 }

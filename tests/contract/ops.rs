@@ -132,14 +132,8 @@ pub async fn populate(env: &Env) -> (String, String) {
             tokens_per_minute: 10_000,
         };
         let scopes = [
-            Scope {
-                id: format!("tenant:{}", t.id),
-                limits,
-            },
-            Scope {
-                id: format!("key:{}", live.key.key_id),
-                limits,
-            },
+            Scope::tenant(&t.id, limits),
+            Scope::key(&t.id, &live.key.key_id, limits),
         ];
         limiter.admit(&scopes, 10, now_millis(), 0).await.unwrap();
         let mut own =

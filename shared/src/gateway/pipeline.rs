@@ -150,14 +150,12 @@ pub async fn admit<E: Endpoint>(
     let started = Instant::now();
     let tenant_limits = tenant.rate_limits.unwrap_or_else(|| tier.limits());
     let scopes = [
-        Scope {
-            id: format!("tenant:{}", tenant.id),
-            limits: tenant_limits,
-        },
-        Scope {
-            id: format!("key:{}", ctx.key_id),
-            limits: ctx.key_limits.unwrap_or(tenant_limits),
-        },
+        Scope::tenant(&tenant.id, tenant_limits),
+        Scope::key(
+            &tenant.id,
+            &ctx.key_id,
+            ctx.key_limits.unwrap_or(tenant_limits),
+        ),
     ];
     let spread = u64::from(crate::gateway::models::bucket(request_id));
     let limits = app
@@ -418,6 +416,7 @@ impl Admitted {
             cache_hit: hit,
             tokens: total,
             inputs: usize::try_from(tokens.inputs).unwrap_or(usize::MAX),
+            cost_micros: cost,
         });
         Receipt {
             tokens,

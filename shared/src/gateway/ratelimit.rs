@@ -68,11 +68,32 @@ impl Limits {
     }
 }
 
-/// One limited scope of a request: the tenant, or the key.
+/// One limited scope of a request: the tenant, or the key. Its counters live under
+/// the partition key `RL#<id>`.
 #[derive(Clone, Debug)]
 pub struct Scope {
     pub id: String,
     pub limits: Limits,
+}
+
+impl Scope {
+    /// The tenant's scope: counters under `RL#tenant:<tenant>`.
+    pub fn tenant(tenant_id: &str, limits: Limits) -> Scope {
+        Scope {
+            id: format!("tenant:{tenant_id}"),
+            limits,
+        }
+    }
+
+    /// One key's scope, inside its tenant's: counters under
+    /// `RL#tenant:<tenant>#key:<key>`, so that every counter's partition key starts
+    /// with its tenant's (what tenant-scoped credentials may reach).
+    pub fn key(tenant_id: &str, key_id: &str, limits: Limits) -> Scope {
+        Scope {
+            id: format!("tenant:{tenant_id}#key:{key_id}"),
+            limits,
+        }
+    }
 }
 
 /// What one scope had left after admitting a request (for the response headers).

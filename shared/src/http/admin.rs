@@ -22,9 +22,12 @@ use crate::tenancy::auth::bearer;
 use crate::tenancy::keys::KeyRequest;
 use crate::tenancy::tenants::{Tenant, TenantPatch, TenantUpdate};
 
-/// The admin making the call (the token's name), for the audit log.
-#[derive(Clone, Debug)]
-pub struct Actor(pub String);
+/// The admin making the call (the token's name, and the IAM caller), for the audit log.
+pub use crate::tenancy::audit::Actor;
+
+/// The header that carries the admin token where `Authorization` holds an AWS
+/// signature (the admin API behind IAM auth).
+pub const ADMIN_TOKEN_HEADER: &str = "x-tenantai-admin-token";
 
 /// The admin routes (host them with [`super::host`]).
 pub fn router(app: Arc<App>) -> Router {
@@ -66,22 +69,41 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn admin_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let actor = match bearer(header) {
-        Ok(token) => app.admins.verify(token).await,
-        Err(_) => Err(ApiError::Unauthenticated(
-            "an admin bearer token is required".into(),
-        )),
+    let actor = match admin_token(req.headers()) {
+        Some(token) => app.admins.verify(token).await,
+        None => Err(ApiError::Unauthenticated(format!(
+            "an admin token is required (`Authorization: Bearer ...` or `{ADMIN_TOKEN_HEADER}`)"
+        ))),
     };
     match actor {
         Ok(name) => {
-            req.extensions_mut().insert(Actor(name));
+            let iam_arn = iam_caller(&req);
+            req.extensions_mut().insert(Actor { name, iam_arn });
             next.run(req).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// The admin token: `x-tenantai-admin-token` when present (then `Authorization`
+/// may hold a SigV4 signature), else the `Authorization` bearer token.
+fn admin_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    match headers.get(ADMIN_TOKEN_HEADER) {
+        Some(v) => v.to_str().ok().map(str::trim).filter(|t| !t.is_empty()),
+        None => bearer(headers.get("authorization").and_then(|v| v.to_str().ok())).ok(),
+    }
+}
+
+/// The IAM caller API Gateway authenticated (a REST API with IAM auth), if any.
+fn iam_caller(req: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(c)) => c.identity.user_arn.clone().filter(|arn| {
+            arn.starts_with("arn:")
+                && crate::tenancy::text::check_label("userArn", arn, 2048).is_ok()
+        }),
+        _ => None,
     }
 }
 
@@ -107,7 +129,7 @@ fn default_tier() -> String {
 
 async fn create_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let req: NewTenant = body_json(body).await?;
@@ -145,7 +167,7 @@ async fn get_tenant(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
 
 async fn update_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
@@ -164,7 +186,7 @@ struct RotateBody {
 /// signing for `overlap_secs` (default a day, at most a week).
 async fn rotate_webhook_secret(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
@@ -185,7 +207,7 @@ async fn rotate_webhook_secret(
 /// secret the change made (the only time it is shown).
 async fn audit_update(
     app: &App,
-    actor: &str,
+    actor: &Actor,
     action: &str,
     update: &TenantUpdate,
 ) -> ApiResult<Json<Value>> {
@@ -210,7 +232,7 @@ async fn audit_update(
 
 async fn create_key(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
@@ -248,7 +270,7 @@ async fn list_keys(
 
 async fn revoke_key(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let (before, after) = app.keys.revoke(&id, &key_id).await?;
@@ -273,7 +295,7 @@ struct OverrideBody {
 
 async fn set_override(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((id, model)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
@@ -297,7 +319,7 @@ async fn set_override(
 
 async fn clear_override(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((id, model)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     change_override(&app, &actor, &id, "tenant.override.clear", |t| {
@@ -309,7 +331,7 @@ async fn clear_override(
 /// Changes a tenant's model overrides and audits the change.
 async fn change_override(
     app: &App,
-    actor: &str,
+    actor: &Actor,
     id: &str,
     action: &str,
     change: impl Fn(&mut crate::tenancy::tenants::Tenant),
@@ -338,7 +360,7 @@ async fn change_override(
 
 async fn register_model(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let v: ModelVersion = body_json(body).await?;
@@ -389,7 +411,7 @@ struct VersionPatch {
 
 async fn update_version(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((model, version)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
@@ -430,7 +452,7 @@ async fn update_version(
 
 async fn record_changes(
     app: &App,
-    actor: &str,
+    actor: &Actor,
     action: &str,
     changes: &[(ModelVersion, ModelVersion)],
 ) -> ApiResult<Value> {
@@ -452,7 +474,7 @@ async fn record_changes(
 
 async fn promote(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((model, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let changes = app.registry.promote(&model, &version).await?;
@@ -463,7 +485,7 @@ async fn promote(
 
 async fn rollback(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let changes = app.registry.rollback(&model).await?;

@@ -167,7 +167,7 @@ async fn verify_audit(
 
 async fn export_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let blobs = app.storage.blobs()?.clone();
@@ -288,7 +288,7 @@ fn outcome_response(outcome: Outcome) -> Response {
 /// `DELETE /admin/v1/tenants/{id}?erase=true`: starts or continues the erasure.
 pub async fn erase_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     p: Result<Query<EraseParams>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -300,7 +300,7 @@ pub async fn erase_tenant(
         ));
     }
     let eraser = Eraser::new(&app.storage)?;
-    let outcome = eraser.erase(&id, &actor, erase_budget()).await?;
+    let outcome = eraser.erase(&id, &actor.name, erase_budget()).await?;
     app.forget_tenant(&id);
     Ok(outcome_response(outcome))
 }

@@ -206,8 +206,15 @@ pub static KINDS: &[Kind] = &[
         description: "rate-limit counters of the current windows, of the tenant and of each key",
         exported: true,
         erase: Erase::Delete,
+        // Key counters live under the tenant's (`RL#tenant:<t>#key:<k>`); those of
+        // releases before that were `RL#key:<k>` (a minute's window, kept in case).
         places: |r| {
             std::iter::once(format!("RL#tenant:{}", r.tenant_id))
+                .chain(
+                    r.key_ids
+                        .iter()
+                        .map(|k| format!("RL#tenant:{}#key:{k}", r.tenant_id)),
+                )
                 .chain(r.key_ids.iter().map(|k| format!("RL#key:{k}")))
                 .map(|pk| partition(pk, ""))
                 .collect()

@@ -82,6 +82,15 @@ impl Storage {
         })
     }
 
+    /// The same storage with each tenant's table items reached with credentials of
+    /// `role_arn` assumed for that tenant (session tag `TenantId`), and platform items
+    /// with this process's own (see [`aws::tenant_scoped`]).
+    pub fn with_tenant_credentials(mut self, config: &SdkConfig, role_arn: &str) -> Storage {
+        let sessions = aws::TenantSessions::new(config, role_arn, &self.resources.table);
+        self.table = Arc::new(aws::TenantScopedTable::new(self.table, sessions));
+        self
+    }
+
     /// The names of the deployment's resources.
     pub fn resources(&self) -> &Resources {
         &self.resources

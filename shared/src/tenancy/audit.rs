@@ -24,6 +24,10 @@ pub struct AuditRecord {
     pub id: String,
     pub at: i64,
     pub actor: String,
+    /// The IAM identity that called the admin API, where it came through IAM auth
+    /// (API Gateway's `requestContext.identity.userArn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_arn: Option<String>,
     pub action: String,
     /// The tenant the action concerns, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +55,54 @@ impl AuditRecord {
         }
         // serde_json's maps are sorted by key: this text is canonical.
         hex::encode(Sha256::digest(v.to_string().as_bytes()))
+    }
+}
+
+/// The admin making a call: the admin token's name, and the caller's IAM ARN when the
+/// request came through IAM auth.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Actor {
+    pub name: String,
+    pub iam_arn: Option<String>,
+}
+
+impl Actor {
+    pub fn named(name: impl Into<String>) -> Self {
+        Actor {
+            name: name.into(),
+            iam_arn: None,
+        }
+    }
+}
+
+/// Who an audit entry names: an actor's name, and its IAM ARN if known.
+#[derive(Clone, Copy, Debug)]
+pub struct Who<'a> {
+    pub name: &'a str,
+    pub iam_arn: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Who<'a> {
+    fn from(name: &'a str) -> Self {
+        Who {
+            name,
+            iam_arn: None,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Who<'a> {
+    fn from(name: &'a String) -> Self {
+        Who::from(name.as_str())
+    }
+}
+
+impl<'a> From<&'a Actor> for Who<'a> {
+    fn from(a: &'a Actor) -> Self {
+        Who {
+            name: &a.name,
+            iam_arn: a.iam_arn.as_deref(),
+        }
     }
 }
 
@@ -260,9 +312,9 @@ impl Audit {
         Audit { table }
     }
 
-    pub async fn record(
+    pub async fn record<'a>(
         &self,
-        actor: &str,
+        actor: impl Into<Who<'a>>,
         action: &str,
         tenant_id: Option<&str>,
         target: &str,
@@ -277,9 +329,9 @@ impl Audit {
     /// Appends an entry to `chain` (a tenant's, or the platform's with `None`)
     /// in one transaction with `extra` operations: all apply or none does.
     #[allow(clippy::too_many_arguments)]
-    pub async fn append(
+    pub async fn append<'a>(
         &self,
-        actor: &str,
+        actor: impl Into<Who<'a>>,
         action: &str,
         chain: Option<&str>,
         tenant_id: Option<&str>,
@@ -288,6 +340,7 @@ impl Audit {
         mut after: Value,
         extra: &[TxOp],
     ) -> ApiResult<AuditRecord> {
+        let actor: Who<'_> = actor.into();
         redact(&mut before);
         redact(&mut after);
         let pk = chain_pk(chain);
@@ -301,7 +354,8 @@ impl Audit {
                 id: format!("aud_{}", uuid::Uuid::now_v7().simple()),
                 // Times never run backwards along a chain.
                 at: now_secs().max(head.as_ref().map_or(0, |h| h.at)),
-                actor: actor.to_string(),
+                actor: actor.name.to_string(),
+                caller_arn: actor.iam_arn.map(str::to_string),
                 action: action.to_string(),
                 tenant_id: tenant_id.map(str::to_string),
                 target: target.to_string(),
@@ -459,6 +513,7 @@ fn raw_record(item: Item) -> AuditRecord {
         id: sk,
         at: 0,
         actor: String::new(),
+        caller_arn: None,
         action: String::new(),
         tenant_id: None,
         target: String::new(),
@@ -498,6 +553,7 @@ mod tests {
                     id: format!("aud_{seq}"),
                     at: 100 + seq as i64,
                     actor: "admin".into(),
+                    caller_arn: None,
                     action: "tenant.update".into(),
                     tenant_id: Some("ten_1".into()),
                     target: "ten_1".into(),
