@@ -124,7 +124,7 @@ pin() {
 # run NAME URL KEY BODY(same|unique) CONNECTIONS DELAY_MS OVERHEAD_HEADER
 run() {
     local out
-    out="$(BENCH_AUTH="$3" BENCH_BODY="$4" BENCH_DELAY_MS="$6" BENCH_OVERHEAD_HEADER="$7" BENCH_MAX="$MAX_PER_THREAD" \
+    out="$(BENCH_RUN="$MODE-$1" BENCH_AUTH="$3" BENCH_BODY="$4" BENCH_DELAY_MS="$6" BENCH_OVERHEAD_HEADER="$7" BENCH_MAX="$MAX_PER_THREAD" \
         timeout $((SECONDS_PER_RUN + 30)) wrk -t2 -c"$5" -d"${SECONDS_PER_RUN}s" --timeout 10s \
         -s scripts/lib/load.lua "$2/v1/embeddings" | grep '^RESULT')"
     echo "$MODE:$1 $out" >>"$WORK/results"

@@ -46,26 +46,36 @@ def embeddings(mode, rows):
     print(f"cache-hit throughput: tenantai {t:.0f} req/s, LiteLLM {l:.0f} req/s, ratio {t / max(l, 1e-9):.1f}x")
 
 
+def own(r, pct):
+    """A gateway's own account of its share of the time to first token: tenantai's
+    overhead_ms (its log), LiteLLM's overhead header on the stream."""
+    for prefix in ("self", "hdr"):
+        if r.get(f"{prefix}_n", 0) > 0 and r.get(f"{prefix}_{pct}_ms", -1) >= 0:
+            return r[f"{prefix}_{pct}_ms"]
+    return None
+
+
 def chat(mode, rows):
     streams = sorted({int(n.rsplit("-", 1)[1]) for n in rows if n.startswith("chat-")})
     if not streams:
         return
-    print(f"\n[{mode}] chat (ms; 'added' = through the gateway minus straight to the worker)")
-    print(f"{'streams':>7} {'target':<9} {'answers':>7} {'err':>4} {'ttft p50':>9} {'ttft p99':>9} {'itl p50':>8} {'itl p99':>8}"
-          f" {'added ttft p50':>15} {'added ttft p99':>15} {'added itl p50':>14} {'own ttft p99':>13}")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    print(f"\n[{mode}] chat (ms; 'added' = through the gateway minus straight to the worker, "
+          "'own' = the gateway's own account of its share of the time to first token)")
+    print(f"{'streams':>7} {'target':<9} {'answers':>7} {'err':>4} {'ttft p50':>9} {'ttft p99':>9} {'itl p50':>8}"
+          f" {'itl p99':>8} {'added ttft p50':>15} {'added itl p50':>14} {'own p50':>8} {'own p99':>8}")
     for n in streams:
         w = rows[f"chat-worker-{n}"]
         for target in ("worker", "tenantai", "litellm"):
             r = rows[f"chat-{target}-{n}"]
-            added = lambda key: "-" if target == "worker" else f"{r[key] - w[key]:.3f}"
-            own = f"{r['self_p99_ms']:.3f}" if "self_p99_ms" in r else "-"
-            print(f"{n:>7} {target:<9} {r['requests']:>7.0f} {r['errors']:>4.0f} {r['ttft_p50_ms']:>9.2f} {r['ttft_p99_ms']:>9.2f}"
-                  f" {r['itl_p50_ms']:>8.2f} {r['itl_p99_ms']:>8.2f} {added('ttft_p50_ms'):>15} {added('ttft_p99_ms'):>15}"
-                  f" {added('itl_p50_ms'):>14} {own:>13}")
-        t, l = rows[f"chat-tenantai-{n}"], rows[f"chat-litellm-{n}"]
-        t_add, l_add = t["ttft_p50_ms"] - w["ttft_p50_ms"], l["ttft_p50_ms"] - w["ttft_p50_ms"]
-        print(f"{'':>7} added ttft p50: tenantai {t_add:.3f} ms, LiteLLM {l_add:.3f} ms, ratio {l_add / max(t_add, 1e-3):.1f}x;"
-              f" tenantai's own p99 {t.get('self_p99_ms', -1):.3f} ms over {t.get('self_n', 0):.0f} streams")
+            added = lambda key: None if target == "worker" else r[key] - w[key]
+            print(f"{n:>7} {target:<9} {r['requests']:>7.0f} {r['errors']:>4.0f} {r['ttft_p50_ms']:>9.2f}"
+                  f" {r['ttft_p99_ms']:>9.2f} {r['itl_p50_ms']:>8.2f} {r['itl_p99_ms']:>8.2f}"
+                  f" {fmt(added('ttft_p50_ms')):>15} {fmt(added('itl_p50_ms')):>14}"
+                  f" {fmt(own(r, 'p50')):>8} {fmt(own(r, 'p99')):>8}")
+        t, l = own(rows[f"chat-tenantai-{n}"], "p99"), own(rows[f"chat-litellm-{n}"], "p99")
+        if t is not None and l is not None:
+            print(f"{'':>7} own ttft overhead p99: tenantai {t:.3f} ms, LiteLLM {l:.3f} ms, ratio {l / max(t, 1e-3):.1f}x")
 
 
 rows = load(sys.argv[1])

@@ -3,7 +3,9 @@ chat completions (`stream: true`) back to back for a fixed time, over plain asyn
 sockets (HTTP/1.1, one connection per request, no client library in the timing).
 
 Per request it records the time to first token (request written -> first SSE event
-carrying delta content) and the gaps between content events (inter-token latency).
+carrying delta content), the gaps between content events (inter-token latency), and
+the gateway's own overhead header where it sends one on a stream (LiteLLM's
+`x-litellm-overhead-duration-ms`).
 Prints one line: RESULT key=value ... with percentiles in milliseconds.
 
 Usage: stream_load.py URL KEY MODEL STREAMS SECONDS MAX_TOKENS
@@ -12,11 +14,15 @@ Usage: stream_load.py URL KEY MODEL STREAMS SECONDS MAX_TOKENS
 import asyncio
 import itertools
 import json
+import os
 import sys
 import time
 from urllib.parse import urlparse
 
+OVERHEAD_HEADER = b"x-litellm-overhead-duration-ms"
 COUNTER = itertools.count()
+# Part of every prompt: no run repeats another's (a gateway's cache would answer it).
+RUN = os.urandom(4).hex()
 
 
 def percentile(values, pct):
@@ -46,7 +52,7 @@ async def one_request(host, port, path, key, model, max_tokens):
     # A new prompt each time: no gateway's cache can answer it.
     body = json.dumps({
         "model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": f"Request {n}: name three colours and say why."}],
+        "messages": [{"role": "user", "content": f"Request {RUN}-{n}: name three colours and say why."}],
     }).encode()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -57,17 +63,20 @@ async def one_request(host, port, path, key, model, max_tokens):
         await writer.drain()
         sent = time.perf_counter()
         status = int((await reader.readline()).split()[1])
-        chunked = False
+        chunked, overhead = False, None
         while True:
-            line = await reader.readline()
+            line = (await reader.readline()).lower()
             if line in (b"\r\n", b""):
                 break
-            if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            if line.startswith(b"transfer-encoding:") and b"chunked" in line:
                 chunked = True
+            if line.startswith(OVERHEAD_HEADER + b":"):
+                overhead = float(line.split(b":", 1)[1])
         if status != 200:
             return None
         chunks = read_chunked(reader) if chunked else stream_plain(reader)
-        return await timings(chunks, sent)
+        got = await timings(chunks, sent)
+        return None if got is None else (*got, overhead)
     finally:
         writer.close()
 
@@ -110,18 +119,20 @@ async def stream_loop(target, deadline, results):
         else:
             results["ttft"].append(got[0])
             results["itl"].extend(got[1])
+            if got[2] is not None:
+                results["hdr"].append(got[2])
 
 
 async def main():
     url, key, model, streams, seconds, max_tokens = sys.argv[1:7]
     u = urlparse(url)
     target = (u.hostname, u.port, f"{u.path.rstrip('/')}/v1/chat/completions", key, model, int(max_tokens))
-    results = {"ttft": [], "itl": [], "errors": 0}
+    results = {"ttft": [], "itl": [], "hdr": [], "errors": 0}
     deadline = time.perf_counter() + float(seconds)
     await asyncio.gather(*(stream_loop(target, deadline, results) for _ in range(int(streams))))
-    ttft, itl = results["ttft"], results["itl"]
-    fields = {"requests": len(ttft), "errors": results["errors"]}
-    for name, values in (("ttft", ttft), ("itl", itl)):
+    ttft, itl, hdr = results["ttft"], results["itl"], results["hdr"]
+    fields = {"requests": len(ttft), "errors": results["errors"], "hdr_n": len(hdr)}
+    for name, values in (("ttft", ttft), ("itl", itl), ("hdr", hdr)):
         for pct in (50, 90, 99):
             fields[f"{name}_p{pct}_ms"] = f"{percentile(values, pct):.3f}"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))

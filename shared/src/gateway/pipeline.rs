@@ -3,8 +3,9 @@
 //! 1. [`admit`]: rate limits (requests and the endpoint's token estimate), routing
 //!    along the model hierarchy (with the canary share), and a budget reservation of
 //!    the most the request can cost at the dearest version it may fall back to;
-//! 2. [`serve`]: the answer cache, then the backends in route order past open
-//!    circuits and failing backends (503 with Retry-After when none is left);
+//! 2. [`serve`]: the answer cache (its table tier raced against the backend call),
+//!    the backends in route order past open circuits and failing backends (503 with
+//!    Retry-After when none is left);
 //! 3. [`Admitted::finish`]: the real cost (never above the reservation) settles the
 //!    budget and the token limits, and one usage event leaves for metering.
 //!
@@ -232,6 +233,14 @@ fn cache_key(tenant: &Tenant, version: &ModelVersion, hash: &str) -> String {
 }
 
 /// Serves an admitted request (see the module's step 2).
+///
+/// The cache lookup and the backend call start together: the memory tier
+/// answers before the call is ever sent (futures run only when polled, and the
+/// lookup is polled first), while a lookup that has to reach the table races the
+/// call. A table hit that arrives first cancels the call (dropping it closes its
+/// connection, which stops the work); a miss costs the request nothing beyond
+/// the backend's own time. A backend that answers first wins, and its answer is
+/// served and billed as a miss.
 pub async fn serve<E: Endpoint>(
     admitted: &Admitted,
     req: &E,
@@ -246,25 +255,34 @@ pub async fn serve<E: Endpoint>(
         let key = hash
             .as_deref()
             .map(|h| cache_key(&admitted.tenant, version, h));
-        if let (Some(key), true) = (&key, control.read) {
-            if let Some(answer) = req.cached(app, key).await {
-                return Ok(Served {
-                    version: version.clone(),
-                    answer,
-                    hit: true,
-                    backend_ms,
-                    store_key: None,
-                });
-            }
-        }
+        let hit = |answer| Served {
+            version: version.clone(),
+            answer,
+            hit: true,
+            backend_ms,
+            store_key: None,
+        };
+        let lookup = key
+            .as_deref()
+            .filter(|_| control.read)
+            .map(|k| req.cached(app, k));
         let backend = format!("{:?}:{}", version.backend, version.endpoint);
         if let Err(wait) = app.breakers.allow(&backend) {
+            if let Some(answer) = match lookup {
+                Some(lookup) => lookup.await,
+                None => None,
+            } {
+                return Ok(hit(answer));
+            }
             retry_after = retry_after.max(wait);
             tracing::info!(model = %version.model, backend = %backend, "circuit open; trying the next route");
             continue;
         }
         let call = Instant::now();
-        let outcome = req.call(app, version).await;
+        let outcome = match race(lookup, req.call(app, version)).await {
+            Raced::Cached(answer) => return Ok(hit(answer)),
+            Raced::Called(outcome) => outcome,
+        };
         backend_ms += call.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Ok(answer) => {
@@ -305,6 +323,32 @@ pub async fn serve<E: Endpoint>(
         ),
         retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
     })
+}
+
+/// Which of a cache lookup and a backend call answered.
+enum Raced<A> {
+    Cached(A),
+    Called(Result<A, BackendFailure>),
+}
+
+/// Runs the lookup (if any) and the call together, the lookup polled first: a
+/// hit drops the call, a miss waits for it.
+async fn race<A>(
+    lookup: Option<impl std::future::Future<Output = Option<A>>>,
+    call: impl std::future::Future<Output = Result<A, BackendFailure>>,
+) -> Raced<A> {
+    let Some(lookup) = lookup else {
+        return Raced::Called(call.await);
+    };
+    tokio::pin!(lookup, call);
+    tokio::select! {
+        biased;
+        cached = &mut lookup => match cached {
+            Some(answer) => Raced::Cached(answer),
+            None => Raced::Called(call.await),
+        },
+        outcome = &mut call => Raced::Called(outcome),
+    }
 }
 
 /// Milliseconds as a whole, non-negative count.
@@ -465,4 +509,55 @@ pub fn receipt_headers(h: &mut HeaderMap, r: &Receipt) {
         header(&format!("{:.3}", r.overhead_ms)),
     );
     h.insert("x-tenantai-cost-micros", HeaderValue::from(r.cost_micros));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    async fn call_marking(
+        polled: &AtomicBool,
+        after: Duration,
+    ) -> Result<&'static str, BackendFailure> {
+        polled.store(true, Ordering::SeqCst);
+        tokio::time::sleep(after).await;
+        Ok("backend")
+    }
+
+    #[tokio::test]
+    async fn a_memory_hit_never_sends_the_call() {
+        let polled = AtomicBool::new(false);
+        let lookup = Some(async { Some("cached") });
+        let got = race(lookup, call_marking(&polled, Duration::ZERO)).await;
+        assert!(matches!(got, Raced::Cached("cached")));
+        assert!(!polled.load(Ordering::SeqCst), "the call was started");
+    }
+
+    // Orders of magnitude apart, so that the order holds on a loaded machine.
+    #[tokio::test]
+    async fn a_slow_table_lookup_races_the_call() {
+        // A miss waits for the call.
+        let polled = AtomicBool::new(false);
+        let miss = Some(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            None
+        });
+        let got = race(miss, call_marking(&polled, Duration::from_millis(300))).await;
+        assert!(matches!(got, Raced::Called(Ok("backend"))));
+        // A table hit before the backend's answer wins and drops the call.
+        let hit = Some(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some("cached")
+        });
+        let got = race(hit, call_marking(&polled, Duration::from_secs(5))).await;
+        assert!(matches!(got, Raced::Cached("cached")));
+        // A backend faster than the table is served.
+        let late = Some(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Some("cached")
+        });
+        let got = race(late, call_marking(&polled, Duration::from_millis(5))).await;
+        assert!(matches!(got, Raced::Called(Ok("backend"))));
+    }
 }
