@@ -14,7 +14,8 @@
 # Every row runs twice: with all processes sharing both cores ("shared"), and with
 # the worker on core 1 and the gateway under test on core 0 ("pinned", taskset, the
 # same for both gateways; the load generators float). BENCH_PARTS picks
-# "embeddings", "chat" or both (the default).
+# "embeddings", "chat" or both (the default); BENCH_CHAT_STREAMS the stream counts
+# (default "1 8 32").
 #
 # Overhead: tenantai's is its `x-tenantai-overhead-ms` header (time not spent
 # waiting on the backend). LiteLLM's is its own `x-litellm-overhead-duration-ms`
@@ -170,7 +171,7 @@ for MODE in shared pinned; do
     fi
     if [[ " $PARTS " == *" chat "* ]]; then
         echo "==> chat: $CHAT_MAX_TOKENS tokens per answer, ${CHAT_SECONDS}s per row"
-        for n in 1 8 32; do
+        for n in ${BENCH_CHAT_STREAMS:-1 8 32}; do
             chat worker "$D" "" "$n"
             chat tenantai "$T" "$T_KEY" "$n"
             chat litellm "$L" "$L_KEY" "$n"
