@@ -195,6 +195,7 @@ impl Harness {
 
     /// The usage events emitted so far, as they left for the queue (taken off it,
     /// not folded).
+    #[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
     pub async fn usage_events(&self) -> Vec<tenantai::billing::metering::UsageEvent> {
         self.app.usage.flush().await;
         let (queue, _) = self.app.storage.usage_queues().unwrap();
