@@ -34,7 +34,7 @@ pub async fn invocations(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    invoke(&state, body).await
+    invoke(&state, body, Answer::AsAsked).await
 }
 
 /// `POST /endpoints/{name}/invocations`: the runtime API's path; the worker serves
@@ -45,7 +45,7 @@ pub async fn runtime_invocations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     tracing::debug!(endpoint = %name, "runtime invocation");
-    invoke(&state, body).await
+    invoke(&state, body, Answer::Whole).await
 }
 
 /// `POST /endpoints/{name}/invocations-response-stream`: the runtime API's
@@ -58,7 +58,7 @@ pub async fn runtime_invocations_stream(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     tracing::debug!(endpoint = %name, "runtime streaming invocation");
-    let answer = invoke(&state, body).await?;
+    let answer = invoke(&state, body, Answer::AsAsked).await?;
     if !answer.status().is_success() {
         return Ok(answer);
     }
@@ -112,9 +112,18 @@ fn event_frame(
     Ok(Bytes::from(out))
 }
 
+/// Whether a chat body's `stream` is honoured: the container and the
+/// response-stream path stream when asked; InvokeEndpoint answers whole.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    Whole,
+    AsAsked,
+}
+
 async fn invoke(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
+    answer: Answer,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::body(r, state.limits.max_body_bytes))?;
     let value = openai::parse_body(&body)?;
@@ -132,8 +141,12 @@ async fn invoke(
         }
     }
     if value.get("messages").is_some() {
-        // A chat body: whole, or streamed when it asks to be.
-        let req = ChatRequest::from_json(&value)?;
+        // A chat body: whole, or streamed when it asks to be (and may be).
+        let mut req = ChatRequest::from_json(&value)?;
+        if answer == Answer::Whole {
+            req.stream = false;
+            req.include_usage = false;
+        }
         return super::chat::complete(state, req).await;
     }
     let req = EmbeddingRequest::from_json(
