@@ -210,12 +210,13 @@ async fn send_all(queue: &Arc<dyn Queue>, buffer: &mut Buffer) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::embedded::Db;
     use crate::store::{QueueSpec, Receive};
 
-    fn event(i: usize) -> UsageEvent {
+    /// Event `i`, of its own key (events of different keys never merge).
+    pub(crate) fn event(i: usize) -> UsageEvent {
         UsageEvent {
             event_id: format!("ev{i}"),
             tenant_id: "t".into(),
@@ -237,7 +238,8 @@ mod tests {
         }
     }
 
-    async fn queue() -> (tempfile::TempDir, Arc<dyn Queue>) {
+    /// An embedded queue in a temporary directory.
+    pub(crate) async fn queue() -> (tempfile::TempDir, Arc<dyn Queue>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("db")).unwrap();
         let spec = QueueSpec {
@@ -249,7 +251,8 @@ mod tests {
         (dir, Arc::new(q))
     }
 
-    async fn drain(q: &dyn Queue) -> Vec<String> {
+    /// Every message on the queue, taken off it.
+    pub(crate) async fn drain(q: &dyn Queue) -> Vec<String> {
         let mut out = Vec::new();
         loop {
             let got = q

@@ -127,61 +127,16 @@ impl Drop for Reporting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::metering::UsageEvent;
-    use crate::store::embedded::Db;
-    use crate::store::{Queue, QueueSpec, Receive};
+    use crate::billing::usage::tests::{drain, event, queue};
     use futures::StreamExt;
     use http_body_util::BodyExt;
-    use std::sync::Arc;
     use std::time::Duration;
-
-    fn usage_event() -> UsageEvent {
-        UsageEvent {
-            event_id: "evt_stream_end".into(),
-            tenant_id: "t".into(),
-            key_id: "k".into(),
-            model: "m".into(),
-            model_version: "1".into(),
-            requests: 1,
-            inputs: 1,
-            tokens: 3,
-            completion_tokens: 2,
-            cache_hit: false,
-            cache_hits: 0,
-            latency_ms: 1.0,
-            overhead_ms: 0.25,
-            compute_ms: 1,
-            cost_micros: 1,
-            at_ms: 1_700_000_000_000,
-        }
-    }
-
-    async fn queue() -> (tempfile::TempDir, Arc<dyn Queue>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path().join("db")).unwrap();
-        let spec = QueueSpec {
-            name: "u".into(),
-            dead_letter: None,
-        };
-        db.provision_queues(&[spec]).await.unwrap();
-        let q = db.queue("u").await.unwrap();
-        (dir, Arc::new(q))
-    }
-
-    async fn sent(q: &dyn Queue) -> Vec<String> {
-        let now = Receive {
-            wait: Duration::ZERO,
-            ..Default::default()
-        };
-        let got = q.receive(&now).await.unwrap();
-        got.into_iter().map(|m| m.body).collect()
-    }
 
     /// A body whose end emits a usage event, as a settling chat stream does.
     fn emitting_body(sink: UsageSink) -> Body {
         let first = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("data: x\n\n"))]);
         let last = futures::stream::once(async move {
-            sink.emit(&usage_event());
+            sink.emit(&event(7));
             Ok(Bytes::new())
         });
         Body::from_stream(first.chain(last))
@@ -195,9 +150,9 @@ mod tests {
         let resp = end.wrap(axum::http::Response::new(emitting_body(sink)));
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"data: x\n\n");
-        let got = sent(q.as_ref()).await;
+        let got = drain(q.as_ref()).await;
         assert_eq!(got.len(), 1, "the event had not left when the body ended");
-        assert!(got[0].contains("evt_stream_end"));
+        assert!(got[0].contains("\"ev7\""), "{got:?}");
     }
 
     #[tokio::test]
@@ -215,7 +170,7 @@ mod tests {
         sink.flush_after_request(&mut seen, Duration::from_secs(30))
             .await;
         assert_eq!(seen, 1);
-        assert_eq!(sent(q.as_ref()).await.len(), 1);
+        assert_eq!(drain(q.as_ref()).await.len(), 1);
         // A client that goes away mid-stream ends its request too.
         drop(end.wrap(axum::http::Response::new(emitting_body(sink.clone()))));
         sink.flush_after_request(&mut seen, Duration::from_secs(30))
