@@ -246,74 +246,18 @@ pub async fn serve<E: Endpoint>(
     req: &E,
     control: CacheControl,
 ) -> ApiResult<Served<E::Answer>> {
-    let app = &admitted.app;
     let mut backend_ms = 0.0;
     let mut retry_after = Duration::from_secs(1);
     let hash = req.cache_hash();
     for route in &admitted.routes {
-        let version = &route.version;
         let key = hash
             .as_deref()
-            .map(|h| cache_key(&admitted.tenant, version, h));
-        let hit = |answer| Served {
-            version: version.clone(),
-            answer,
-            hit: true,
-            backend_ms,
-            store_key: None,
-        };
-        let lookup = key
-            .as_deref()
-            .filter(|_| control.read)
-            .map(|k| req.cached(app, k));
-        let backend = format!("{:?}:{}", version.backend, version.endpoint);
-        if let Err(wait) = app.breakers.allow(&backend) {
-            if let Some(answer) = match lookup {
-                Some(lookup) => lookup.await,
-                None => None,
-            } {
-                return Ok(hit(answer));
-            }
-            retry_after = retry_after.max(wait);
-            tracing::info!(model = %version.model, backend = %backend, "circuit open; trying the next route");
-            continue;
-        }
-        let call = Instant::now();
-        let outcome = match race(lookup, req.call(app, version)).await {
-            Raced::Cached(answer) => return Ok(hit(answer)),
-            Raced::Called(outcome) => outcome,
-        };
-        backend_ms += call.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
-            Ok(answer) => {
-                app.breakers.record(&backend, Outcome::Success);
-                let store_key = key.filter(|_| control.write);
-                if let Some(key) = &store_key {
-                    req.store(app, key, &answer).await;
-                }
-                return Ok(Served {
-                    version: version.clone(),
-                    answer,
-                    hit: false,
-                    backend_ms,
-                    store_key,
-                });
-            }
-            Err(BackendFailure::Rejected(e)) => {
-                app.breakers.record(&backend, Outcome::Success);
-                return Err(e);
-            }
-            Err(BackendFailure::Down { message, timeout }) => {
-                tracing::warn!(model = %version.model, version = %version.version, backend = %backend, error = %message, timeout, "backend failed; trying the next route");
-                app.breakers.record(
-                    &backend,
-                    if timeout {
-                        Outcome::Timeout
-                    } else {
-                        Outcome::Failure
-                    },
-                );
-            }
+            .map(|h| cache_key(&admitted.tenant, &route.version, h));
+        match attempt(admitted, req, &route.version, key, control, &mut backend_ms).await {
+            Attempt::Served(served) => return Ok(*served),
+            Attempt::Rejected(e) => return Err(e),
+            Attempt::CircuitOpen(wait) => retry_after = retry_after.max(wait),
+            Attempt::Failed => {}
         }
     }
     Err(ApiError::Unavailable {
@@ -323,6 +267,90 @@ pub async fn serve<E: Endpoint>(
         ),
         retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
     })
+}
+
+/// How one route of a request went.
+enum Attempt<A> {
+    Served(Box<Served<A>>),
+    /// The backend judged the input: the client's error, no fallback.
+    Rejected(ApiError),
+    /// The route's circuit is open for this long: the next route is tried.
+    CircuitOpen(Duration),
+    /// The backend failed: the next route is tried.
+    Failed,
+}
+
+/// Serves the request on one route: its cache entry `key` (when cached) raced
+/// against its backend, past its circuit breaker. `backend_ms` adds the call's time.
+async fn attempt<E: Endpoint>(
+    admitted: &Admitted,
+    req: &E,
+    version: &ModelVersion,
+    key: Option<String>,
+    control: CacheControl,
+    backend_ms: &mut f64,
+) -> Attempt<E::Answer> {
+    let app = &admitted.app;
+    let hit = |answer, backend_ms| {
+        Attempt::Served(Box::new(Served {
+            version: version.clone(),
+            answer,
+            hit: true,
+            backend_ms,
+            store_key: None,
+        }))
+    };
+    let lookup = key
+        .as_deref()
+        .filter(|_| control.read)
+        .map(|k| req.cached(app, k));
+    let backend = format!("{:?}:{}", version.backend, version.endpoint);
+    if let Err(wait) = app.breakers.allow(&backend) {
+        if let Some(answer) = match lookup {
+            Some(lookup) => lookup.await,
+            None => None,
+        } {
+            return hit(answer, *backend_ms);
+        }
+        tracing::info!(model = %version.model, backend = %backend, "circuit open; trying the next route");
+        return Attempt::CircuitOpen(wait);
+    }
+    let call = Instant::now();
+    let outcome = match race(lookup, req.call(app, version)).await {
+        Raced::Cached(answer) => return hit(answer, *backend_ms),
+        Raced::Called(outcome) => outcome,
+    };
+    *backend_ms += call.elapsed().as_secs_f64() * 1000.0;
+    match outcome {
+        Ok(answer) => {
+            app.breakers.record(&backend, Outcome::Success);
+            let store_key = key.filter(|_| control.write);
+            if let Some(key) = &store_key {
+                req.store(app, key, &answer).await;
+            }
+            Attempt::Served(Box::new(Served {
+                version: version.clone(),
+                answer,
+                hit: false,
+                backend_ms: *backend_ms,
+                store_key,
+            }))
+        }
+        Err(BackendFailure::Rejected(e)) => {
+            app.breakers.record(&backend, Outcome::Success);
+            Attempt::Rejected(e)
+        }
+        Err(BackendFailure::Down { message, timeout }) => {
+            tracing::warn!(model = %version.model, version = %version.version, backend = %backend, error = %message, timeout, "backend failed; trying the next route");
+            let outcome = if timeout {
+                Outcome::Timeout
+            } else {
+                Outcome::Failure
+            };
+            app.breakers.record(&backend, outcome);
+            Attempt::Failed
+        }
+    }
 }
 
 /// Which of a cache lookup and a backend call answered.
