@@ -22,6 +22,8 @@ const TENANT = `\${aws:PrincipalTag/${TENANT_TAG}}`;
  */
 export const TENANT_PARTITION_KEYS: readonly string[] = [
   'TENANT#<t>', // keys.rs: the tenant's keys (sk KEY#<id>)
+  'FILE#<t>', // batch/files.rs: the tenant's uploaded and output files
+  'BATCH#<t>', // batch/batches.rs: batch records, their counters and chunk claims
   'USAGE#<t>', // metering.rs: daily/model aggregates and month totals
   'BUDGET#<t>', // budget.rs: the month's committed spend
   'ALERTS#<t>', // alerts.rs: alert claims

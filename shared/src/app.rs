@@ -190,6 +190,14 @@ impl App {
         Ok(Arc::new(app))
     }
 
+    /// Files in this deployment's object store (an error where it has none).
+    pub fn files(&self) -> ApiResult<crate::batch::files::Files> {
+        Ok(crate::batch::files::Files::new(
+            self.storage.table.clone(),
+            self.storage.blobs()?.clone(),
+        ))
+    }
+
     /// The tenant record for the request path, cached briefly.
     pub async fn tenant(&self, id: &str) -> ApiResult<Tenant> {
         if let Some(t) = self.tenant_cache.get(id).await {

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// 409: the write conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// 409: the resource's state does not allow this, and retrying cannot
+    /// change that (cancelling a finished batch); sent with `x-should-retry: false`.
+    #[error("{0}")]
+    WrongState(String),
     /// 413: the body exceeds the size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -47,6 +51,10 @@ pub enum ApiError {
     /// 429: the tenant's hard budget cap leaves no room for this request.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// 429: the tenant's batch queue holds as many tokens as its tier allows;
+    /// sent with `x-should-retry: false` (it frees as batches finish).
+    #[error("{0}")]
+    QueueFull(String),
     /// 503: no backend can serve now; retry later.
     #[error("{message}")]
     Unavailable {
@@ -93,10 +101,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } | ApiError::QuotaExceeded(_) => {
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded(_) | ApiError::QueueFull(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -114,6 +122,8 @@ impl ApiError {
             ApiError::NotFound { code, .. } => ("invalid_request_error", Some(*code)),
             ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
             ApiError::Conflict(_) => ("invalid_request_error", Some("conflict")),
+            ApiError::WrongState(_) => ("invalid_request_error", Some("invalid_state")),
+            ApiError::QueueFull(_) => ("invalid_request_error", Some("token_limit_exceeded")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnsupportedMediaType(_) => {
                 ("invalid_request_error", Some("unsupported_media_type"))
@@ -189,7 +199,7 @@ impl IntoResponse for ApiError {
                 };
                 crate::gateway::ratelimit::insert_headers(h, &standing);
             }
-            ApiError::QuotaExceeded(_) => {
+            ApiError::QuotaExceeded(_) | ApiError::WrongState(_) | ApiError::QueueFull(_) => {
                 // Retrying cannot help until the budget is raised or the month turns.
                 resp.headers_mut()
                     .insert("x-should-retry", HeaderValue::from_static("false"));

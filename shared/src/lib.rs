@@ -6,6 +6,7 @@
 //! runs a whole deployment in one process on a laptop.
 
 pub mod app;
+pub mod batch;
 pub mod billing;
 pub mod error;
 pub mod gateway;

@@ -20,7 +20,8 @@ use crate::tenancy::tenants::Budget;
 /// The month counters live a little over a year (for audit), then expire.
 const COUNTER_TTL_SECS: i64 = 400 * 24 * 3600;
 
-fn key(tenant_id: &str, month: &str) -> Key {
+/// The month's counter of a tenant (`committed`: served plus reserved).
+pub fn key(tenant_id: &str, month: &str) -> Key {
     Key::new(format!("BUDGET#{tenant_id}"), format!("MONTH#{month}"))
 }
 
@@ -29,6 +30,18 @@ fn key(tenant_id: &str, month: &str) -> Key {
 pub struct Reservation {
     key: Key,
     reserved: u64,
+}
+
+impl Reservation {
+    /// How much it holds, micro-dollars.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// The counter it is held on.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
 }
 
 #[derive(Clone)]

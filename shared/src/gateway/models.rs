@@ -98,6 +98,9 @@ pub struct ModelVersion {
     /// unset: what the context leaves, at most 4096.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// Percent off the price for batch lines (unset: 50, as OpenAI's batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_discount_percent: Option<u8>,
     pub status: VersionStatus,
     /// Percent of requests (0-100) a canary version receives.
     #[serde(default)]
@@ -135,6 +138,7 @@ impl ModelVersion {
             price_per_1k_completion_tokens_micros: 0,
             context_length: None,
             max_output_tokens: None,
+            batch_discount_percent: None,
             status: VersionStatus::Live,
             canary_weight: 0,
             owner_tenant: None,
@@ -182,6 +186,12 @@ impl ModelVersion {
             return Err(ApiError::invalid_param(
                 "canary_weight",
                 "canary_weight is a percentage, 0 to 100",
+            ));
+        }
+        if self.batch_discount_percent.is_some_and(|d| d > 100) {
+            return Err(ApiError::invalid_param(
+                "batch_discount_percent",
+                "batch_discount_percent is a percentage, 0 to 100",
             ));
         }
         crate::tenancy::text::check_label("endpoint", &self.endpoint, 2048)?;

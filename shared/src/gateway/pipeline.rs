@@ -75,6 +75,12 @@ pub struct CacheControl {
 }
 
 impl CacheControl {
+    /// Neither read nor write (batch lines).
+    pub const NONE: CacheControl = CacheControl {
+        read: false,
+        write: false,
+    };
+
     pub fn from_headers(headers: &HeaderMap) -> CacheControl {
         let value = headers
             .get_all("cache-control")
@@ -104,6 +110,42 @@ pub struct Admitted {
     key_id: String,
     pub request_id: String,
     app: std::sync::Arc<App>,
+    /// Set for a batch line: its event id and price.
+    line: Option<LineTerms>,
+}
+
+/// How a batch line is billed: under an event id derived from its batch and
+/// `custom_id` (a redelivered chunk bills nothing twice), at the batch price.
+#[derive(Clone, Debug)]
+pub struct LineTerms {
+    pub event_id: String,
+    pub key_id: String,
+    pub request_id: String,
+}
+
+/// Admits one line of a batch: routed as its batch (`routes`), counted neither
+/// against the per-minute limits nor the budget (the batch holds its own
+/// reservation and queue share).
+pub fn admit_line(
+    app: &std::sync::Arc<App>,
+    tenant: Tenant,
+    routes: Vec<Route>,
+    terms: LineTerms,
+    most: u64,
+) -> Admitted {
+    Admitted {
+        tenant,
+        routes,
+        limits: ratelimit::Admission::none(),
+        reservation: None,
+        most,
+        started: Instant::now(),
+        at_ms: now_millis(),
+        key_id: terms.key_id.clone(),
+        request_id: terms.request_id.clone(),
+        app: app.clone(),
+        line: Some(terms),
+    }
 }
 
 /// What served a request.
@@ -191,11 +233,12 @@ pub async fn admit<E: Endpoint>(
         key_id: ctx.key_id.clone(),
         request_id: request_id.to_string(),
         app: app.clone(),
+        line: None,
     })
 }
 
 /// The routes that serve `kind`; a model of the other kind is a clear 400.
-fn of_kind(routes: Vec<Route>, kind: ModelKind, model: &str) -> ApiResult<Vec<Route>> {
+pub(crate) fn of_kind(routes: Vec<Route>, kind: ModelKind, model: &str) -> ApiResult<Vec<Route>> {
     let other = routes.first().map(|r| r.version.kind);
     let routes: Vec<Route> = routes
         .into_iter()
@@ -436,7 +479,7 @@ impl Admitted {
     }
 
     fn settle(
-        mut self,
+        self,
         version: &ModelVersion,
         tokens: Tokens,
         hit: bool,
@@ -444,19 +487,63 @@ impl Admitted {
         overhead_ms: f64,
     ) -> Receipt {
         let app = self.app.clone();
-        let cost = cost(version, tokens).unwrap_or(self.most).min(self.most);
+        let (receipt, event) = self.account(version, tokens, hit, backend_ms, overhead_ms);
+        app.usage.emit(&event);
+        receipt
+    }
+
+    /// Settles a batch line: its receipt and its usage event, which the caller
+    /// emits once the line's result is durable.
+    pub fn finish_line(
+        self,
+        version: &ModelVersion,
+        tokens: Tokens,
+        hit: bool,
+        backend_ms: f64,
+    ) -> (Receipt, UsageEvent) {
+        let latency_ms = self.elapsed_ms();
+        self.account(
+            version,
+            tokens,
+            hit,
+            backend_ms,
+            (latency_ms - backend_ms).max(0.0),
+        )
+    }
+
+    /// What the request cost (never past its bound) and its usage event; gives
+    /// back its budget reservation and unused tokens.
+    fn account(
+        mut self,
+        version: &ModelVersion,
+        tokens: Tokens,
+        hit: bool,
+        backend_ms: f64,
+        overhead_ms: f64,
+    ) -> (Receipt, UsageEvent) {
+        let app = self.app.clone();
+        let priced = match &self.line {
+            None => cost(version, tokens),
+            Some(_) => crate::batch::batches::batch_cost(version, tokens.prompt, tokens.completion),
+        };
+        let cost = priced.unwrap_or(self.most).min(self.most);
         if let Some(r) = self.reservation.take() {
             let budget = app.budget.clone();
             tokio::spawn(async move { budget.settle(&r, Some(cost)).await });
         }
         let total = tokens.prompt.saturating_add(tokens.completion);
-        let (limiter, settled) = (app.limiter.clone(), self.limits.clone());
-        tokio::spawn(async move { limiter.settle(&settled, total).await });
+        if self.line.is_none() {
+            let (limiter, settled) = (app.limiter.clone(), self.limits.clone());
+            tokio::spawn(async move { limiter.settle(&settled, total).await });
+        }
         let latency_ms = self.elapsed_ms();
         // Cache hits are billed like misses (the price of the version that served
         // them) and marked as hits; compute time is only what a backend spent.
-        app.usage.emit(&UsageEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
+        let event = UsageEvent {
+            event_id: match &self.line {
+                Some(t) => t.event_id.clone(),
+                None => uuid::Uuid::now_v7().to_string(),
+            },
             tenant_id: self.tenant.id.clone(),
             key_id: self.key_id.clone(),
             model: version.model.clone(),
@@ -472,11 +559,11 @@ impl Admitted {
             compute_ms: if hit { 0 } else { whole_ms(backend_ms) },
             cost_micros: cost,
             at_ms: self.at_ms,
-        });
+        };
         tracing::info!(
             tenant_id = %self.tenant.id, key_id = %self.key_id, model = %version.model, version = %version.version,
             inputs = tokens.inputs, prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
-            cache_hit = hit, latency_ms, overhead_ms, request_id = %self.request_id, "served"
+            cache_hit = hit, latency_ms, overhead_ms, request_id = %self.request_id, batch = self.line.is_some(), "served"
         );
         crate::gateway::telemetry::record(&crate::gateway::telemetry::RequestMetrics {
             model: &version.model,
@@ -490,12 +577,13 @@ impl Admitted {
             inputs: usize::try_from(tokens.inputs).unwrap_or(usize::MAX),
             cost_micros: cost,
         });
-        Receipt {
+        let receipt = Receipt {
             tokens,
             cost_micros: cost,
             latency_ms,
             overhead_ms,
-        }
+        };
+        (receipt, event)
     }
 
     /// The headers every answer carries: rate-limit standing, the version that

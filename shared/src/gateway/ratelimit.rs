@@ -115,6 +115,22 @@ pub struct Admission {
     pub standing: Standing,
 }
 
+impl Admission {
+    /// An admission that took nothing (batch lines: their batch was admitted).
+    pub fn none() -> Admission {
+        Admission {
+            taken: Vec::new(),
+            standing: Standing {
+                limit_requests: 0,
+                remaining_requests: 0,
+                limit_tokens: 0,
+                remaining_tokens: 0,
+                reset_ms: 0,
+            },
+        }
+    }
+}
+
 /// What one scope took for a request.
 #[derive(Clone, Debug)]
 struct Taken {

@@ -1,5 +1,6 @@
 //! The tenant-facing, OpenAI-compatible API: `/v1/embeddings`,
-//! `/v1/chat/completions` (in `chat`), `/v1/models`, `/v1/usage`.
+//! `/v1/chat/completions` (in `chat`), `/v1/models`, `/v1/usage`, `/v1/files`
+//! (in `files`) and `/v1/batches` (in `batches`).
 
 use std::sync::Arc;
 
@@ -27,6 +28,23 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/usage", get(super::usage::own_usage))
+        .route(
+            "/v1/files",
+            post(super::files::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .get(super::files::list),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(super::files::get).delete(super::files::delete),
+        )
+        .route("/v1/files/{id}/content", get(super::files::content))
+        .route(
+            "/v1/batches",
+            post(super::batches::create).get(super::batches::list),
+        )
+        .route("/v1/batches/{id}", get(super::batches::get))
+        .route("/v1/batches/{id}/cancel", post(super::batches::cancel))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .with_state(app)
 }

@@ -3,7 +3,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod batches;
 pub mod chat;
+pub mod files;
 pub mod ops;
 pub mod usage;
 

@@ -431,6 +431,12 @@ struct Cursor {
     sk: String,
 }
 
+/// A page token that makes a query start after the sort key `sk` of `pk`
+/// (which need not exist): how an API's `after=<id>` becomes a query.
+pub fn cursor_after(pk: &str, sk: &str) -> String {
+    encode_cursor(pk, sk)
+}
+
 /// An opaque continuation token: the last sort key returned, bound to its partition.
 pub(crate) fn encode_cursor(pk: &str, sk: &str) -> String {
     let json = serde_json::json!({ "pk": pk, "sk": sk }).to_string();

@@ -27,6 +27,9 @@ pub struct Tier {
     /// Whether the monthly budget is a hard cap (requests over it are refused).
     #[serde(default)]
     pub hard_cap: bool,
+    /// Batch inputs and the batch queue (defaults: OpenAI's file limits).
+    #[serde(default)]
+    pub batch: crate::batch::BatchLimits,
 }
 
 /// The tiers by name: free / pro / enterprise by default, or a JSON object
@@ -43,12 +46,17 @@ impl Default for Tiers {
             monthly_budget_micros: budget,
             shared_cache_allowed: shared,
             hard_cap: false,
+            batch: crate::batch::BatchLimits::default(),
         };
         Tiers(BTreeMap::from([
             (
                 "free".to_string(),
                 Tier {
                     hard_cap: true,
+                    batch: crate::batch::BatchLimits {
+                        max_enqueued_tokens: 2_000_000,
+                        ..Default::default()
+                    },
                     ..tier(60, 100_000, 64, 5_000_000, false)
                 },
             ),
@@ -77,7 +85,8 @@ impl Tier {
             "monthly_budget_micros",
             self.monthly_budget_micros,
             MAX_BUDGET_MICROS,
-        )
+        )?;
+        self.batch.validate()
     }
 
     pub fn limits(&self) -> crate::gateway::ratelimit::Limits {

@@ -39,8 +39,10 @@ const SESSION_SECS: i32 = 3600;
 
 /// Partition keys of a tenant's own items: each prefix followed by the tenant id, and
 /// then nothing, or (`RL#tenant:`) `#key:<key id>`.
-pub const TENANT_PARTITION_PREFIXES: [&str; 7] = [
+pub const TENANT_PARTITION_PREFIXES: [&str; 9] = [
     "TENANT#",
+    "FILE#",
+    "BATCH#",
     "USAGE#",
     "BUDGET#",
     "ALERTS#",

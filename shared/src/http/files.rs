@@ -1,0 +1,250 @@
+//! `/v1/files`: uploads (multipart, streamed to Blobs), listing, retrieval,
+//! content (streamed) and deletion, each under the caller's tenant (another
+//! tenant's file id is a 404). Key scope `batches`.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::batch::files::{FileRecord, Upload};
+use crate::error::{ApiError, ApiResult};
+use crate::gateway::pipeline;
+use crate::tenancy::auth::TenantContext;
+
+/// Longest text field of an upload form (`purpose`, `expires_after[...]`).
+const MAX_FIELD_BYTES: usize = 1024;
+
+fn multipart_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(format!(
+        "The upload is not a readable multipart/form-data body: {e}"
+    ))
+}
+
+pub async fn upload(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    form: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<Value>> {
+    let (tenant, tier) = pipeline::caller(&app, &ctx, "batches").await?;
+    let mut form = form.map_err(|e| {
+        ApiError::UnsupportedMediaType(format!("Upload files as multipart/form-data: {e}"))
+    })?;
+    let files = app.files()?;
+    let (mut purpose, mut anchor, mut seconds) = (None, None, None);
+    let mut stored: Option<FileRecord> = None;
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        match field.name().unwrap_or_default() {
+            "file" if stored.is_some() => {
+                return Err(ApiError::invalid_param(
+                    "file",
+                    "Upload one file per request.",
+                ))
+            }
+            "file" => {
+                if purpose.as_deref().is_some_and(|p| p != "batch") {
+                    return Err(bad_purpose(purpose.as_deref().unwrap_or_default()));
+                }
+                let upload = Upload {
+                    filename: field.file_name().unwrap_or("upload.jsonl").to_string(),
+                    purpose: "batch".into(),
+                    expires_after: seconds,
+                };
+                stored = Some(stream_in(&files, &tenant.id, upload, &tier.batch, field).await?);
+            }
+            "purpose" => purpose = Some(small_text(field).await?),
+            "expires_after[anchor]" => anchor = Some(small_text(field).await?),
+            "expires_after[seconds]" => {
+                let text = small_text(field).await?;
+                seconds = Some(text.trim().parse::<i64>().map_err(|_| {
+                    ApiError::invalid_param(
+                        "expires_after[seconds]",
+                        "expires_after[seconds] must be a whole number.",
+                    )
+                })?);
+            }
+            _ => {
+                small_text(field).await?;
+            }
+        }
+    }
+    let record = stored
+        .ok_or_else(|| ApiError::invalid_param("file", "Missing required parameter: 'file'."))?;
+    // Fields sent after the file are checked now; a refused upload keeps nothing.
+    let refused = match (purpose.as_deref(), anchor.as_deref()) {
+        (None, _) => Some(ApiError::invalid_param(
+            "purpose",
+            "Missing required parameter: 'purpose'.",
+        )),
+        (Some(p), _) if p != "batch" => Some(bad_purpose(p)),
+        (_, Some(a)) if a != "created_at" => Some(ApiError::invalid_param(
+            "expires_after[anchor]",
+            "expires_after[anchor] must be 'created_at'.",
+        )),
+        _ => None,
+    };
+    if let Some(e) = refused {
+        files.delete(&tenant.id, &record.id).await?;
+        return Err(e);
+    }
+    let record = match seconds {
+        Some(s) if record.expires_at != Some(record.created_at + s) => {
+            files.set_expiry(record, s).await?
+        }
+        _ => record,
+    };
+    Ok(Json(record.object()))
+}
+
+fn bad_purpose(p: &str) -> ApiError {
+    ApiError::invalid_param(
+        "purpose",
+        format!("Unsupported purpose '{p}': files here are batch inputs ('batch')."),
+    )
+}
+
+/// A text field, at most [`MAX_FIELD_BYTES`].
+async fn small_text(mut field: Field<'_>) -> ApiResult<String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        out.extend_from_slice(&chunk);
+        if out.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::invalid(format!(
+                "A form field holds at most {MAX_FIELD_BYTES} bytes."
+            )));
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::invalid("A form field is not valid UTF-8."))
+}
+
+/// Streams the file field into the store as it arrives.
+async fn stream_in(
+    files: &crate::batch::files::Files,
+    tenant_id: &str,
+    upload: Upload,
+    limits: &crate::batch::BatchLimits,
+    mut field: Field<'_>,
+) -> ApiResult<FileRecord> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let forward = async move {
+        loop {
+            let next = match field.chunk().await {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => break,
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            let broke = next.is_err();
+            if tx.send(next).await.is_err() || broke {
+                break;
+            }
+        }
+    };
+    let chunks = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
+    let (_, stored) = tokio::join!(forward, files.upload(tenant_id, upload, limits, chunks));
+    stored
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    pub purpose: Option<String>,
+    pub limit: Option<usize>,
+    pub order: Option<String>,
+    pub after: Option<String>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<Json<Value>> {
+    ctx.require("batches")?;
+    let limit = match p.limit {
+        None => 10_000,
+        Some(n) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "limit",
+                "limit must be between 1 and 10000",
+            ))
+        }
+    };
+    let newest_first = match p.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "order",
+                "order must be 'asc' or 'desc'",
+            ))
+        }
+    };
+    let after = p.after.as_deref().filter(|a| !a.is_empty());
+    if after.is_some_and(|a| a.len() > 128) {
+        return Err(ApiError::invalid_param("after", "after names a file id"));
+    }
+    let (files, more) = app
+        .files()?
+        .list(
+            &ctx.tenant_id,
+            p.purpose.as_deref(),
+            limit,
+            newest_first,
+            after,
+        )
+        .await?;
+    Ok(Json(page(
+        files.iter().map(FileRecord::object).collect(),
+        more,
+    )))
+}
+
+/// A page as OpenAI lists: `data`, `first_id`, `last_id`, `has_more`.
+pub fn page(data: Vec<Value>, more: bool) -> Value {
+    let id = |v: Option<&Value>| v.and_then(|v| v["id"].as_str().map(str::to_string));
+    json!({"object": "list", "first_id": id(data.first()), "last_id": id(data.last()), "has_more": more, "data": data})
+}
+
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.require("batches")?;
+    Ok(Json(app.files()?.get(&ctx.tenant_id, &id).await?.object()))
+}
+
+pub async fn content(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    ctx.require("batches")?;
+    let (record, reader) = app.files()?.content(&ctx.tenant_id, &id).await?;
+    let mut resp = Body::from_stream(tokio_util::io::ReaderStream::new(reader)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("content-length", HeaderValue::from(record.bytes));
+    Ok(resp)
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.require("batches")?;
+    app.files()?.delete(&ctx.tenant_id, &id).await?;
+    Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+}
