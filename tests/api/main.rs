@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+mod batches;
 mod breaker;
 mod chat;
 mod embeddings;

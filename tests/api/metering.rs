@@ -221,6 +221,7 @@ pub(crate) fn capped_config(budget: u64) -> Config {
         monthly_budget_micros: budget,
         shared_cache_allowed: false,
         hard_cap: true,
+        batch: Default::default(),
     };
     let mut tiers = Tiers::default();
     tiers.0.insert("capped".into(), capped);

@@ -19,6 +19,7 @@ async fn setup() -> Harness {
         monthly_budget_micros: 1_000_000,
         shared_cache_allowed: false,
         hard_cap: false,
+        batch: Default::default(),
     };
     let config = Config {
         tiers: Tiers(BTreeMap::from([("tiny".to_string(), tiny)])),

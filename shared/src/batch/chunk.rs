@@ -2,8 +2,8 @@
 //! request pipeline, many at once so the worker groups them into forward passes
 //! (embeddings) or one running batch (chat). A chunk counts only once its
 //! results are durable: both result objects are written (a redelivery
-//! overwrites them), its usage events are sent (ids derived from batch and
-//! `custom_id`, so metering folds each line once), and then its claim and its
+//! overwrites them), its usage events are in the usage queue (ids derived from
+//! batch and `custom_id`, so metering folds each line once), and then its claim and its
 //! counts go in one transaction, which a second delivery cannot repeat.
 
 use std::sync::Arc;
@@ -352,6 +352,22 @@ fn jsonl(lines: &[&Value]) -> Bytes {
     Bytes::from(out)
 }
 
+/// Sends the lines' usage events straight to the usage queue, each on its own
+/// (the request path's sink merges events, which would fold a redelivered
+/// line under another id), and fails unless all were sent.
+async fn send_events(app: &App, events: &[&UsageEvent]) -> ApiResult<()> {
+    let (queue, _) = app.storage.usage_queues()?;
+    for group in events.chunks(crate::store::queue::MAX_BATCH) {
+        let msgs = group
+            .iter()
+            .map(|e| serde_json::to_string(e).map(crate::store::Outgoing::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(format!("usage event: {e}")))?;
+        queue.send_batch(&msgs).await?;
+    }
+    Ok(())
+}
+
 /// Makes the chunk's results durable, sends its usage events, then claims
 /// and counts it in one transaction.
 async fn record(
@@ -396,10 +412,7 @@ async fn record(
             jsonl(&err),
         )
         .await?;
-    for e in &events {
-        app.usage.emit(e);
-    }
-    app.usage.flush().await;
+    send_events(app, &events).await?;
     let sum =
         |f: fn(&UsageEvent) -> u64| events.iter().map(|e| f(e)).fold(0u64, u64::saturating_add);
     let cost = sum(|e| e.cost_micros);
