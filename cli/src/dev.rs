@@ -93,9 +93,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let key_file = args.data_dir.join("secrets.key");
     let (storage, secrets) = if args.aws {
         let sdk = aws::sdk_config().await;
-        let storage = Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), true)
-            .await
-            .context("AWS storage")?;
+        let storage = Storage::aws(
+            &sdk,
+            &tenantai::lambda::resources_from_env().map_err(anyhow::Error::msg)?,
+            true,
+        )
+        .await
+        .context("AWS storage")?;
         (storage, Secrets::from_env(Some(&sdk), Some(&key_file)))
     } else {
         let storage = Storage::embedded(&args.data_dir, &Resources::named("tenantai"))

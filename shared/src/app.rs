@@ -39,6 +39,10 @@ pub struct Config {
     pub egress: crate::gateway::egress::EgressPolicy,
     /// The vault that seals secrets at rest (none: setting a webhook fails).
     pub secrets: crate::tenancy::secrets::Secrets,
+    /// Models this process serves itself (model id -> its worker's base URL):
+    /// batch lines for them run there, whatever backend their version names
+    /// (a batch worker running its own engine).
+    pub local_workers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             body_timeout: crate::http::DEFAULT_BODY_TIMEOUT,
             egress: crate::gateway::egress::EgressPolicy::default(),
             secrets: crate::tenancy::secrets::Secrets::none(),
+            local_workers: Default::default(),
         }
     }
 }

@@ -58,8 +58,10 @@ fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
 }
 
 /// The deployment's resource names: `TENANTAI_RESOURCE_PREFIX` (default
-/// `tenantai`), each overridable (`TENANTAI_TABLE`, `TENANTAI_BUCKET`).
-pub fn resources_from_env() -> Resources {
+/// `tenantai`), each overridable (`TENANTAI_TABLE`, `TENANTAI_BUCKET`,
+/// `TENANTAI_JOBS_QUEUE`: a name ending `-jobs`, its dead-letter queue that
+/// name with `-dlq`).
+pub fn resources_from_env() -> Result<Resources, String> {
     let prefix = std::env::var("TENANTAI_RESOURCE_PREFIX").unwrap_or_else(|_| "tenantai".into());
     let mut res = Resources::named(&prefix);
     if let Ok(t) = std::env::var("TENANTAI_TABLE") {
@@ -68,18 +70,43 @@ pub fn resources_from_env() -> Resources {
     if let Ok(b) = std::env::var("TENANTAI_BUCKET") {
         res.bucket = b;
     }
-    res
+    if let Ok(q) = std::env::var("TENANTAI_JOBS_QUEUE") {
+        if !q.ends_with("-jobs") {
+            return Err(format!("TENANTAI_JOBS_QUEUE ({q}) must end with '-jobs'"));
+        }
+        for spec in res.queues.iter_mut().filter(|s| s.name.ends_with("-jobs")) {
+            spec.name = q.clone();
+            if let Some(d) = spec.dead_letter.as_mut() {
+                d.queue = format!("{q}-dlq");
+            }
+        }
+    }
+    Ok(res)
 }
 
 /// The role the api assumes per tenant for that tenant's items, when set.
 pub const TENANT_ROLE_VAR: &str = "TENANTAI_TENANT_ROLE_ARN";
 
-/// The app on the AWS adapters, configured from the environment. Built once in
-/// `main`, before the runtime starts polling. With `TENANTAI_TENANT_ROLE_ARN` set,
-/// each tenant's items are reached with that role assumed for the tenant.
+/// The app on the AWS adapters, configured from the environment, without the
+/// object store (the authorizer). Built once in `main`, before the runtime
+/// starts polling. With `TENANTAI_TENANT_ROLE_ARN` set, each tenant's items are
+/// reached with that role assumed for the tenant.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
+    build_app(false).await
+}
+
+/// The api's app: as [`app_from_env`], with the object store (the Files API;
+/// batch workers use it too).
+pub async fn api_app_from_env() -> Result<Arc<App>, String> {
+    build_app(true).await
+}
+
+async fn build_app(objects: bool) -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
     let (sdk, mut storage) = storage_from_env().await?;
+    if objects {
+        storage = storage.with_blobs(&sdk);
+    }
     // The api's tenant items with tenant-scoped credentials (the CDK app sets it).
     if let Some(role) = std::env::var(TENANT_ROLE_VAR)
         .ok()
@@ -104,18 +131,18 @@ fn secrets_from_env(
 pub async fn admin_app_from_env() -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
     let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     config.secrets = secrets_from_env(&sdk)?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }
 
-/// The AWS configuration of the environment and the deployment's storage on it.
+/// The AWS configuration of the environment and the deployment's storage on it,
+/// without the object store (functions that keep no objects carry no S3 client).
 async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> {
     let sdk = aws::sdk_config().await;
-    // Functions that keep no objects carry no S3 client.
-    let storage = Storage::aws_without_blobs(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws_without_blobs(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((sdk, storage))
@@ -127,7 +154,7 @@ async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> 
 pub async fn backup_from_env() -> Result<(Storage, BackupConfig), String> {
     let config = BackupConfig::from_env()?;
     let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((storage, config))

@@ -10,12 +10,12 @@
 
 use lambda_http::Error;
 use tenantai::lambda::streaming::EndOfRequest;
-use tenantai::lambda::{app_from_env, init_logging, register_usage_flush, with_tenant_context};
+use tenantai::lambda::{api_app_from_env, init_logging, register_usage_flush, with_tenant_context};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_logging();
-    let app = app_from_env().await?;
+    let app = api_app_from_env().await?;
     let sink = app.usage.clone();
     let flusher = match register_usage_flush(sink.clone()).await {
         Ok(run) => Some(run),

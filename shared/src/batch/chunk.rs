@@ -197,6 +197,7 @@ async fn run_lines(
         }
         Err(e) => return Err(e),
     };
+    let routes = on_local_workers(routes, &app.config.local_workers);
     let ctx = Arc::new(LineCtx {
         app: app.clone(),
         b: b.clone(),
@@ -212,6 +213,23 @@ async fn run_lines(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await)
+}
+
+/// Routes whose model this process serves itself go to its own worker.
+fn on_local_workers(
+    routes: Vec<Route>,
+    local: &std::collections::BTreeMap<String, String>,
+) -> Vec<Route> {
+    routes
+        .into_iter()
+        .map(|mut r| {
+            if let Some(url) = local.get(&r.version.model) {
+                r.version.backend = crate::gateway::models::BackendKind::Worker;
+                r.version.endpoint = url.clone();
+            }
+            r
+        })
+        .collect()
 }
 
 /// What every line of a chunk shares.

@@ -82,6 +82,15 @@ impl Storage {
         })
     }
 
+    /// The same storage with the deployment's bucket as its object store.
+    pub fn with_blobs(mut self, config: &SdkConfig) -> Storage {
+        self.blobs = Some(Arc::new(S3Blobs::new(
+            aws::s3_client(config),
+            &self.resources.bucket,
+        )));
+        self
+    }
+
     /// The same storage with each tenant's table items reached with credentials of
     /// `role_arn` assumed for that tenant (session tag `TenantId`), and platform items
     /// with this process's own (see [`aws::tenant_scoped`]).
