@@ -65,6 +65,10 @@ pub struct DevArgs {
     #[arg(long, env = "TENANTAI_ALERTS_INTERVAL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     alerts_interval_secs: u64,
+    /// Batch jobs worked on at once by the in-process batch worker (0: none; the
+    /// jobs wait in the embedded queue for a `gpu-worker work --data-dir`).
+    #[arg(long, env = "TENANTAI_BATCH_WORKERS", default_value_t = 2)]
+    workers: usize,
     /// Let webhooks reach loopback, private and link-local addresses, over plain
     /// http too (local testing only; cloud metadata addresses stay blocked).
     #[arg(long, env = "TENANTAI_EGRESS_ALLOW_PRIVATE")]
@@ -137,8 +141,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let alerts = spawn_alerts(
         &app,
         Duration::from_secs(args.alerts_interval_secs),
-        stopped,
+        stopped.clone(),
     )?;
+    let batches = spawn_batch_worker(&app, args.workers, stopped)?;
     let router = tenantai::http::host_with(
         tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app.clone())),
         body_timeout,
@@ -149,7 +154,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // Events still buffered reach the (persistent) usage queue; the next start folds them.
     app.usage.flush().await;
     let _ = stop.send(true);
-    let _ = tokio::join!(metering, alerts);
+    let _ = tokio::join!(metering, alerts, batches);
     Ok(())
 }
 
@@ -163,6 +168,30 @@ fn spawn_metering(
     Ok(tokio::spawn(
         async move { meter.drain(queue, dlq, stop).await },
     ))
+}
+
+/// Drains the embedded jobs queue (batch validation and chunks) as the GPU
+/// worker fleet does on AWS; on a stop, work in flight has its grace period.
+fn spawn_batch_worker(
+    app: &Arc<App>,
+    workers: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut config = tenantai::batch::jobs::WorkerConfig::from_env().map_err(anyhow::Error::msg)?;
+    config.workers = workers;
+    if std::env::var_os("TENANTAI_BATCH_GRACE_SECS").is_none() {
+        // On Ctrl-C a chunk still running is handed back soon: the next start takes it.
+        config.grace = Duration::from_secs(5);
+    }
+    let app = app.clone();
+    Ok(tokio::spawn(async move {
+        if workers == 0 {
+            return;
+        }
+        if let Err(e) = tenantai::batch::jobs::run(app, config, stop).await {
+            tracing::error!(error = %e, "the batch worker stopped");
+        }
+    }))
 }
 
 /// Runs the cost alerts every `interval`, as the EventBridge schedule does on AWS.

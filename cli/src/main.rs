@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod batches;
 mod dev;
 mod gdpr;
 mod ops;
@@ -42,6 +43,10 @@ enum Command {
     /// Restore a backup (default: the latest) into an empty table, verified
     /// first, resumable, with a progress bar.
     Restore(ops::RestoreArgs),
+    /// A tenant's batch jobs (with its API key): submit a JSONL file and wait
+    /// for its results, list, show, cancel, download.
+    #[command(subcommand)]
+    Batches(batches::BatchCmd),
 }
 
 #[tokio::main]
@@ -56,5 +61,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::audit(cmd).await,
         Command::Backup(args) => ops::backup(args).await,
         Command::Restore(args) => ops::restore(args).await,
+        Command::Batches(cmd) => batches::batches(cmd).await,
     }
 }

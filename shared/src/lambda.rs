@@ -92,17 +92,29 @@ pub const TENANT_ROLE_VAR: &str = "TENANTAI_TENANT_ROLE_ARN";
 /// starts polling. With `TENANTAI_TENANT_ROLE_ARN` set, each tenant's items are
 /// reached with that role assumed for the tenant.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
-    build_app(false).await
+    build_app(false, Default::default()).await
 }
 
 /// The api's app: as [`app_from_env`], with the object store (the Files API;
 /// batch workers use it too).
 pub async fn api_app_from_env() -> Result<Arc<App>, String> {
-    build_app(true).await
+    build_app(true, Default::default()).await
 }
 
-async fn build_app(objects: bool) -> Result<Arc<App>, String> {
+/// A batch worker's app (`gpu-worker work`): as the api's, with the models it
+/// serves itself (model id -> its own base URL).
+pub async fn worker_app_from_env(
+    local_workers: std::collections::BTreeMap<String, String>,
+) -> Result<Arc<App>, String> {
+    build_app(true, local_workers).await
+}
+
+async fn build_app(
+    objects: bool,
+    local_workers: std::collections::BTreeMap<String, String>,
+) -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
+    config.local_workers = local_workers;
     let (sdk, mut storage) = storage_from_env().await?;
     if objects {
         storage = storage.with_blobs(&sdk);
