@@ -22,6 +22,10 @@ const PRICE: u64 = 1_000_000;
 
 async fn setup_with(config: Config) -> (Harness, String, String) {
     let h = Harness::with_config(crate::harness::private_egress(config)).await;
+    on(h).await
+}
+
+async fn on(h: Harness) -> (Harness, String, String) {
     h.model(
         json!({"model": MODEL, "endpoint": worker::url(), "price_per_1k_tokens_micros": PRICE}),
     )
@@ -169,6 +173,22 @@ fn cosine(a: &Value, b: &Value) -> f64 {
 #[tokio::test]
 async fn an_embeddings_batch_runs_to_its_output_and_error_files() {
     let (h, _, key) = setup().await;
+    runs_to_its_files(&h, &key).await;
+}
+
+/// The same on DynamoDB, SQS and S3 (the emulator): result files assembled by
+/// multipart upload, chunks read by ranged gets, claims in transactions.
+#[tokio::test]
+async fn an_embeddings_batch_runs_on_the_aws_adapters() {
+    let Some(h) = Harness::on_aws(crate::harness::private_egress(Config::default())).await else {
+        return;
+    };
+    let (h, _, key) = on(h).await;
+    runs_to_its_files(&h, &key).await;
+}
+
+async fn runs_to_its_files(h: &Harness, key: &str) {
+    let (h, key) = (h.clone(), key.to_string());
     let inputs = ["the first line", "a second one", "and a third"];
     let mut file: Vec<String> = inputs
         .iter()

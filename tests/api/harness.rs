@@ -76,11 +76,37 @@ impl Harness {
 
     /// An instance on `config`; secrets are sealed with a key file in its data
     /// directory unless `config` names a vault.
-    pub async fn with_config(mut config: Config) -> Harness {
+    pub async fn with_config(config: Config) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::embedded(dir.path(), &Resources::named("test"))
             .await
             .unwrap();
+        Self::on(storage, config, dir).await
+    }
+
+    /// An instance on the AWS adapters, on the emulator at `AWS_ENDPOINT_URL`
+    /// (fresh resources of its own); `None`, said loudly, without one (under
+    /// `./scripts/test.sh` the emulator is promised and its absence fails).
+    #[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
+    pub async fn on_aws(config: Config) -> Option<Harness> {
+        let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
+            assert!(
+                std::env::var_os("TENANTAI_TEST_AWS").is_none(),
+                "AWS_ENDPOINT_URL is not set but the emulator was promised"
+            );
+            eprintln!("SKIPPED: needs the AWS emulator (run ./scripts/test.sh)");
+            return None;
+        };
+        assert!(endpoint.starts_with("http://127.") || endpoint.starts_with("http://localhost"));
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let sdk = tenantai::store::aws::sdk_config().await;
+        let storage = Storage::aws(&sdk, &Resources::named(&prefix), true)
+            .await
+            .unwrap();
+        Some(Self::on(storage, config, tempfile::tempdir().unwrap()).await)
+    }
+
+    async fn on(storage: Storage, mut config: Config, dir: tempfile::TempDir) -> Harness {
         if config.secrets.kind().is_none() {
             config.secrets =
                 tenantai::tenancy::secrets::Secrets::local(&dir.path().join("secrets.key"))

@@ -250,10 +250,15 @@ pub static KINDS: &[Kind] = &[
     },
     Kind {
         name: "batches",
-        description: "batch jobs: their records and progress",
+        description: "batch jobs: their records, progress and chunk results",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![partition(format!("BATCH#{}", r.tenant_id), "")],
+        places: |r| {
+            vec![
+                partition(format!("BATCH#{}", r.tenant_id), ""),
+                Place::Objects(format!("batches/{}/", r.tenant_id)),
+            ]
+        },
         redact: keep,
     },
     Kind {
