@@ -92,6 +92,42 @@ async fn api_events() {
 }
 
 #[tokio::test]
+async fn batch_events() {
+    let mut s = seed().await;
+    let (status, file) = handle(&s, "api/files-upload.json").await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(
+        (file["purpose"].as_str(), file["filename"].as_str()),
+        (Some("batch"), Some("events.jsonl"))
+    );
+    s.vars
+        .insert("FILE_ID", file["id"].as_str().unwrap().to_string());
+    let (status, batch) = handle(&s, "api/batches-create.json").await;
+    assert_eq!(
+        (status, batch["status"].as_str()),
+        (200, Some("validating")),
+        "{batch}"
+    );
+    assert_eq!(batch["request_counts"]["total"], 1);
+    let (again, same) = handle(&s, "api/batches-create.json").await;
+    assert_eq!(
+        (again, &same["id"]),
+        (200, &batch["id"]),
+        "the idempotency key holds"
+    );
+    let (status, list) = handle(&s, "api/batches-list.json").await;
+    assert_eq!(
+        (status, list["data"][0]["id"].as_str()),
+        (200, batch["id"].as_str())
+    );
+    let (status, body) = handle(&s, "api/batches-unknown.json").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("batch_not_found"))
+    );
+}
+
+#[tokio::test]
 async fn admin_events() {
     let s = seed().await;
     for (name, status) in expected_events::ADMIN {

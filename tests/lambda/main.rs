@@ -204,6 +204,49 @@ async fn invoke_api(port: u16, event: &str, vars: &HashMap<&str, String>) -> Str
     }
 }
 
+async fn batch_through_the_api(
+    port: u16,
+    app: &std::sync::Arc<tenantai::app::App>,
+    vars: &mut HashMap<&str, String>,
+) {
+    let (status, file) = invoke_api(port, "api/files-upload.json", vars).await.json();
+    assert_eq!(status, 200, "{file}");
+    vars.insert("FILE_ID", file["id"].as_str().unwrap().to_string());
+    let (status, batch) = invoke_api(port, "api/batches-create.json", vars)
+        .await
+        .json();
+    assert_eq!(
+        (status, batch["status"].as_str()),
+        (200, Some("validating")),
+        "{batch}"
+    );
+    let (jobs, _) = tenantai::batch::jobs::queues(&app.storage).unwrap();
+    let cfg = tenantai::batch::jobs::WorkerConfig::default();
+    for _ in 0..2 {
+        // The validation, then its one chunk.
+        let got = receive(jobs.as_ref(), 1).await;
+        assert_eq!(got.len(), 1);
+        let handled = tenantai::batch::jobs::handle(app, &cfg, &got[0].body, false)
+            .await
+            .unwrap();
+        assert_eq!(handled, tenantai::batch::jobs::Handled::Done);
+        jobs.delete(&got[0].receipt).await.unwrap();
+    }
+    let (status, list) = invoke_api(port, "api/batches-list.json", vars).await.json();
+    assert_eq!(status, 200, "{list}");
+    let done = &list["data"][0];
+    assert_eq!(
+        (done["id"].as_str(), done["status"].as_str()),
+        (batch["id"].as_str(), Some("completed")),
+        "{list}"
+    );
+    assert_eq!(done["request_counts"]["completed"], 1);
+    let (status, _) = invoke_api(port, "api/batches-unknown.json", vars)
+        .await
+        .json();
+    assert_eq!(status, 404);
+}
+
 /// A streamed chat answer: server-sent events, chunk by chunk, with the usage
 /// chunk asked for, then `[DONE]`.
 async fn chat_stream_through_the_runtime(port: u16, vars: &HashMap<&str, String>) {
@@ -326,7 +369,7 @@ async fn functions_through_cargo_lambda() {
         .topic_arn()
         .unwrap()
         .to_string();
-    let vars = HashMap::from([
+    let mut vars = HashMap::from([
         ("TENANT_ID", tenant.id.clone()),
         ("KEY_ID", key.key.key_id.clone()),
         ("API_KEY", key.secret.clone()),
@@ -459,6 +502,11 @@ async fn functions_through_cargo_lambda() {
         .map(|a| a.counters["requests"])
         .sum();
     assert_eq!(folded, 4);
+
+    // A batch: uploaded and created through the api function, run by a worker
+    // on the same deployment (here, the jobs handler in this process), read back
+    // through the api function.
+    batch_through_the_api(port, &app, &mut vars).await;
 
     // The sample batches: folded once however often delivered; the malformed
     // record is dead-lettered without failing its neighbour.
