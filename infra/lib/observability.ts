@@ -51,12 +51,23 @@ export class Observability extends Construct {
     // Dead letters: any message at all.
     const dlqs: [string, sqs.Queue, string][] = [
       ['usage-dlq', queues.usageDlq, 'Usage events the metering function could not fold (malformed, or failed 5 times). See infra/README.md: Alarms.'],
-      ['jobs-dlq', queues.jobsDlq, 'Batch work items that failed 5 times. See infra/README.md: Alarms.'],
       ['schedules-dlq', queues.schedulesDlq, 'A cost-alerts or backup run that failed after its retries. See infra/README.md: Alarms.'],
     ];
     for (const [name, q, description] of dlqs) {
       alarm(`${name}-not-empty`, description, q.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: five }), 1);
     }
+    // The workers drain the jobs DLQ themselves (failing the dead item's lines, or its
+    // batch), usually before a visible-count sample sees it: count their receives too.
+    alarm('jobs-dlq-not-empty', 'Batch work items that failed 5 times (their lines, or their batch, were failed). See infra/README.md: Alarms.',
+      new cloudwatch.MathExpression({
+        label: 'Jobs dead-lettered (waiting or taken by the workers)',
+        expression: 'FILL(visible, 0) + FILL(received, 0)',
+        usingMetrics: {
+          visible: queues.jobsDlq.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: five }),
+          received: queues.jobsDlq.metricNumberOfMessagesReceived({ statistic: 'Sum', period: five }),
+        },
+        period: five,
+      }), 1);
     // Oldest message: metering lagging (10 minutes), workers not keeping up (1 hour).
     alarm('usage-oldest-message', 'Usage events wait over 10 minutes: metering is failing or throttled.', queues.usage.metricApproximateAgeOfOldestMessage({ statistic: 'Maximum', period: five }), 600, 2);
     alarm('jobs-oldest-message', 'A batch work item waits over an hour: no GPU capacity, or the workers fail.', queues.jobs.metricApproximateAgeOfOldestMessage({ statistic: 'Maximum', period: five }), 3600, 2);

@@ -1,3 +1,5 @@
+import * as fs from 'fs';
+import * as path from 'path';
 import { CHAT_TIMEOUT, HEALTH_ROUTE, TENANT_ROUTES } from '../lib/api';
 import { resources, template } from './helpers';
 
@@ -45,6 +47,19 @@ test('every route exists, behind the REQUEST authorizer, and goes to the api fun
     expect(m.props.Integration.Type).toBe('AWS_PROXY');
     expect(JSON.stringify(m.props.Integration.Uri)).toContain(fnId('api'));
   }
+});
+
+test('the routes are the api router’s (shared/src/http/api.rs): Files and Batch APIs included', () => {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'http', 'api.rs'), 'utf8');
+  const body = src.slice(src.indexOf('pub fn router('), src.indexOf('.layer(middleware::from_fn_with_state'));
+  const rust: string[] = [];
+  for (const part of body.split('.route(').slice(1)) {
+    const p = part.match(/^\s*"([^"]+)"/)![1];
+    for (const m of part.matchAll(/(?:^|[\s(.])(get|post|put|patch|delete)\(/g)) rust.push(`${m[1].toUpperCase()} ${p}`);
+  }
+  const infra = Object.entries(TENANT_ROUTES).flatMap(([p, ms]) => ms.map((m) => `${m} ${p}`));
+  expect(infra.sort()).toEqual(rust.sort());
+  for (const r of ['POST /v1/files', 'GET /v1/files/{id}/content', 'DELETE /v1/files/{id}', 'POST /v1/batches/{id}/cancel']) expect(infra).toContain(r);
 });
 
 test('chat completions streams (InvokeWithResponseStream) with a long timeout', () => {

@@ -19,7 +19,17 @@ test('every alarm notifies the alerts topic when it fires and when it clears', (
   }
 });
 
-test.each(['usage-dlq', 'jobs-dlq', 'schedules-dlq'])('%s: any message at all', (dlq) => {
+test('jobs-dlq: any message waiting or taken by the workers’ dead-letter loop', () => {
+  const a = alarms['jobs-dlq-not-empty'];
+  expect(a).toMatchObject({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+  expect(a.Metrics.find((m: any) => m.Expression).Expression).toBe('FILL(visible, 0) + FILL(received, 0)');
+  const [queueId] = resources(t, 'AWS::SQS::Queue').find(([, q]) => q.Properties.QueueName === 'tenantai-dev-jobs-dlq')!;
+  const stats = a.Metrics.filter((m: any) => m.MetricStat).map((m: any) => m.MetricStat);
+  expect(stats.map((m: any) => `${m.Metric.MetricName} ${m.Stat}`).sort()).toEqual(['ApproximateNumberOfMessagesVisible Maximum', 'NumberOfMessagesReceived Sum']);
+  for (const m of stats) expect(m.Metric.Dimensions).toEqual([{ Name: 'QueueName', Value: { 'Fn::GetAtt': [queueId, 'QueueName'] } }]);
+});
+
+test.each(['usage-dlq', 'schedules-dlq'])('%s: any message at all', (dlq) => {
   const a = alarms[`${dlq}-not-empty`];
   expect(a).toMatchObject({ MetricName: 'ApproximateNumberOfMessagesVisible', Namespace: 'AWS/SQS', Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
   const [queueId] = resources(t, 'AWS::SQS::Queue').find(([, q]) => q.Properties.QueueName === `tenantai-dev-${dlq}`)!;

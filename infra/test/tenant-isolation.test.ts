@@ -10,6 +10,8 @@ const [apiRoleId] = roles.find(([, r]) => r.Properties.RoleName === 'tenantai-de
 
 const EXPECTED_LEADING_KEYS = [
   'TENANT#${aws:PrincipalTag/TenantId}',
+  'FILE#${aws:PrincipalTag/TenantId}',
+  'BATCH#${aws:PrincipalTag/TenantId}',
   'USAGE#${aws:PrincipalTag/TenantId}',
   'BUDGET#${aws:PrincipalTag/TenantId}',
   'ALERTS#${aws:PrincipalTag/TenantId}',
@@ -126,7 +128,7 @@ function rustPartitionKeyPrefixes(): Set<string> {
 test('every partition-key format in shared/src is classified', () => {
   const found = rustPartitionKeyPrefixes();
   // The scan itself must work: these are known to exist.
-  for (const known of ['USAGE#', 'BUDGET#', 'TENANT#', 'CACHE#', 'ALERTS#', 'RL#', 'KEY#', 'EVENT#', 'MODELS', 'TENANTS']) {
+  for (const known of ['USAGE#', 'BUDGET#', 'FILE#', 'BATCH#', 'TENANT#', 'CACHE#', 'ALERTS#', 'RL#', 'KEY#', 'EVENT#', 'MODELS', 'TENANTS']) {
     expect(found).toContain(known);
   }
   const classified = [...TENANT_PARTITION_KEYS, ...PLATFORM_PARTITION_KEYS, ...Object.keys(ONLY_PLATFORM_FUNCTIONS)].map((k) =>
