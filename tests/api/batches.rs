@@ -820,3 +820,67 @@ async fn the_worker_loop_drains_the_queue_and_stops_when_told() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_deleted_input_file_fails_its_lines_and_a_vanished_batch_drops_its_jobs() {
+    let (h, tenant, key) = setup().await;
+    let file: Vec<String> = (0..3)
+        .map(|i| embed_line(&format!("r{i}"), "text"))
+        .collect();
+    let f = upload(&h, &key, "batch", &file.join("\n")).await;
+    let file_id = f.ok()["id"].as_str().unwrap().to_string();
+    let id = create(&h, &key, &file_id, &[]).await.ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = small_chunks();
+    let validate = take_jobs(&h).await;
+    jobs::handle(&h.app, &cfg, &validate[0].body, false)
+        .await
+        .unwrap();
+    let chunks = take_jobs(&h).await;
+    let gone = h
+        .call(
+            Method::DELETE,
+            &format!("/v1/files/{file_id}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(gone.ok()["deleted"], true);
+    for m in &chunks {
+        assert_eq!(
+            jobs::handle(&h.app, &cfg, &m.body, false).await.unwrap(),
+            Handled::Done
+        );
+    }
+    let b = batch(&h, &key, &id).await;
+    assert_eq!(b["status"], "completed");
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 3, "completed": 0, "failed": 3})
+    );
+
+    // A job whose batch no longer exists (its tenant was erased) is dropped,
+    // not retried forever.
+    let table = h.app.storage.table.as_ref();
+    table
+        .delete(
+            &tenantai::batch::batches::record_key(&tenant, &id),
+            &tenantai::store::Cond::Always,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs::handle(&h.app, &cfg, &validate[0].body, true)
+            .await
+            .unwrap(),
+        Handled::Done
+    );
+    assert_eq!(
+        jobs::handle(&h.app, &cfg, &chunks[0].body, false)
+            .await
+            .unwrap(),
+        Handled::Done
+    );
+}

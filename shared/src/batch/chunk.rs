@@ -91,7 +91,16 @@ pub async fn run(app: &Arc<App>, job: &ChunkJob, line_concurrency: usize) -> Api
         return Ok(Ran::Counted);
     }
     let b = batches::get_record(table.as_ref(), &job.tenant_id, &job.batch_id).await?;
-    let lines = read_lines(app, &b, job).await?;
+    let lines = match read_lines(app, &b, job).await {
+        Ok(lines) => lines,
+        Err(ApiError::NotFound { .. }) => {
+            // The input file was deleted under the batch: its lines cannot run.
+            tracing::warn!(batch_id = %b.id, chunk = job.index, "the batch's input file is gone; its lines fail");
+            record(app, &b, job, Vec::new(), job.lines).await?;
+            return Ok(Ran::Counted);
+        }
+        Err(e) => return Err(e),
+    };
     let skip = match b.status {
         Status::Cancelling | Status::Cancelled => Some(Skip::Cancelled),
         _ if now_secs() >= b.expires_at => Some(Skip::Expired),
@@ -110,7 +119,7 @@ pub async fn run(app: &Arc<App>, job: &ChunkJob, line_concurrency: usize) -> Api
     }) {
         return Ok(Ran::Retry(why));
     }
-    record(app, &b, job, outcomes).await?;
+    record(app, &b, job, outcomes, 0).await?;
     Ok(Ran::Counted)
 }
 
@@ -121,7 +130,7 @@ pub async fn fail_all(app: &Arc<App>, job: &ChunkJob, code: &str, message: &str)
         return Ok(());
     }
     let b = batches::get_record(app.storage.table.as_ref(), &job.tenant_id, &job.batch_id).await?;
-    let ids = match read_lines(app, &b, job).await {
+    let ids: Vec<String> = match read_lines(app, &b, job).await {
         Ok(lines) => lines.into_iter().map(|(id, _)| id).collect(),
         Err(e) => {
             tracing::error!(batch_id = %b.id, chunk = job.index, error = %e, "a dead chunk's lines cannot be read");
@@ -139,7 +148,8 @@ pub async fn fail_all(app: &Arc<App>, job: &ChunkJob, code: &str, message: &str)
             ))
         })
         .collect();
-    record(app, &b, job, outcomes).await
+    let unnamed = job.lines.saturating_sub(ids.len() as u64);
+    record(app, &b, job, outcomes, unnamed).await
 }
 
 /// The chunk's lines: `(custom_id, body)`, as validation accepted them.
@@ -388,14 +398,18 @@ async fn send_events(app: &App, events: &[&UsageEvent]) -> ApiResult<()> {
 
 /// Makes the chunk's results durable, sends its usage events, then claims
 /// and counts it in one transaction.
+/// (`unnamed` lines, whose `custom_id`s could not be read, count as failed
+/// without a line in the error file.)
 async fn record(
     app: &Arc<App>,
     b: &BatchRecord,
     job: &ChunkJob,
     outcomes: Vec<Outcome>,
+    unnamed: u64,
 ) -> ApiResult<()> {
     let (mut ok, mut err, mut events) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut failed, mut expired, mut cancelled) = (0i64, 0i64, 0i64);
+    let (mut failed, mut expired, mut cancelled) =
+        (amounts::saturating_counter(unnamed), 0i64, 0i64);
     for o in &outcomes {
         match o {
             Outcome::Done { line, event } => {

@@ -159,6 +159,25 @@ pub async fn handle(
     message: &str,
     dead: bool,
 ) -> ApiResult<Handled> {
+    match handle_job(app, cfg, message, dead).await {
+        // The batch is gone (its tenant was erased): nothing is left to do.
+        Err(ApiError::NotFound {
+            code: "batch_not_found",
+            ..
+        }) => {
+            tracing::warn!(message, "a job of a batch that no longer exists; dropped");
+            Ok(Handled::Done)
+        }
+        other => other,
+    }
+}
+
+async fn handle_job(
+    app: &Arc<App>,
+    cfg: &WorkerConfig,
+    message: &str,
+    dead: bool,
+) -> ApiResult<Handled> {
     let job: Job = match serde_json::from_str(message) {
         Ok(j) => j,
         Err(e) => {
