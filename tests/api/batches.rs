@@ -884,3 +884,68 @@ async fn a_deleted_input_file_fails_its_lines_and_a_vanished_batch_drops_its_job
         Handled::Done
     );
 }
+
+#[tokio::test]
+async fn finalizing_again_after_a_crash_writes_the_same_files() {
+    let (h, tenant, key) = setup().await;
+    let mut file: Vec<String> = (0..3)
+        .map(|i| embed_line(&format!("r{i}"), &format!("text {i}")))
+        .collect();
+    file.push(line("bad", json!({"model": MODEL})));
+    let f = upload(&h, &key, "batch", &file.join("\n")).await;
+    let id = create(&h, &key, f.ok()["id"].as_str().unwrap(), &[])
+        .await
+        .ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_jobs(&h).await;
+    let first = batch(&h, &key, &id).await;
+    let (out, err) = (
+        first["output_file_id"].as_str().unwrap(),
+        first["error_file_id"].as_str().unwrap(),
+    );
+    let (out_text, err_text) = (content(&h, &key, out).await, content(&h, &key, err).await);
+    // A finalizer that died after writing the files, before ending the batch.
+    let table = h.app.storage.table.as_ref();
+    tenantai::batch::batches::update(table, &tenant, &id, |b| {
+        b.status = tenantai::batch::batches::Status::Finalizing;
+        b.output_file_id = None;
+        b.error_file_id = None;
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    assert_eq!(batch(&h, &key, &id).await["status"], "finalizing");
+    // Two finalizers now (the redelivered last chunk, and a racing one).
+    let (a, b) = tokio::join!(
+        tenantai::batch::finalize::if_done(&h.app, &tenant, &id),
+        tenantai::batch::finalize::if_done(&h.app, &tenant, &id)
+    );
+    a.unwrap();
+    b.unwrap();
+    let again = batch(&h, &key, &id).await;
+    assert_eq!(again["status"], "completed");
+    assert_eq!(
+        (
+            again["output_file_id"].as_str(),
+            again["error_file_id"].as_str()
+        ),
+        (Some(out), Some(err))
+    );
+    assert_eq!(content(&h, &key, out).await, out_text);
+    assert_eq!(content(&h, &key, err).await, err_text);
+    let outputs = h
+        .call(
+            Method::GET,
+            "/v1/files?purpose=batch_output",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        outputs.ok()["data"].as_array().unwrap().len(),
+        2,
+        "no duplicate files"
+    );
+}

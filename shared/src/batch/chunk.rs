@@ -70,7 +70,7 @@ pub enum Ran {
 enum Outcome {
     Done {
         line: Value,
-        event: UsageEvent,
+        event: Box<UsageEvent>,
     },
     Failed(Value),
     Skipped(Value, Skip),
@@ -261,7 +261,7 @@ impl LineCtx {
         match answered {
             Ok((body, event)) => Outcome::Done {
                 line: ok_line(b, custom_id, body),
-                event,
+                event: Box::new(event),
             },
             Err(
                 e
@@ -414,7 +414,7 @@ async fn record(
         match o {
             Outcome::Done { line, event } => {
                 ok.push(line);
-                events.push(event);
+                events.push(event.as_ref());
             }
             Outcome::Failed(l) => {
                 err.push(l);
