@@ -103,7 +103,13 @@ async fn chat_completions_whole_and_streamed_agree() {
 #[tokio::test]
 async fn bad_chat_requests_get_4xx_and_leave_running_streams_alone() {
     let w = worker().await;
-    let http = common::http();
+    common::http();
+    // No pooled connections: a refused oversized body closes its connection,
+    // which the next request must not pick up.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let url = format!("{}/v1/chat/completions", w.url);
     // A stream runs while bad requests arrive.
     let mut long = request(true);

@@ -201,6 +201,7 @@ pub fn spend_event(tenant: &str, cost: u64) -> UsageEvent {
         compute_ms: 1,
         cost_micros: cost,
         at_ms: tenantai::store::now_millis(),
+        batch: false,
     }
 }
 

@@ -251,6 +251,7 @@ fn event(id: &str, tenant: &str, cost: u64, tokens: u64) -> UsageEvent {
         compute_ms: 1,
         cost_micros: cost,
         at_ms: 1_795_000_000_000,
+        batch: false,
     }
 }
 

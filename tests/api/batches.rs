@@ -347,6 +347,13 @@ async fn each_line_is_billed_once_at_the_batch_price_even_when_redelivered() {
         .await;
     let totals = &usage.ok()["totals"];
     assert_eq!(totals["requests"], 3, "{totals}");
+    assert_eq!(
+        totals["batch_requests"], 3,
+        "batch lines are counted apart too: {totals}"
+    );
+    let cost: u64 = events.iter().take(3).map(|e| e.cost_micros).sum();
+    assert_eq!(totals["batch_cost_micros"], cost);
+    assert!(events.iter().all(|e| e.batch));
     let tokens: u64 = events.iter().take(3).map(|e| e.tokens).sum::<u64>();
     assert_eq!(b["usage"]["input_tokens"], tokens);
 }

@@ -189,6 +189,7 @@ async fn usage_pages_with_a_cursor() {
                 compute_ms: 1,
                 cost_micros: 1,
                 at_ms: at.unix_timestamp() * 1000 + 5,
+                batch: false,
             })
             .await
             .unwrap();

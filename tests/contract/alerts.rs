@@ -31,6 +31,7 @@ fn spend_event(tenant: &str, id: &str, cost: u64, at_ms: i64) -> UsageEvent {
         compute_ms: 1,
         cost_micros: cost,
         at_ms,
+        batch: false,
     }
 }
 

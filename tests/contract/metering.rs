@@ -51,6 +51,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 compute_ms: rng.next(40),
                 cost_micros: tenantai::billing::metering::cost_micros(tokens, 20).unwrap(),
                 at_ms: base + (rng.next(3) as i64) * day_ms + rng.next(day_ms as u64) as i64,
+                batch: false,
             }
         })
         .collect()

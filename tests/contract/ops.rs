@@ -55,6 +55,7 @@ fn event(tenant: &str, key: &str, i: usize, cost: u64) -> UsageEvent {
         compute_ms: 3,
         cost_micros: cost,
         at_ms: now_millis() - (i as i64 % 3) * 86_400_000,
+        batch: false,
     }
 }
 

@@ -244,6 +244,7 @@ mod tests {
             compute_ms: 1,
             cost_micros: 90,
             at_ms,
+            batch: false,
         };
         meter.fold(&event).await.unwrap();
         let month = &crate::billing::metering::month_of(at_ms);

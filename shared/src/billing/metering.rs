@@ -23,6 +23,14 @@ pub const CLAIM_TTL_SECS: i64 = 30 * 24 * 3600;
 
 /// The counters of one aggregate (`tokens` are prompt tokens, read; a chat call
 /// also generates `completion_tokens`).
+/// What batch lines add besides (`requests`, `tokens`, `completion_tokens`, `cost_micros`).
+pub const BATCH_COUNTERS: [&str; 4] = [
+    "batch_requests",
+    "batch_tokens",
+    "batch_completion_tokens",
+    "batch_cost_micros",
+];
+
 pub const COUNTERS: [&str; 7] = [
     "requests",
     "inputs",
@@ -73,6 +81,9 @@ pub struct UsageEvent {
     pub cost_micros: u64,
     /// When the call was made, Unix milliseconds.
     pub at_ms: i64,
+    /// A batch line (its counters are also added to the `batch_*` counters).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 impl UsageEvent {
@@ -267,7 +278,15 @@ impl Meter {
             )
             .set("day", day.clone().into())
             .set("model", e.model.clone().into());
-        let [requests, _, _, _, _, cost, _] = deltas;
+        let [requests, _, tokens, completion, _, cost, _] = deltas;
+        let aggregate = if e.batch {
+            BATCH_COUNTERS
+                .iter()
+                .zip([requests, tokens, completion, cost])
+                .fold(aggregate, |u, (name, delta)| u.add(*name, delta))
+        } else {
+            aggregate
+        };
         let month = Update::new(Key::new(usage_pk(&e.tenant_id), month_sk(&day[..7])))
             .add("cost_micros", cost)
             .add("requests", requests);
@@ -329,6 +348,7 @@ impl Meter {
                 }
                 let counters = COUNTERS
                     .iter()
+                    .chain(BATCH_COUNTERS.iter())
                     .map(|c| {
                         (
                             c.to_string(),

@@ -235,6 +235,7 @@ pub(crate) mod tests {
             compute_ms: 1,
             cost_micros: 1,
             at_ms: 1_700_000_000_000,
+            batch: false,
         }
     }
 

@@ -559,6 +559,7 @@ impl Admitted {
             compute_ms: if hit { 0 } else { whole_ms(backend_ms) },
             cost_micros: cost,
             at_ms: self.at_ms,
+            batch: self.line.is_some(),
         };
         tracing::info!(
             tenant_id = %self.tenant.id, key_id = %self.key_id, model = %version.model, version = %version.version,

@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 use time::{Date, Duration as Days, OffsetDateTime};
 
 use crate::app::App;
-use crate::billing::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
+use crate::billing::metering::{
+    format_day, month_of, parse_day, Aggregate, BATCH_COUNTERS, COUNTERS,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{decode_token, encode_token};
 use crate::tenancy::auth::TenantContext;
@@ -149,7 +151,11 @@ impl UsageQuery {
 }
 
 fn zero() -> BTreeMap<String, u64> {
-    COUNTERS.iter().map(|c| (c.to_string(), 0)).collect()
+    COUNTERS
+        .iter()
+        .chain(BATCH_COUNTERS.iter())
+        .map(|c| (c.to_string(), 0))
+        .collect()
 }
 
 fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) -> ApiResult<()> {
