@@ -239,6 +239,7 @@ fn usage_batch(i: usize) -> Vec<Record> {
                 compute_ms: 2,
                 cost_micros: 3,
                 at_ms: 1_795_478_400_000 + (n % 2) as i64 * 86_400_000,
+                batch: false,
             };
             Record {
                 id: format!("m{n}"),
