@@ -433,6 +433,38 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However bytes are split into pieces, the lines are the file's own
+        /// bytes at their offsets, and checking them never panics.
+        #[test]
+        fn any_bytes_in_any_pieces_give_the_same_lines(
+            bytes in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'{'), Just(b' '), any::<u8>()], 0..400),
+            cuts in prop::collection::vec(0usize..400, 0..6),
+        ) {
+            let whole = lines_of(&[&bytes]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&bytes[at..c]);
+                at = c;
+            }
+            pieces.push(&bytes[at..]);
+            prop_assert_eq!(&lines_of(&pieces), &whole);
+            let mut v = Validator::new("/v1/embeddings");
+            for (n, start, end, _) in &whole {
+                let slice = &bytes[*start as usize..*end as usize];
+                prop_assert!(!slice.contains(&b'\n'));
+                v.check(&RawLine { number: *n, start: *start, end: *end, bytes: slice });
+                let mut stats = FileStats::default();
+                stats.learn(&RawLine { number: *n, start: *start, end: *end, bytes: slice });
+            }
+            prop_assert_eq!(v.lines, whole.len() as u64);
+        }
+    }
 
     fn lines_of(pieces: &[&[u8]]) -> Vec<(u64, u64, u64, String)> {
         let mut out = Vec::new();
