@@ -5,7 +5,8 @@
 //!   Blobs, streamed both ways;
 //! - [`batches`]: batch records and their state machine (`validating` →
 //!   `in_progress` → `finalizing` → `completed`, or `failed`, `expired`,
-//!   `cancelling` → `cancelled`), with the money gates at creation;
+//!   `cancelling` → `cancelled`);
+//! - [`create`]: creating a batch, with the money gates and idempotency keys;
 //! - [`lines`]: input files line by line (offsets, estimates, validation);
 //! - [`plan`]: the validation job, which splits a batch into chunks;
 //! - [`jobs`]: the jobs queue's messages and the worker loop (heartbeats,
@@ -23,6 +24,7 @@
 
 pub mod batches;
 pub mod chunk;
+pub mod create;
 pub mod files;
 pub mod finalize;
 pub mod jobs;

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::{parse_json, read_body, PageParams};
 use crate::app::App;
-use crate::batch::batches::{self, CreateBatch};
+use crate::batch::batches;
+use crate::batch::create::CreateBatch;
 use crate::batch::BatchEndpoint;
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::pipeline;
@@ -36,7 +37,9 @@ pub async fn create(
         ),
         None => None,
     };
-    let b = batches::create(&app, (&tenant, &tier), &ctx.key_id, &req, idempotency_key).await?;
+    let b =
+        crate::batch::create::create(&app, (&tenant, &tier), &ctx.key_id, &req, idempotency_key)
+            .await?;
     let (b, n) = batches::get(app.storage.table.as_ref(), &tenant.id, &b.id).await?;
     Ok(Json(b.object(&n)))
 }
