@@ -160,7 +160,7 @@ export function stageConfig(ctx: Context): StageConfig {
       backlogPerTask: 20,
       batch: {
         workers: 2,
-        lineConcurrency: 16,
+        lineConcurrency: 64,
         chunkLines: 500,
         chunkTokens: 1_000_000,
         visibility: Duration.seconds(120),

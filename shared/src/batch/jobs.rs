@@ -59,7 +59,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             workers: 2,
-            line_concurrency: 16,
+            line_concurrency: 64,
             chunk_lines: 500,
             chunk_tokens: 1_000_000,
             visibility: Duration::from_secs(120),
