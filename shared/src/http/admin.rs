@@ -263,9 +263,21 @@ async fn list_keys(
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Value>> {
     app.tenants.get(&id).await?;
-    Ok(Json(list_body(
-        app.keys.list(&id, p.after.clone(), p.limit()?).await?,
-    )))
+    let page = app.keys.list(&id, p.after.clone(), p.limit()?).await?;
+    let used = app.keys.last_used(&id).await?;
+    let items = page
+        .items
+        .iter()
+        .map(|k| {
+            let mut v = value(k);
+            v["last_used_at"] = used.get(&k.key_id).copied().into();
+            v
+        })
+        .collect();
+    Ok(Json(list_body(Page {
+        items,
+        next: page.next,
+    })))
 }
 
 async fn revoke_key(
