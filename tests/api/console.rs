@@ -72,9 +72,7 @@ async fn the_page_and_its_files_are_served_without_credentials_under_a_strict_po
         ("/console/console.js", "text/javascript", "Authorization"),
         ("/console/console.css", "text/css", ":focus-visible"),
     ] {
-        let r = h
-            .raw(Method::GET, path, None, Body::empty(), &[])
-            .await;
+        let r = h.raw(Method::GET, path, None, Body::empty(), &[]).await;
         assert_eq!(r.status, 200, "{path}");
         assert!(r.header("content-type").starts_with(kind), "{path}");
         let csp = r.header("content-security-policy");
@@ -162,16 +160,31 @@ async fn charts_show_each_tenants_own_usage_by_kind_for_admins_and_for_the_tenan
 
     // Refusals, in the OpenAI shape.
     let bad = h
-        .call(Method::GET, "/v1/usage/chart?metric=euros", Some(&key), None)
+        .call(
+            Method::GET,
+            "/v1/usage/chart?metric=euros",
+            Some(&key),
+            None,
+        )
         .await;
     bad.error(400);
     assert_eq!(bad.body["error"]["param"], "metric");
-    h.call(Method::GET, "/v1/usage/chart?from=2026-13-01", Some(&key), None)
-        .await
-        .error(400);
-    h.call(Method::GET, "/v1/usage/chart?metric=a&metric=b", Some(&key), None)
-        .await
-        .error(400);
+    h.call(
+        Method::GET,
+        "/v1/usage/chart?from=2026-13-01",
+        Some(&key),
+        None,
+    )
+    .await
+    .error(400);
+    h.call(
+        Method::GET,
+        "/v1/usage/chart?metric=a&metric=b",
+        Some(&key),
+        None,
+    )
+    .await
+    .error(400);
     h.call(Method::GET, "/v1/usage/chart", Some(&embed_only), None)
         .await
         .error(403);
@@ -275,17 +288,24 @@ async fn admins_see_a_tenants_batches_with_progress_and_its_batch_usage_apart() 
     let listed = h
         .admin(Method::GET, &format!("/tenants/{t}/batches"), None)
         .await;
-    assert_eq!(ids(listed.ok()), [first.clone()]);
+    assert_eq!(ids(listed.ok()), std::slice::from_ref(&first));
     let b = &listed.body["data"][0];
     assert_eq!(b["status"], "validating");
-    assert_eq!(b["request_counts"], json!({"total": 3, "completed": 0, "failed": 0}));
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 3, "completed": 0, "failed": 0})
+    );
 
     run_jobs(&h).await;
     let second = new_batch(&h, &key, 2).await;
     let listed = h
         .admin(Method::GET, &format!("/tenants/{t}/batches?limit=1"), None)
         .await;
-    assert_eq!(ids(listed.ok()), [second.clone()], "newest first");
+    assert_eq!(
+        ids(listed.ok()),
+        std::slice::from_ref(&second),
+        "newest first"
+    );
     assert_eq!(listed.body["has_more"], true);
     let rest = h
         .admin(
@@ -294,13 +314,21 @@ async fn admins_see_a_tenants_batches_with_progress_and_its_batch_usage_apart() 
             None,
         )
         .await;
-    assert_eq!(ids(rest.ok()), [first.clone()]);
+    assert_eq!(ids(rest.ok()), std::slice::from_ref(&first));
     let done = &rest.body["data"][0];
     assert_eq!(done["status"], "completed");
-    assert_eq!(done["request_counts"], json!({"total": 3, "completed": 3, "failed": 0}));
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 3, "completed": 3, "failed": 0})
+    );
     // What the tenant's own API says about it, a reporting key included.
     let own = h
-        .call(Method::GET, &format!("/v1/batches/{first}"), Some(&reporting), None)
+        .call(
+            Method::GET,
+            &format!("/v1/batches/{first}"),
+            Some(&reporting),
+            None,
+        )
         .await;
     assert_eq!(own.ok()["request_counts"], done["request_counts"]);
     let own_list = h
@@ -311,9 +339,14 @@ async fn admins_see_a_tenants_batches_with_progress_and_its_batch_usage_apart() 
     h.call(Method::GET, "/v1/batches", Some(&embed_only), None)
         .await
         .error(403);
-    h.call(Method::GET, &format!("/v1/batches/{theirs}"), Some(&reporting), None)
-        .await
-        .error(404);
+    h.call(
+        Method::GET,
+        &format!("/v1/batches/{theirs}"),
+        Some(&reporting),
+        None,
+    )
+    .await
+    .error(404);
 
     // The batch's lines are charted apart from direct use.
     h.embed(&key, json!("direct")).await.ok();
@@ -326,7 +359,9 @@ async fn admins_see_a_tenants_batches_with_progress_and_its_batch_usage_apart() 
             (MODEL.to_string(), "batch".to_string(), 3)
         ]
     );
-    let usage = h.call(Method::GET, "/v1/usage", Some(&reporting), None).await;
+    let usage = h
+        .call(Method::GET, "/v1/usage", Some(&reporting), None)
+        .await;
     let totals = &usage.ok()["totals"];
     let cost = chart(&h, "/v1/usage/chart?metric=cost", &reporting).await;
     let by_class = legend(&cost);
@@ -440,9 +475,13 @@ async fn admins_see_the_alerts_sent_to_a_tenant_and_no_others() {
     h.admin(Method::GET, "/tenants/ten_nobody/alerts", None)
         .await
         .error(404);
-    h.admin(Method::GET, &format!("/tenants/{t}/alerts?limit=1000"), None)
-        .await
-        .error(400);
+    h.admin(
+        Method::GET,
+        &format!("/tenants/{t}/alerts?limit=1000"),
+        None,
+    )
+    .await
+    .error(400);
 }
 
 #[tokio::test]
@@ -459,18 +498,28 @@ async fn keys_show_when_they_were_last_used_and_a_late_event_does_not_move_it_ba
         let h = h.clone();
         let t = t.clone();
         async move {
-            let r = h.admin(Method::GET, &format!("/tenants/{t}/keys"), None).await;
+            let r = h
+                .admin(Method::GET, &format!("/tenants/{t}/keys"), None)
+                .await;
             r.ok()["data"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|k| (k["key_id"].as_str().unwrap().to_string(), k["last_used_at"].clone()))
+                .map(|k| {
+                    (
+                        k["key_id"].as_str().unwrap().to_string(),
+                        k["last_used_at"].clone(),
+                    )
+                })
                 .collect::<std::collections::BTreeMap<_, _>>()
         }
     };
     let keys = listed(&h).await;
     let at = keys[&used_id].as_i64().unwrap();
-    assert!((before..=after).contains(&at), "{at} not in {before}..={after}");
+    assert!(
+        (before..=after).contains(&at),
+        "{at} not in {before}..={after}"
+    );
     assert_eq!(keys[&idle_id], Value::Null);
 
     // A use folded late (an older event) leaves the later one standing.
@@ -484,8 +533,12 @@ async fn keys_show_when_they_were_last_used_and_a_late_event_does_not_move_it_ba
         .unwrap();
     assert_eq!(listed(&h).await[&used_id], at + 60);
     // Revoking keeps what was recorded.
-    h.admin(Method::DELETE, &format!("/tenants/{t}/keys/{used_id}"), None)
-        .await
-        .ok();
+    h.admin(
+        Method::DELETE,
+        &format!("/tenants/{t}/keys/{used_id}"),
+        None,
+    )
+    .await
+    .ok();
     assert_eq!(listed(&h).await[&used_id], at + 60);
 }

@@ -455,7 +455,12 @@ pub async fn list_sent(
             let mut parts = item.key.sk.splitn(3, '#');
             let (month, threshold, kind) = (parts.next()?, parts.next()?, parts.next()?);
             let threshold_percent = threshold.parse::<u16>().ok()?;
-            let text = |a: &str| item.attrs.get(a).and_then(|v| v.as_str()).unwrap_or_default();
+            let text = |a: &str| {
+                item.attrs
+                    .get(a)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+            };
             Some(SentAlert {
                 alert_id: format!("{tenant_id}:{month}:{threshold_percent}:{kind}"),
                 month: month.to_string(),

@@ -11,10 +11,12 @@ use super::chart::{Chart, Class, Metric};
 pub const WIDTH: f64 = 760.0;
 pub const LEFT: f64 = 76.0;
 const RIGHT: f64 = 16.0;
-pub const TOP: f64 = 16.0;
+pub const TOP: f64 = 36.0;
 pub const PLOT_HEIGHT: f64 = 200.0;
 const AXIS: f64 = 28.0;
 const LEGEND_ROW: f64 = 18.0;
+/// The widest a day's bar is drawn (a short range would draw slabs).
+const MAX_BAR: f64 = 48.0;
 
 /// Escapes text for an XML attribute or element.
 pub fn escape(s: &str) -> String {
@@ -149,6 +151,11 @@ pub fn render(chart: &Chart, title: &str) -> String {
         escape(title),
         escape(&description(chart)),
     );
+    let _ = write!(
+        out,
+        r#"<text class="heading" x="8" y="20" font-size="14" font-weight="600">{}</text>"#,
+        escape(title)
+    );
     let top = nice_ceiling(chart.day_totals().into_iter().max().unwrap_or(0));
     axis(&mut out, chart.metric, top);
     bars(&mut out, chart, top);
@@ -196,7 +203,7 @@ fn axis(out: &mut String, metric: Metric, top: u64) {
 fn bars(out: &mut String, chart: &Chart, top: u64) {
     let n = chart.days.len().max(1);
     let slot = (WIDTH - LEFT - RIGHT) / n as f64;
-    let bar = (slot * 0.7).clamp(1.0, slot.max(1.0));
+    let bar = (slot * 0.7).clamp(1.0, slot.max(1.0)).min(MAX_BAR);
     let colours = colours(chart);
     let step = n.div_ceil(10);
     for (i, day) in chart.days.iter().enumerate() {
@@ -272,7 +279,11 @@ mod tests {
     fn chart(metric: Metric, series: Vec<(&str, Class, Vec<u64>)>) -> Chart {
         Chart {
             metric,
-            days: vec!["2026-11-01".into(), "2026-11-02".into(), "2026-11-03".into()],
+            days: vec![
+                "2026-11-01".into(),
+                "2026-11-02".into(),
+                "2026-11-03".into(),
+            ],
             series: series
                 .into_iter()
                 .map(|(m, class, values)| Series {
@@ -295,7 +306,10 @@ mod tests {
         );
         let svg = render(&c, "Requests");
         // The tallest day (15) rounds up to an axis of 20: 10 units per 100 px.
-        assert_eq!(attrs(&svg, "<text class=\"tick\"", "data-value"), ["0", "5", "10", "15", "20"]);
+        assert_eq!(
+            attrs(&svg, "<text class=\"tick\"", "data-value"),
+            ["0", "5", "10", "15", "20"]
+        );
         let heights: Vec<f64> = attrs(&svg, "<rect class=\"bar\"", "height")
             .iter()
             .map(|h| h.parse().unwrap())
@@ -308,16 +322,28 @@ mod tests {
         // Stacked from the axis up: the batch segment sits on the direct one.
         let floor = TOP + PLOT_HEIGHT;
         assert_eq!(ys, [floor - 100.0, floor - 150.0, floor - 40.0]);
-        assert_eq!(attrs(&svg, "<rect class=\"bar\"", "data-value"), ["10", "5", "4"]);
+        assert_eq!(
+            attrs(&svg, "<rect class=\"bar\"", "data-value"),
+            ["10", "5", "4"]
+        );
         assert_eq!(
             attrs(&svg, "<rect class=\"bar\"", "data-day"),
             ["2026-11-01", "2026-11-01", "2026-11-03"]
         );
-        assert_eq!(attrs(&svg, "<g class=\"legend-entry\"", "data-total"), ["14", "5"]);
-        assert!(svg.contains(">emb · embeddings: 14 requests</text>"), "{svg}");
+        assert_eq!(
+            attrs(&svg, "<g class=\"legend-entry\"", "data-total"),
+            ["14", "5"]
+        );
+        assert!(
+            svg.contains(">emb · embeddings: 14 requests</text>"),
+            "{svg}"
+        );
         assert!(svg.contains(">emb · batch: 5 requests</text>"));
         assert!(svg.contains("data-total=\"19\""));
         assert!(svg.contains(">11-02</text>"));
+        assert!(svg.contains("<text class=\"heading\" x=\"8\" y=\"20\" font-size=\"14\" font-weight=\"600\">Requests</text>"));
+        // A short range draws bars, not slabs.
+        assert_eq!(attrs(&svg, "<rect class=\"bar\"", "width"), ["48.00"; 3]);
         // Both classes draw in their own colours.
         let fills = attrs(&svg, "<rect class=\"bar\"", "fill");
         assert_ne!(fills[0], fills[1]);
@@ -331,7 +357,10 @@ mod tests {
         );
         let svg = render(&c, "Cost & more");
         assert!(svg.contains("<title id=\"chart-cost-title\">Cost &amp; more</title>"));
-        assert!(svg.contains("&lt;b&gt;&amp;&quot;x&quot; · chat: $1.235047</text>"), "{svg}");
+        assert!(
+            svg.contains("&lt;b&gt;&amp;&quot;x&quot; · chat: $1.235047</text>"),
+            "{svg}"
+        );
         assert!(!svg.contains("<b>"));
         assert_eq!(
             attrs(&svg, "<text class=\"tick\"", "data-value"),
@@ -365,7 +394,15 @@ mod tests {
         assert_eq!(compact(9_999), "9,999");
         assert_eq!(compact(250_000), "250k");
         assert_eq!(compact(2_500_000), "2.5M");
-        for (max, top) in [(0, 1), (1, 1), (3, 5), (10, 10), (11, 20), (15, 20), (51, 100)] {
+        for (max, top) in [
+            (0, 1),
+            (1, 1),
+            (3, 5),
+            (10, 10),
+            (11, 20),
+            (15, 20),
+            (51, 100),
+        ] {
             assert_eq!(nice_ceiling(max), top, "{max}");
         }
         assert_eq!(nice_ceiling(u64::MAX), u64::MAX);
