@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import time
 import uuid
 
@@ -124,7 +125,8 @@ def browser():
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(ARTIFACTS / "chromedriver.log"))
+    # The driver's own log would hold what was typed (the tokens): it goes nowhere.
+    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
     driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(30)
