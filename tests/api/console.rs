@@ -18,7 +18,10 @@ use crate::worker;
 const MODEL: &str = "all-MiniLM-L6-v2";
 
 async fn setup() -> Harness {
-    let h = Harness::new().await;
+    with_model(Harness::new().await).await
+}
+
+async fn with_model(h: Harness) -> Harness {
     h.model(json!({"model": MODEL, "endpoint": worker::url()}))
         .await;
     h
@@ -401,7 +404,18 @@ async fn admins_see_a_tenants_batches_with_progress_and_its_batch_usage_apart() 
 
 #[tokio::test]
 async fn admins_see_the_alerts_sent_to_a_tenant_and_no_others() {
-    let h = setup().await;
+    alerts_sent(setup().await).await;
+}
+
+/// The same on DynamoDB (the emulator): claims read newest first, paged.
+#[tokio::test]
+async fn alerts_sent_on_the_aws_adapters() {
+    if let Some(h) = Harness::on_aws(tenantai::app::Config::default()).await {
+        alerts_sent(with_model(h).await).await;
+    }
+}
+
+async fn alerts_sent(h: Harness) {
     let t = h.tenant("Spender", "pro").await;
     let quiet = h.tenant("Quiet", "pro").await;
     let (key, _) = h.key(&t, json!({})).await;
@@ -486,7 +500,19 @@ async fn admins_see_the_alerts_sent_to_a_tenant_and_no_others() {
 
 #[tokio::test]
 async fn keys_show_when_they_were_last_used_and_a_late_event_does_not_move_it_back() {
-    let h = setup().await;
+    last_use(setup().await).await;
+}
+
+/// The same on DynamoDB (the emulator): the conditional update creates the
+/// use item once and never moves it back.
+#[tokio::test]
+async fn keys_last_use_on_the_aws_adapters() {
+    if let Some(h) = Harness::on_aws(tenantai::app::Config::default()).await {
+        last_use(with_model(h).await).await;
+    }
+}
+
+async fn last_use(h: Harness) {
     let t = h.tenant("Keyed", "pro").await;
     let (used, used_id) = h.key(&t, json!({"name": "used"})).await;
     let (_, idle_id) = h.key(&t, json!({"name": "idle"})).await;
