@@ -5,7 +5,8 @@
 #   2. invokes every Lambda function through cargo-lambda against the emulator
 #      (after cargo has released its build lock: cargo-lambda builds them itself);
 #   3. drives `tenantai dev` with the official `openai` Python package (and, when
-#      llama.cpp's build is cached, llama-server as an upstream provider behind it);
+#      llama.cpp's build is cached, llama-server as an upstream provider behind it),
+#      and its console in headless Chromium (Debian's, with Selenium);
 #   4. checks the CDK app in infra/ offline: npm ci + jest, cdk synth for dev and
 #      prod (cdk-nag), cfn-lint and checkov on the templates, hadolint on the worker's
 #      Dockerfile and its steps run outside a container (scripts/lib/infra.sh).
@@ -45,6 +46,7 @@ PATH="$LAMBDA_VENV/bin:$PATH" TENANTAI_LAMBDA_E2E=1 "$lambda_test" --nocapture
 echo "==> phase 3: tenantai dev with the openai SDK"
 disk_report
 py_install
+browser_install
 cargo build -p tenantai-cli
 # llama.cpp's server as an upstream provider, when its cached build is here (a cold
 # build takes over half an hour on two cores: scripts/lib/llama.sh llama_build).

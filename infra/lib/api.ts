@@ -16,6 +16,7 @@ export const TENANT_ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/models': ['GET'],
   '/v1/models/{id}': ['GET'],
   '/v1/usage': ['GET'],
+  '/v1/usage/chart': ['GET'],
   '/v1/files': ['GET', 'POST'],
   '/v1/files/{id}': ['GET', 'DELETE'],
   '/v1/files/{id}/content': ['GET'],

@@ -7,6 +7,7 @@ PY_VENV="$TOOLS_DIR/py-venv"
 CARGO_LAMBDA_VERSION="1.9.2"
 OPENAI_VERSION="2.54.0"
 PYTEST_VERSION="8.4.2"
+SELENIUM_VERSION="4.51.0"
 
 # cargo-lambda alone (--no-deps: no zig, which only cross builds need).
 lambda_install() {
@@ -21,14 +22,35 @@ lambda_install() {
 }
 
 py_install() {
-    if [ -x "$PY_VENV/bin/python" ] && [ -f "$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION" ]; then
+    local stamp="$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION-$SELENIUM_VERSION"
+    if [ -x "$PY_VENV/bin/python" ] && [ -f "$stamp" ]; then
         return 0
     fi
-    echo "==> installing openai==$OPENAI_VERSION and pytest==$PYTEST_VERSION into $PY_VENV"
+    echo "==> installing openai==$OPENAI_VERSION, pytest==$PYTEST_VERSION and selenium==$SELENIUM_VERSION into $PY_VENV"
     rm -rf "$PY_VENV"
     python3 -m venv "$PY_VENV"
-    timeout 600 "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" "pytest==$PYTEST_VERSION"
-    touch "$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION"
+    timeout 600 "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" \
+        "pytest==$PYTEST_VERSION" "selenium==$SELENIUM_VERSION"
+    touch "$stamp"
+}
+
+# Headless Chromium and its driver from Debian, for the console's browser test
+# (tests/openai/test_console.py); skipped when both are installed.
+browser_install() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        return 0
+    fi
+    echo "==> installing chromium and chromium-driver (Debian)"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+    local install=(timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+        --no-install-recommends chromium chromium-driver)
+    # A clean machine may have no package lists yet: read them once and retry.
+    if ! "${install[@]}" >/dev/null; then
+        timeout 600 $sudo apt-get update -q >/dev/null
+        "${install[@]}" >/dev/null
+    fi
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null
 }
 
 # Free disk where the build lives, printed at each phase (a full disk fails a late phase).

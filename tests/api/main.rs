@@ -8,6 +8,7 @@ mod auth;
 mod batches;
 mod breaker;
 mod chat;
+mod console;
 mod embeddings;
 mod events;
 mod harness;

@@ -285,6 +285,7 @@ async fn an_export_holds_everything_about_the_tenant_and_no_secrets() {
     };
     assert_eq!(count("tenant"), 1);
     assert_eq!(count("api_keys"), 2);
+    assert_eq!(count("key_use"), 1, "the live key was used");
     assert!(count("usage") >= 2, "a day aggregate and a month total");
     assert!(count("alerts") >= 1);
     assert!(count("audit") >= 5);

@@ -2,8 +2,9 @@
 //! handlers directly and for those that invoke the functions through cargo-lambda.
 
 /// api events that need no backend, and their status.
-pub const API: [(&str, u16); 8] = [
+pub const API: [(&str, u16); 9] = [
     ("api/models.json", 200),
+    ("api/usage-chart.json", 200),
     ("api/model.json", 200),
     ("api/unauthenticated.json", 401),
     ("api/embeddings-malformed.json", 400),
@@ -14,7 +15,7 @@ pub const API: [(&str, u16); 8] = [
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.
-pub const ADMIN: [(&str, u16); 19] = [
+pub const ADMIN: [(&str, u16); 23] = [
     ("admin/create-tenant.json", 201),
     ("admin/list-tenants.json", 200),
     ("admin/get-tenant.json", 200),
@@ -22,6 +23,10 @@ pub const ADMIN: [(&str, u16); 19] = [
     ("admin/rest-iam-update-tenant.json", 200),
     ("admin/create-key.json", 201),
     ("admin/list-keys.json", 200),
+    ("admin/tenant-usage-chart.json", 200),
+    ("admin/tenant-batches.json", 200),
+    ("admin/tenant-alerts.json", 200),
+    ("admin/console.json", 200),
     ("admin/register-model.json", 201),
     ("admin/list-models.json", 200),
     ("admin/promote-model.json", 200),

@@ -417,6 +417,68 @@ fn claim_key(a: &Alert) -> Key {
     )
 }
 
+/// One alert as its claim records it: what the admin API lists.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SentAlert {
+    /// As in the `tenantai-alert-id` header: `<tenant>:<month>:<threshold>:<kind>`.
+    pub alert_id: String,
+    pub month: String,
+    pub threshold_percent: u16,
+    pub kind: String,
+    /// `sent`, or `sending` (claimed; its delivery is under way or its run died).
+    pub status: String,
+    /// Month-to-date spend when it was claimed.
+    pub spend_micros: u64,
+    pub claimed_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+/// A tenant's alerts, newest month first, a page at a time.
+pub async fn list_sent(
+    table: &dyn Table,
+    tenant_id: &str,
+    limit: usize,
+    cursor: Option<String>,
+) -> ApiResult<crate::store::Page<SentAlert>> {
+    let page = table
+        .query(
+            &Query::new(claims_pk(tenant_id))
+                .backward()
+                .limit(limit)
+                .after(cursor),
+        )
+        .await?;
+    let items = page
+        .items
+        .into_iter()
+        .filter_map(|item| {
+            let mut parts = item.key.sk.splitn(3, '#');
+            let (month, threshold, kind) = (parts.next()?, parts.next()?, parts.next()?);
+            let threshold_percent = threshold.parse::<u16>().ok()?;
+            let text = |a: &str| {
+                item.attrs
+                    .get(a)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+            };
+            Some(SentAlert {
+                alert_id: format!("{tenant_id}:{month}:{threshold_percent}:{kind}"),
+                month: month.to_string(),
+                threshold_percent,
+                kind: kind.to_string(),
+                status: text("status").to_string(),
+                spend_micros: crate::billing::amounts::from_counter(item.number("spend_micros")),
+                claimed_at: item.number("claimed_at"),
+                sent_at: item.attrs.get("sent_at").and_then(|v| v.as_i64()),
+            })
+        })
+        .collect();
+    Ok(crate::store::Page {
+        items,
+        next: page.next,
+    })
+}
+
 enum Claimed {
     /// Ours to deliver, at this item version.
     Ours(u64),

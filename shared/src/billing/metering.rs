@@ -299,9 +299,24 @@ impl Meter {
             ])
             .await
         {
-            Ok(()) => Ok(Folded::Added),
+            Ok(()) => {
+                self.note_key_use(e).await;
+                Ok(Folded::Added)
+            }
             Err(StoreError::TransactionCancelled { index: 0 }) => Ok(Folded::Duplicate),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Records when the event's key was last used (what key listings show).
+    /// Best effort, after the fold: the counts are already exact, and the
+    /// key's next call records it again.
+    async fn note_key_use(&self, e: &UsageEvent) {
+        let at = e.at_ms.div_euclid(1000);
+        if let Err(err) =
+            crate::tenancy::keys::record_use(self.table.as_ref(), &e.tenant_id, &e.key_id, at).await
+        {
+            tracing::warn!(event_id = %e.event_id, key_id = %e.key_id, error = %err, "key's last use not recorded");
         }
     }
 

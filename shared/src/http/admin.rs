@@ -1,5 +1,6 @@
 //! The admin API under `/admin/v1`: tenants, keys, models, overrides; the audit
-//! trail, export and erasure routes are in [`super::ops`].
+//! trail, export and erasure routes are in [`super::ops`], the console's reads
+//! (a tenant's charts, batches, alerts) and the console page in [`super::console`].
 //! Every call needs an admin bearer token; every change writes an audit record.
 
 use std::sync::Arc;
@@ -61,10 +62,13 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/models/{model}/versions/{version}/promote", post(promote))
         .route("/models/{model}/rollback", post(rollback))
-        .merge(super::ops::routes());
+        .merge(super::ops::routes())
+        .merge(super::console::admin_routes());
     Router::new()
         .nest("/admin/v1", v1)
         .layer(middleware::from_fn_with_state(app.clone(), admin_auth))
+        // The console's own files hold no data: served without credentials.
+        .merge(super::console::routes())
         .with_state(app)
 }
 
@@ -263,9 +267,21 @@ async fn list_keys(
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Value>> {
     app.tenants.get(&id).await?;
-    Ok(Json(list_body(
-        app.keys.list(&id, p.after.clone(), p.limit()?).await?,
-    )))
+    let page = app.keys.list(&id, p.after.clone(), p.limit()?).await?;
+    let used = app.keys.last_used(&id).await?;
+    let items = page
+        .items
+        .iter()
+        .map(|k| {
+            let mut v = value(k);
+            v["last_used_at"] = used.get(&k.key_id).copied().into();
+            v
+        })
+        .collect();
+    Ok(Json(list_body(Page {
+        items,
+        next: page.next,
+    })))
 }
 
 async fn revoke_key(

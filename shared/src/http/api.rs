@@ -1,6 +1,6 @@
 //! The tenant-facing, OpenAI-compatible API: `/v1/embeddings`,
-//! `/v1/chat/completions` (in `chat`), `/v1/models`, `/v1/usage`, `/v1/files`
-//! (in `files`) and `/v1/batches` (in `batches`).
+//! `/v1/chat/completions` (in `chat`), `/v1/models`, `/v1/usage` (its chart
+//! in `console`), `/v1/files` (in `files`) and `/v1/batches` (in `batches`).
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/v1/usage", get(super::usage::own_usage))
+        .route("/v1/usage/chart", get(super::console::views::own_chart))
         .route(
             "/v1/files",
             post(super::files::upload)

@@ -1,6 +1,7 @@
 //! `/v1/batches`: create (with `Idempotency-Key`), retrieve, list (newest
 //! first, `after` and `limit`), cancel. Key scope `batches`, plus the scope
-//! of the endpoint the batch runs.
+//! of the endpoint the batch runs; retrieving and listing (progress and
+//! counts, read only) also answer a key with the `usage` scope (the console's).
 
 use std::sync::Arc;
 
@@ -44,12 +45,21 @@ pub async fn create(
     Ok(Json(b.object(&n)))
 }
 
+/// Reading batches needs `batches`, or `usage` (a reporting key sees progress).
+fn may_read(ctx: &TenantContext) -> ApiResult<()> {
+    if ctx.scopes.iter().any(|s| s == "usage") {
+        Ok(())
+    } else {
+        ctx.require("batches")
+    }
+}
+
 pub async fn get(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    ctx.require("batches")?;
+    may_read(&ctx)?;
     let (b, n) = batches::get(app.storage.table.as_ref(), &ctx.tenant_id, &id).await?;
     Ok(Json(b.object(&n)))
 }
@@ -59,7 +69,7 @@ pub async fn list(
     Extension(ctx): Extension<TenantContext>,
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Value>> {
-    ctx.require("batches")?;
+    may_read(&ctx)?;
     let after = p.after.as_deref().filter(|a| !a.is_empty());
     if after.is_some_and(|a| a.len() > 128) {
         return Err(ApiError::invalid_param("after", "after names a batch id"));

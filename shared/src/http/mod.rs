@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod batches;
 pub mod chat;
+pub mod console;
 pub mod files;
 pub mod ops;
 pub mod usage;

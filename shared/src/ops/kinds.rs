@@ -149,6 +149,14 @@ pub static KINDS: &[Kind] = &[
         redact: no_hash,
     },
     Kind {
+        name: "key_use",
+        description: "when each API key was last used (from its metered calls)",
+        exported: true,
+        erase: Erase::Delete,
+        places: |r| vec![partition(format!("TENANT#{}", r.tenant_id), crate::tenancy::keys::KEY_USE_PREFIX)],
+        redact: keep,
+    },
+    Kind {
         name: "key_lookups",
         description: "each key's lookup item, stored under the key's hash",
         exported: false,

@@ -3,7 +3,9 @@
 //!
 //! A key lives twice in the table, written in one transaction: under its hash
 //! (`KEY#<sha256>`, the lookup on every request) and under its tenant
-//! (`TENANT#<id>`, `KEY#<key id>`, for listing and revocation).
+//! (`TENANT#<id>`, `KEY#<key id>`, for listing and revocation). When a key was
+//! last used is an item of its own beside them (`KEYUSE#<key id>`), written by
+//! metering as it folds the key's usage events, never on the request path.
 
 use std::sync::Arc;
 
@@ -117,6 +119,41 @@ fn tenant_key(tenant_id: &str, key_id: &str) -> Key {
     Key::new(format!("TENANT#{tenant_id}"), format!("KEY#{key_id}"))
 }
 
+/// Sort-key prefix of the keys' last-use items (under `TENANT#<id>`).
+pub const KEY_USE_PREFIX: &str = "KEYUSE#";
+
+fn use_key(tenant_id: &str, key_id: &str) -> Key {
+    Key::new(
+        format!("TENANT#{tenant_id}"),
+        format!("{KEY_USE_PREFIX}{key_id}"),
+    )
+}
+
+/// Records that a key was used at `at_secs` (Unix seconds), unless a later use
+/// is already recorded: uses folded out of order never move it back. Only API
+/// keys (`key_...`) are recorded; JWT callers have no key to list.
+pub async fn record_use(
+    table: &dyn Table,
+    tenant_id: &str,
+    key_id: &str,
+    at_secs: i64,
+) -> Result<(), StoreError> {
+    if !key_id.starts_with("key_") {
+        return Ok(());
+    }
+    let update = Update::new(use_key(tenant_id, key_id))
+        .set("key_id", key_id.into())
+        .set("last_used_at", at_secs.into())
+        .when(Cond::AtMost {
+            attr: "last_used_at".into(),
+            max: at_secs,
+        });
+    match table.update(&update).await {
+        Ok(_) | Err(StoreError::ConditionFailed) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Clone)]
 pub struct Keys {
     table: Arc<dyn Table>,
@@ -223,6 +260,36 @@ impl Keys {
             )
             .await?;
         page_of(page)
+    }
+
+    /// When each of the tenant's keys was last used (Unix seconds), by key id;
+    /// a key never used is absent.
+    pub async fn last_used(
+        &self,
+        tenant_id: &str,
+    ) -> ApiResult<std::collections::BTreeMap<String, i64>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .table
+                .query(
+                    &Query::new(format!("TENANT#{tenant_id}"))
+                        .prefix(KEY_USE_PREFIX)
+                        .limit(1000)
+                        .after(cursor),
+                )
+                .await?;
+            for item in page.items {
+                if let Some(id) = item.key.sk.strip_prefix(KEY_USE_PREFIX) {
+                    out.insert(id.to_string(), item.number("last_used_at"));
+                }
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     /// Revokes a key of this tenant; returns (before, after). Another tenant's

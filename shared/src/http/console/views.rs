@@ -1,0 +1,138 @@
+//! The reads the console shows, as API routes: a tenant's usage charts (SVG)
+//! for the tenant itself (`GET /v1/usage/chart`, scope `usage`) and for
+//! admins (`GET /admin/v1/tenants/{id}/usage/chart`), and, for admins, a
+//! tenant's batches and the cost alerts sent to it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::chart::{self, Metric};
+use super::svg;
+use crate::app::App;
+use crate::billing::metering::format_day;
+use crate::error::{ApiError, ApiResult};
+use crate::http::usage::{UsageParams, UsageQuery};
+use crate::http::{list_body, PageParams};
+use crate::tenancy::auth::TenantContext;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChartParams {
+    pub metric: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+}
+
+/// The chart of one tenant's usage as an SVG answer.
+async fn chart_of(app: &App, tenant_id: &str, p: &ChartParams) -> ApiResult<Response> {
+    let metric = Metric::parse(p.metric.as_deref())?;
+    let range = UsageParams {
+        from: p.from.clone(),
+        to: p.to.clone(),
+        ..Default::default()
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    let q = UsageQuery::parse(&range, today, false, "day")?;
+    let aggregates = app.meter.aggregates(tenant_id, q.from, q.to).await?;
+    let kinds: BTreeMap<String, _> = app
+        .registry
+        .all()
+        .await?
+        .iter()
+        .map(|v| (v.model.clone(), v.kind))
+        .collect();
+    let c = chart::build(&aggregates, &kinds, q.from, q.to, metric);
+    let what = match metric {
+        Metric::Requests => "Requests",
+        Metric::Tokens => "Tokens",
+        Metric::Cost => "Cost",
+    };
+    let title = format!(
+        "{what} by day and model, {} to {}",
+        format_day(q.from),
+        format_day(q.to)
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+        ],
+        svg::render(&c, &title),
+    )
+        .into_response())
+}
+
+/// `GET /v1/usage/chart?metric=requests|tokens|cost&from&to`: the calling
+/// tenant's usage by day and model (scope `usage`).
+pub async fn own_chart(
+    State(app): State<Arc<App>>,
+    Extension(ctx): Extension<TenantContext>,
+    p: Result<Query<ChartParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    ctx.require("usage")?;
+    let p = query(p)?;
+    chart_of(&app, &ctx.tenant_id, &p).await
+}
+
+/// `GET /admin/v1/tenants/{id}/usage/chart`.
+pub async fn tenant_chart(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    p: Result<Query<ChartParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let p = query(p)?;
+    app.tenants.get(&id).await?;
+    chart_of(&app, &id, &p).await
+}
+
+/// `GET /admin/v1/tenants/{id}/batches`: the tenant's batches, newest first,
+/// as `/v1/batches` lists them (`after`, `limit`).
+pub async fn tenant_batches(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    p: Result<Query<PageParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = query(p)?;
+    app.tenants.get(&id).await?;
+    let after = p.after.as_deref().filter(|a| !a.is_empty());
+    if after.is_some_and(|a| a.len() > 128) {
+        return Err(ApiError::invalid_param("after", "after names a batch id"));
+    }
+    let (page, more) =
+        crate::batch::batches::list(app.storage.table.as_ref(), &id, p.limit()?, after).await?;
+    let data = page.iter().map(|(b, n)| b.object(n)).collect();
+    Ok(Json(crate::http::files::page(data, more)))
+}
+
+/// `GET /admin/v1/tenants/{id}/alerts`: the cost alerts claimed for the
+/// tenant (sent, or being sent), newest month first (`after`, `limit`).
+pub async fn tenant_alerts(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    p: Result<Query<PageParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = query(p)?;
+    app.tenants.get(&id).await?;
+    let page = crate::billing::alerts::list_sent(
+        app.storage.table.as_ref(),
+        &id,
+        p.limit()?,
+        p.after.clone(),
+    )
+    .await?;
+    Ok(Json(list_body(page)))
+}
