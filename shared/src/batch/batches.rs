@@ -87,7 +87,6 @@ pub struct BatchRecord {
     pub reserved_micros: u64,
     /// Tokens (their bound) counted against the tenant's batch queue.
     pub queued_tokens: u64,
-    pub discount_percent: u8,
     pub output_expires_after: Option<i64>,
     #[serde(skip)]
     pub version: u64,

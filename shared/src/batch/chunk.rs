@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 
 use super::batches::{self, BatchRecord, Status};
 use super::lines::{parse_line, Bound, Scanner};
@@ -162,28 +161,19 @@ async fn read_lines(
         .files()?
         .range(&b.tenant_id, &b.input_file_id, job.start..job.end)
         .await?;
-    let mut scanner = Scanner::starting_at(job.start, job.first_line);
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut take = |l: super::lines::RawLine<'_>| -> Result<(), super::lines::LineError> {
+    let take = |l: super::lines::RawLine<'_>| -> Result<(), super::lines::LineError> {
         let line = parse_line(&l, b.endpoint.as_str())?;
         out.push((line.custom_id, line.body.to_string()));
         Ok(())
     };
-    let bad = |e: super::lines::LineError| {
-        ApiError::Internal(format!("a validated line no longer parses: {}", e.message))
-    };
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|e| ApiError::Internal(format!("input file: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        scanner.feed(&buf[..n], &mut take).map_err(bad)?;
-    }
-    scanner.finish(&mut take).map_err(bad)?;
+    Scanner::starting_at(job.start, job.first_line)
+        .read_all(&mut reader, take)
+        .await
+        .map_err(|e| ApiError::Internal(format!("input file: {e}")))?
+        .map_err(|e| {
+            ApiError::Internal(format!("a validated line no longer parses: {}", e.message))
+        })?;
     Ok(out)
 }
 

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::batches::{
-    discount_of, estimate, fail, get_record, give_back_ops, pk, put_record, queued_key, routes,
-    BatchRecord, Status, COMPLETION_WINDOW, DEFAULT_DISCOUNT_PERCENT, WINDOW_SECS,
+    estimate, fail, get_record, give_back_ops, pk, put_record, queued_key, routes, BatchRecord,
+    Status, COMPLETION_WINDOW, WINDOW_SECS,
 };
 use super::files::FileRecord;
 use super::lines::LineError;
@@ -88,23 +88,7 @@ pub async fn create(
     idempotency_key: Option<&str>,
 ) -> ApiResult<BatchRecord> {
     let endpoint = req.check()?;
-    let file = app.files()?.get(&tenant.id, &req.input_file_id).await?;
-    if file.purpose != "batch" {
-        return Err(ApiError::invalid_param(
-            "input_file_id",
-            format!(
-                "File {} has purpose '{}'; a batch reads files uploaded with purpose 'batch'.",
-                file.id, file.purpose
-            ),
-        ));
-    }
-    let stats = file.stats.clone().unwrap_or_default();
-    if stats.lines == 0 {
-        return Err(ApiError::invalid_param(
-            "input_file_id",
-            format!("File {} holds no requests.", file.id),
-        ));
-    }
+    let file = input_file(app, &tenant.id, req).await?;
     let id = new_id("batch_");
     if let Some(k) = idempotency_key {
         if let Some(earlier) =
@@ -113,31 +97,7 @@ pub async fn create(
             return get_record(app.storage.table.as_ref(), &tenant.id, &earlier).await;
         }
     }
-    let now = now_secs();
-    let mut b = BatchRecord {
-        id,
-        tenant_id: tenant.id.clone(),
-        key_id: key_id.to_string(),
-        endpoint,
-        input_file_id: file.id.clone(),
-        status: Status::Validating,
-        created_at: now,
-        expires_at: now + WINDOW_SECS,
-        times: BTreeMap::new(),
-        errors: Vec::new(),
-        output_file_id: None,
-        error_file_id: None,
-        metadata: req.metadata.clone(),
-        model: stats.model.clone(),
-        total: stats.lines,
-        chunks: 0,
-        reservation_month: None,
-        reserved_micros: 0,
-        queued_tokens: 0,
-        discount_percent: DEFAULT_DISCOUNT_PERCENT,
-        output_expires_after: req.output_expires_after.as_ref().map(|e| e.seconds),
-        version: 0,
-    };
+    let mut b = new_record(id, &tenant.id, key_id, endpoint, &file, req);
     gate(app, (tenant, tier), &mut b, &file).await?;
     if let Err(e) = put_record(app.storage.table.as_ref(), &b, &Cond::Absent).await {
         release(app.storage.table.as_ref(), &b).await;
@@ -163,6 +123,63 @@ pub async fn create(
     Ok(b)
 }
 
+/// The batch's input: the tenant's file, uploaded for batches, holding requests.
+async fn input_file(app: &App, tenant_id: &str, req: &CreateBatch) -> ApiResult<FileRecord> {
+    let file = app.files()?.get(tenant_id, &req.input_file_id).await?;
+    if file.purpose != "batch" {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            format!(
+                "File {} has purpose '{}'; a batch reads files uploaded with purpose 'batch'.",
+                file.id, file.purpose
+            ),
+        ));
+    }
+    if file.stats.as_ref().is_none_or(|s| s.lines == 0) {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            format!("File {} holds no requests.", file.id),
+        ));
+    }
+    Ok(file)
+}
+
+/// A new batch of `file`, `validating`, holding nothing yet.
+fn new_record(
+    id: String,
+    tenant_id: &str,
+    key_id: &str,
+    endpoint: BatchEndpoint,
+    file: &FileRecord,
+    req: &CreateBatch,
+) -> BatchRecord {
+    let now = now_secs();
+    let stats = file.stats.clone().unwrap_or_default();
+    BatchRecord {
+        id,
+        tenant_id: tenant_id.to_string(),
+        key_id: key_id.to_string(),
+        endpoint,
+        input_file_id: file.id.clone(),
+        status: Status::Validating,
+        created_at: now,
+        expires_at: now + WINDOW_SECS,
+        times: BTreeMap::new(),
+        errors: Vec::new(),
+        output_file_id: None,
+        error_file_id: None,
+        metadata: req.metadata.clone(),
+        model: stats.model,
+        total: stats.lines,
+        chunks: 0,
+        reservation_month: None,
+        reserved_micros: 0,
+        queued_tokens: 0,
+        output_expires_after: req.output_expires_after.as_ref().map(|e| e.seconds),
+        version: 0,
+    }
+}
+
 /// The money gates: the tier's batch queue, then the hard cap's reservation.
 async fn gate(
     app: &App,
@@ -174,9 +191,6 @@ async fn gate(
     // An unknown model costs nothing here: its lines fail as the sync API would.
     let routes = routes(app, tenant, b).await.unwrap_or_default();
     let (cost, tokens) = estimate(&routes, &bound).map_err(crate::gateway::pipeline::money)?;
-    if let Some(r) = routes.first() {
-        b.discount_percent = discount_of(&r.version);
-    }
     let limit = amounts::saturating_counter(tier.batch.max_enqueued_tokens);
     let tokens_i = amounts::saturating_counter(tokens);
     let queued = app

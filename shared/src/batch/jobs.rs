@@ -102,18 +102,7 @@ impl WorkerConfig {
 
 /// The jobs queue and its dead-letter queue.
 pub fn queues(storage: &Storage) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
-    let spec = storage
-        .resources()
-        .queues
-        .iter()
-        .find(|q| q.name.ends_with(JOBS_SUFFIX))
-        .ok_or_else(|| {
-            StoreError::NotFound(format!("no '*{JOBS_SUFFIX}' queue in this deployment"))
-        })?;
-    let dlq = spec.dead_letter.as_ref().ok_or_else(|| {
-        StoreError::NotFound(format!("queue '{}' has no dead-letter queue", spec.name))
-    })?;
-    Ok((storage.queue(&spec.name)?, storage.queue(&dlq.queue)?))
+    storage.queue_pair(JOBS_SUFFIX)
 }
 
 fn body(job: &Job) -> ApiResult<String> {

@@ -87,6 +87,30 @@ impl Scanner {
         self.emit(&mut each)
     }
 
+    /// Feeds everything `reader` yields, then ends the stream; stops at the
+    /// first line `each` (or the length limit) refuses. The outer error is a
+    /// failed read, the inner one a refused line.
+    pub async fn read_all<E>(
+        &mut self,
+        reader: &mut crate::store::BlobReader,
+        mut each: impl FnMut(RawLine<'_>) -> Result<(), E>,
+    ) -> std::io::Result<Result<(), E>>
+    where
+        E: From<LineTooLong>,
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(self.finish(&mut each));
+            }
+            if let Err(e) = self.feed(&buf[..n], &mut each) {
+                return Ok(Err(e));
+            }
+        }
+    }
+
     fn emit<E>(&mut self, each: &mut impl FnMut(RawLine<'_>) -> Result<(), E>) -> Result<(), E>
     where
         E: From<LineTooLong>,
@@ -214,7 +238,11 @@ fn line_bound(bytes: &[u8]) -> (Bound, Option<String>) {
             None,
         );
     };
-    let body = env.body.map(RawValue::get).unwrap_or("");
+    body_bound(env.body.map(RawValue::get).unwrap_or(""))
+}
+
+/// A request body's bound and the model it names.
+fn body_bound(body: &str) -> (Bound, Option<String>) {
     let head: BodyHead = serde_json::from_str(body).unwrap_or_default();
     let cap = as_cap(&head.max_completion_tokens).or(as_cap(&head.max_tokens));
     let bound = Bound {
@@ -278,33 +306,7 @@ pub fn parse_line<'a>(line: &RawLine<'a>, endpoint: &str) -> Result<InputLine<'a
             format!("This line is not parseable as valid JSON: {e}."),
         )
     })?;
-    let custom_id = match env.custom_id {
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_CUSTOM_ID => s,
-        Some(serde_json::Value::String(_)) => {
-            return Err(LineError::at(
-                n,
-                "invalid_custom_id",
-                Some("custom_id"),
-                format!("custom_id must hold 1 to {MAX_CUSTOM_ID} bytes."),
-            ))
-        }
-        Some(_) => {
-            return Err(LineError::at(
-                n,
-                "invalid_custom_id",
-                Some("custom_id"),
-                "custom_id must be a string.".into(),
-            ))
-        }
-        None => {
-            return Err(LineError::at(
-                n,
-                "missing_required_parameter",
-                Some("custom_id"),
-                "Missing required parameter: 'custom_id'.".into(),
-            ))
-        }
-    };
+    let custom_id = custom_id(n, env.custom_id)?;
     if env.method.as_deref() != Some("POST") {
         return Err(LineError::at(
             n,
@@ -313,25 +315,7 @@ pub fn parse_line<'a>(line: &RawLine<'a>, endpoint: &str) -> Result<InputLine<'a
             "method must be \"POST\".".into(),
         ));
     }
-    match env.url.as_deref() {
-        Some(u) if u == endpoint => {}
-        Some(u) => {
-            return Err(LineError::at(
-                n,
-                "mismatched_endpoint",
-                Some("url"),
-                format!("The line's url '{u}' does not match the batch's endpoint '{endpoint}'."),
-            ))
-        }
-        None => {
-            return Err(LineError::at(
-                n,
-                "missing_required_parameter",
-                Some("url"),
-                "Missing required parameter: 'url'.".into(),
-            ))
-        }
-    }
+    check_url(n, env.url.as_deref(), endpoint)?;
     let body = match env.body {
         Some(b) if b.get().trim_start().starts_with('{') => b.get(),
         _ => {
@@ -343,13 +327,51 @@ pub fn parse_line<'a>(line: &RawLine<'a>, endpoint: &str) -> Result<InputLine<'a
             ))
         }
     };
-    let (bound, model) = line_bound(line.bytes);
+    let (bound, model) = body_bound(body);
     Ok(InputLine {
         custom_id,
         body,
         model,
         bound,
     })
+}
+
+/// Line `n`'s `custom_id`: a string of 1 to [`MAX_CUSTOM_ID`] bytes.
+fn custom_id(n: u64, value: Option<serde_json::Value>) -> Result<String, LineError> {
+    let invalid =
+        |message: String| LineError::at(n, "invalid_custom_id", Some("custom_id"), message);
+    match value {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_CUSTOM_ID => Ok(s),
+        Some(serde_json::Value::String(_)) => Err(invalid(format!(
+            "custom_id must hold 1 to {MAX_CUSTOM_ID} bytes."
+        ))),
+        Some(_) => Err(invalid("custom_id must be a string.".into())),
+        None => Err(LineError::at(
+            n,
+            "missing_required_parameter",
+            Some("custom_id"),
+            "Missing required parameter: 'custom_id'.".into(),
+        )),
+    }
+}
+
+/// Line `n`'s `url`: the batch's endpoint.
+fn check_url(n: u64, url: Option<&str>, endpoint: &str) -> Result<(), LineError> {
+    match url {
+        Some(u) if u == endpoint => Ok(()),
+        Some(u) => Err(LineError::at(
+            n,
+            "mismatched_endpoint",
+            Some("url"),
+            format!("The line's url '{u}' does not match the batch's endpoint '{endpoint}'."),
+        )),
+        None => Err(LineError::at(
+            n,
+            "missing_required_parameter",
+            Some("url"),
+            "Missing required parameter: 'url'.".into(),
+        )),
+    }
 }
 
 /// A batch's validation, line by line: every line's envelope, unique

@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
-
 use super::batches::{self, BatchRecord, Status};
 use super::chunk::ChunkJob;
 use super::jobs::{self, WorkerConfig};
@@ -69,30 +67,17 @@ async fn scan(
         chunks: Vec::new(),
         open: None,
     };
-    let mut scanner = Scanner::starting_at(0, 1);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut each = |l: RawLine<'_>| -> Result<(), LineError> {
+    let each = |l: RawLine<'_>| -> Result<(), LineError> {
         if let Some(bound) = v.check(&l) {
             planner.take(&l, bound);
         }
         Ok(())
     };
-    let broke;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|e| ApiError::Internal(format!("input file: {e}")))?;
-        if n == 0 {
-            broke = scanner.finish(&mut each).err();
-            break;
-        }
-        if let Err(e) = scanner.feed(&buf[..n], &mut each) {
-            broke = Some(e);
-            break;
-        }
-    }
-    if let Some(e) = broke {
+    let scanned = Scanner::starting_at(0, 1)
+        .read_all(&mut reader, each)
+        .await
+        .map_err(|e| ApiError::Internal(format!("input file: {e}")))?;
+    if let Err(e) = scanned {
         v.fail(e);
     }
     if v.lines == 0 {

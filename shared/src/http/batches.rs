@@ -70,19 +70,20 @@ pub async fn list(
     Query(p): Query<PageParams>,
 ) -> ApiResult<Json<Value>> {
     may_read(&ctx)?;
+    Ok(Json(page(&app, &ctx.tenant_id, &p).await?))
+}
+
+/// A page of the tenant's batches, newest first, as `/v1/batches` lists them
+/// (the admin API lists a tenant's the same way).
+pub async fn page(app: &App, tenant_id: &str, p: &PageParams) -> ApiResult<Value> {
     let after = p.after.as_deref().filter(|a| !a.is_empty());
     if after.is_some_and(|a| a.len() > 128) {
         return Err(ApiError::invalid_param("after", "after names a batch id"));
     }
-    let (page, more) = batches::list(
-        app.storage.table.as_ref(),
-        &ctx.tenant_id,
-        p.limit()?,
-        after,
-    )
-    .await?;
+    let (page, more) =
+        batches::list(app.storage.table.as_ref(), tenant_id, p.limit()?, after).await?;
     let data = page.iter().map(|(b, n)| b.object(n)).collect();
-    Ok(Json(super::files::page(data, more)))
+    Ok(super::files::page(data, more))
 }
 
 pub async fn cancel(

@@ -114,13 +114,18 @@ impl Storage {
 
     /// The usage queue and its dead-letter queue.
     pub fn usage_queues(&self) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
+        self.queue_pair(USAGE_SUFFIX)
+    }
+
+    /// The queue whose name ends with `suffix`, and its dead-letter queue.
+    pub fn queue_pair(&self, suffix: &str) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
         let spec = self
             .resources
             .queues
             .iter()
-            .find(|q| q.name.ends_with(USAGE_SUFFIX))
+            .find(|q| q.name.ends_with(suffix))
             .ok_or_else(|| {
-                StoreError::NotFound(format!("no '*{USAGE_SUFFIX}' queue in this deployment"))
+                StoreError::NotFound(format!("no '*{suffix}' queue in this deployment"))
             })?;
         let dlq = spec.dead_letter.as_ref().ok_or_else(|| {
             StoreError::NotFound(format!("queue '{}' has no dead-letter queue", spec.name))

@@ -83,8 +83,13 @@ pub fn escape_terminal(s: &str) -> Cow<'_, str> {
 /// markup characters as entities, and [`forbidden`] characters as visible
 /// escapes, as on a terminal.
 pub fn escape_html(s: &str) -> String {
+    escape_markup(&escape_terminal(s))
+}
+
+/// Markup characters (`& < > " '`) as XML/HTML entities, nothing else changed.
+pub fn escape_markup(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
-    for c in escape_terminal(s).chars() {
+    for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),

@@ -20,18 +20,7 @@ const MAX_BAR: f64 = 48.0;
 
 /// Escapes text for an XML attribute or element.
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::tenancy::text::escape_markup(s)
 }
 
 /// `1234567` as `1,234,567`.

@@ -108,14 +108,7 @@ pub async fn tenant_batches(
 ) -> ApiResult<Json<Value>> {
     let p = query(p)?;
     app.tenants.get(&id).await?;
-    let after = p.after.as_deref().filter(|a| !a.is_empty());
-    if after.is_some_and(|a| a.len() > 128) {
-        return Err(ApiError::invalid_param("after", "after names a batch id"));
-    }
-    let (page, more) =
-        crate::batch::batches::list(app.storage.table.as_ref(), &id, p.limit()?, after).await?;
-    let data = page.iter().map(|(b, n)| b.object(n)).collect();
-    Ok(Json(crate::http::files::page(data, more)))
+    Ok(Json(crate::http::batches::page(&app, &id, &p).await?))
 }
 
 /// `GET /admin/v1/tenants/{id}/alerts`: the cost alerts claimed for the
