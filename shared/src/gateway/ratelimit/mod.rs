@@ -20,28 +20,34 @@
 //! admitted count can only fall short of the limit, never pass it. A refused
 //! request's ticket and tokens, and a settled estimate's surplus, go back to the
 //! lease rather than the table. Lowering a limit takes full effect at the next
-//! window (tickets already leased stay good for the current one).
+//! window (tickets already leased stay good for the current one). A burst of
+//! requests on an empty lease waits for one claim sized for all of them, and a
+//! busy lease is refilled in the background before it runs out (see [`lease`]).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use lease::Leases;
 
 use crate::billing::amounts::{from_counter, saturating_counter};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Key, StoreError, Table, Update};
 
+mod claims;
+mod lease;
+
 /// A shard takes at most this many requests per minute before another is added.
 const REQUESTS_PER_SHARD: u64 = 500;
 const MAX_SHARDS: u64 = 16;
 const WINDOW_SECS: i64 = 60;
+/// In a window's last this many milliseconds a busy lease also claims for the
+/// next window, so that window's first requests find tickets and tokens in memory.
+const AHEAD_MS: i64 = 5_000;
 /// The most tickets one claim takes into a host's lease.
 const MAX_CLAIM: u64 = 256;
 /// A claim takes at most this fraction (1/n) of what the window has left.
 const CLAIM_SHARE: u64 = 16;
 /// The most tokens one claim takes beyond what the request needs.
 const MAX_TOKEN_CLAIM: u64 = 1 << 20;
-/// Claims one token request makes before it is refused (a lease another
-/// request took from meanwhile is topped up).
-const TOKEN_CLAIM_ATTEMPTS: u32 = 4;
 
 /// Requests and tokens per minute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,74 +153,26 @@ pub struct RateLimiter {
     leases: Arc<Mutex<Leases>>,
 }
 
-/// What this host claimed in the current window and has not handed out yet.
-#[derive(Default)]
-struct Leases {
-    window: i64,
-    tickets: HashMap<Key, TicketLease>,
-    tokens: HashMap<Key, TokenLease>,
-}
-
-#[derive(Default)]
-struct TicketLease {
-    /// Unused ticket numbers, as inclusive ranges; the lowest is handed out first.
-    free: Vec<(u64, u64)>,
-    /// The size of the next claim.
-    next_claim: u64,
-    /// A claim found the shard's share used up: no more claims this window.
-    exhausted: bool,
-}
-
-#[derive(Default)]
-struct TokenLease {
-    spare: u64,
-    /// The counter's value after this host's last change to it.
-    seen: i64,
-    next_claim: u64,
-}
-
-impl Leases {
-    /// The leases of `window`; a new window drops the old one's. `None` for a
-    /// request from a window already over (its claims are made exactly).
-    fn at(&mut self, window: i64) -> Option<&mut Leases> {
-        if window > self.window {
-            *self = Leases {
-                window,
-                ..Leases::default()
-            };
-        }
-        (window == self.window).then_some(self)
-    }
-}
-
-impl TicketLease {
-    /// The lowest unused ticket within `share`; tickets over it are dropped.
-    fn take(&mut self, share: u64) -> Option<u64> {
-        self.free.retain(|&(first, _)| first <= share);
-        let (first, last) = self.free.first_mut()?;
-        let ticket = *first;
-        *last = (*last).min(share);
-        if ticket == *last {
-            self.free.remove(0);
-        } else {
-            *first += 1;
-        }
-        Some(ticket)
-    }
-
-    fn give(&mut self, first: u64, last: u64) {
-        if first <= last {
-            self.free.push((first, last));
-            self.free.sort_unstable();
-        }
-    }
-}
-
 fn shards(limits: &Limits) -> u64 {
     limits
         .requests_per_minute
         .div_ceil(REQUESTS_PER_SHARD)
         .clamp(1, MAX_SHARDS)
+}
+
+/// The counter of shard `i` of the scope's requests in `window`.
+fn shard_key(scope: &Scope, window: i64, i: u64) -> Key {
+    Key::new(format!("RL#{}", scope.id), format!("{window}#r{i}"))
+}
+
+/// The counter of the scope's tokens in `window`.
+fn token_key(scope: &Scope, window: i64) -> Key {
+    Key::new(format!("RL#{}", scope.id), format!("{window}#t"))
+}
+
+/// When a window's counters expire: two windows after theirs.
+fn expires(window: i64) -> i64 {
+    (window + 2) * WINDOW_SECS
 }
 
 /// Shard `i`'s share of `total` over `n` shards (the shares sum to `total`).
@@ -247,8 +205,9 @@ impl RateLimiter {
         let reset_ms = from_counter(((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1));
         let mut taken: Vec<Taken> = Vec::new();
         let mut standing: Option<Standing> = None;
+        let ahead = now_ms >= (window + 1) * 1000 * WINDOW_SECS - AHEAD_MS;
         for scope in scopes {
-            match self.take(scope, window, tokens, spread).await {
+            match self.take(scope, window, tokens, spread, ahead).await {
                 Ok((t, s)) => {
                     taken.push(t);
                     let s = Standing { reset_ms, ..s };
@@ -293,17 +252,18 @@ impl RateLimiter {
     }
 
     /// Takes a request ticket on the scope's shards (from a request-chosen start)
-    /// and the token estimate on its token counter; gives back what it took when refused.
+    /// and the token estimate on its token counter; gives back what it took when
+    /// refused. `ahead`: the window is ending (busy leases claim for the next).
     async fn take(
         &self,
         scope: &Scope,
         window: i64,
         tokens: u64,
         spread: u64,
+        ahead: bool,
     ) -> Result<(Taken, Standing), Refusal> {
         let limits = scope.limits;
         let n = shards(&limits);
-        let expires = (window + 2) * WINDOW_SECS;
         let mut slot = None;
         for step in 0..n {
             let i = (spread + step) % n;
@@ -311,8 +271,9 @@ impl RateLimiter {
             if share_i == 0 {
                 continue;
             }
-            let key = Key::new(format!("RL#{}", scope.id), format!("{window}#r{i}"));
-            if let Some(ticket) = self.ticket(&key, window, share_i, expires).await? {
+            let key = shard_key(scope, window, i);
+            let next = ahead.then(|| shard_key(scope, window + 1, i));
+            if let Some(ticket) = self.ticket(&key, next.as_ref(), window, share_i).await? {
                 slot = Some((key, share_i, ticket));
                 break;
             }
@@ -321,7 +282,8 @@ impl RateLimiter {
         let Some((request_key, share_i, ticket)) = slot else {
             return Err(Refusal::Requests(limits));
         };
-        let token_key = Key::new(format!("RL#{}", scope.id), format!("{window}#t"));
+        let next = ahead.then(|| token_key(scope, window + 1));
+        let token_key = token_key(scope, window);
         let taken = Taken {
             window,
             request_key,
@@ -332,10 +294,10 @@ impl RateLimiter {
         let remaining_tokens = match self
             .tokens(
                 &taken.token_key,
+                next.as_ref(),
                 window,
                 tokens,
                 limits.tokens_per_minute,
-                expires,
             )
             .await
         {
@@ -354,132 +316,6 @@ impl RateLimiter {
             reset_ms: 0,
         };
         Ok((taken, standing))
-    }
-
-    /// A ticket within `share` on the shard counter `key`: from this host's lease,
-    /// else from a new claim. `None` when the share is used up.
-    async fn ticket(
-        &self,
-        key: &Key,
-        window: i64,
-        share: u64,
-        expires: i64,
-    ) -> Result<Option<u64>, Refusal> {
-        let claim = {
-            let mut leases = self.leases();
-            match leases.at(window) {
-                Some(leases) => {
-                    let lease = leases.tickets.entry(key.clone()).or_default();
-                    if let Some(ticket) = lease.take(share) {
-                        return Ok(Some(ticket));
-                    }
-                    if lease.exhausted {
-                        return Ok(None);
-                    }
-                    lease.next_claim.max(1)
-                }
-                None => 1,
-            }
-        };
-        let total = from_counter(
-            self.add(key, "n", saturating_counter(claim), expires)
-                .await?,
-        );
-        let first = total.saturating_sub(claim) + 1;
-        let mut leases = self.leases();
-        let lease = leases
-            .at(window)
-            .map(|l| l.tickets.entry(key.clone()).or_default());
-        if first > share {
-            if let Some(lease) = lease {
-                lease.exhausted = true;
-                // A ticket another request of this host gave back may still be free.
-                return Ok(lease.take(share));
-            }
-            return Ok(None);
-        }
-        let last = total.min(share);
-        if let Some(lease) = lease {
-            lease.give(first + 1, last);
-            let left = share - last;
-            lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).clamp(1, MAX_CLAIM);
-        }
-        Ok(Some(first))
-    }
-
-    /// Takes `tokens` from the scope's token counter `key` (from this host's lease
-    /// where it has enough); `None` when the limit has no room for them. Returns
-    /// the tokens the window has left.
-    async fn tokens(
-        &self,
-        key: &Key,
-        window: i64,
-        tokens: u64,
-        limit: u64,
-        expires: i64,
-    ) -> Result<Option<u64>, Refusal> {
-        let remaining =
-            |seen: i64, spare: u64| limit.saturating_sub(from_counter(seen).saturating_sub(spare));
-        // Another request of this host may take from the lease while this one
-        // claims (a settlement's shortfall): a claim the limit had room for is
-        // then topped up rather than refused.
-        for attempt in 1..=TOKEN_CLAIM_ATTEMPTS {
-            let claim = {
-                let mut leases = self.leases();
-                match leases.at(window) {
-                    Some(leases) => {
-                        let lease = leases.tokens.entry(key.clone()).or_default();
-                        if lease.spare >= tokens {
-                            lease.spare -= tokens;
-                            return Ok(Some(remaining(lease.seen, lease.spare)));
-                        }
-                        (tokens - lease.spare).max(lease.next_claim)
-                    }
-                    None => tokens,
-                }
-            };
-            let claim_i = saturating_counter(claim);
-            let total = self.add(key, "n", claim_i, expires).await?;
-            let before = total.saturating_sub(claim_i);
-            let usable = from_counter(
-                saturating_counter(limit)
-                    .saturating_sub(before)
-                    .clamp(0, claim_i),
-            );
-            let mut seen = total;
-            if usable < claim {
-                // Give back what the limit has no room for, so other hosts may use it
-                // once requests settle below their estimates.
-                let over = saturating_counter(claim - usable);
-                seen = match self.add(key, "n", -over, expires).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not give back unused tokens");
-                        total
-                    }
-                };
-            }
-            let mut leases = self.leases();
-            let Some(lease) = leases
-                .at(window)
-                .map(|l| l.tokens.entry(key.clone()).or_default())
-            else {
-                // An old window's request: exactly its tokens, or nothing.
-                return Ok((usable == claim).then(|| remaining(seen, 0)));
-            };
-            lease.spare += usable;
-            lease.seen = lease.seen.max(seen);
-            let left = limit.saturating_sub(from_counter(seen));
-            lease.next_claim = (claim * 2).min(left / CLAIM_SHARE).min(MAX_TOKEN_CLAIM);
-            if lease.spare >= tokens {
-                lease.spare -= tokens;
-                return Ok(Some(remaining(lease.seen, lease.spare)));
-            }
-            if usable < claim || attempt == TOKEN_CLAIM_ATTEMPTS {
-                return Ok(None);
-            }
-        }
-        Ok(None)
     }
 
     async fn add(
@@ -622,23 +458,5 @@ mod tests {
         assert_eq!(reset_text(1000), "1s");
         assert_eq!(reset_text(1001), "2s");
         assert_eq!(reset_text(360_000), "6m0s");
-    }
-}
-
-#[cfg(test)]
-mod lease_tests {
-    use super::TicketLease;
-
-    #[test]
-    fn leases_hand_out_the_lowest_ticket_within_the_share() {
-        let mut lease = TicketLease::default();
-        lease.give(5, 8);
-        lease.give(2, 2);
-        assert_eq!(lease.take(100), Some(2));
-        assert_eq!(lease.take(100), Some(5));
-        // A lowered share drops the tickets over it.
-        assert_eq!(lease.take(6), Some(6));
-        assert_eq!(lease.take(6), None);
-        assert!(lease.free.is_empty());
     }
 }
