@@ -10,7 +10,6 @@
 //! percentiles of the peer: one atomic add on the same table per request under
 //! the same concurrency (what every request would pay without leases).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,48 +37,6 @@ fn run_time() -> Duration {
         Duration::from_secs(15)
     } else {
         Duration::from_millis(300)
-    }
-}
-
-/// The embedded table, counting writes.
-struct Counting {
-    inner: Arc<dyn Table>,
-    writes: AtomicU64,
-}
-
-#[async_trait]
-impl Table for Counting {
-    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, item: &Item, cond: &Cond) -> StoreResult<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.put(item, cond).await
-    }
-    async fn delete(&self, key: &Key, cond: &Cond) -> StoreResult<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.delete(key, cond).await
-    }
-    async fn update(
-        &self,
-        update: &Update,
-    ) -> StoreResult<std::collections::BTreeMap<String, i64>> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.update(update).await
-    }
-    async fn query(&self, query: &Query) -> StoreResult<Page<Item>> {
-        self.inner.query(query).await
-    }
-    async fn transact(&self, ops: &[TxOp]) -> StoreResult<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.transact(ops).await
-    }
-    async fn scan(&self, scan: &Scan) -> StoreResult<Page<Item>> {
-        self.inner.scan(scan).await
-    }
-    async fn write_batch(&self, writes: &[Write]) -> StoreResult<()> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.inner.write_batch(writes).await
     }
 }
 
@@ -141,10 +98,7 @@ async fn main() {
     let storage = Storage::embedded(dir.path(), &Resources::named("bench"))
         .await
         .expect("embedded storage");
-    let table = Arc::new(Counting {
-        inner: storage.table.clone(),
-        writes: AtomicU64::new(0),
-    });
+    let table = CountingTable::new(storage.table.clone());
     let limiter = RateLimiter::new(table.clone());
     let limits = Limits {
         requests_per_minute: 100_000,
@@ -166,7 +120,7 @@ async fn main() {
         }
     })
     .await;
-    let writes = table.writes.load(Ordering::Relaxed);
+    let writes = table.writes();
     let (p50, p99, max, n) = summary(own);
 
     let t = table.clone();

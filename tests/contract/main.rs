@@ -72,6 +72,8 @@ contract! {
     ratelimit::admitted_requests_never_exceed_the_limit,
     ratelimit::hosts_leasing_tickets_never_exceed_the_limit,
     ratelimit::token_limits_refuse_and_settle,
+    ratelimit::a_burst_on_an_empty_lease_costs_a_few_claims,
+    ratelimit::busy_leases_claim_ahead_for_the_next_window,
     metering::usage_folds_exactly_once,
     metering::batches_dead_letter_malformed_events_only,
     budget::hard_cap_holds_under_concurrent_reservations,

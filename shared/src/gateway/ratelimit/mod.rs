@@ -452,6 +452,53 @@ mod tests {
         }
     }
 
+    /// The claims a busy lease made ahead serve the next window's first request
+    /// from memory. (One thread: background claims run only when the test waits.)
+    #[tokio::test]
+    async fn the_next_windows_first_request_is_served_from_the_claims_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = crate::store::Resources::named("t");
+        let storage = crate::store::Storage::embedded(dir.path(), &res)
+            .await
+            .unwrap();
+        let table = crate::store::counting::CountingTable::new(storage.table.clone());
+        let limiter = RateLimiter::new(table.clone());
+        let limits = Limits {
+            requests_per_minute: 400,
+            tokens_per_minute: 1_000_000,
+        };
+        let scopes = [Scope::tenant("t", limits)];
+        let end = (crate::store::now_millis().div_euclid(60_000) + 1) * 60_000;
+        for _ in 0..64 {
+            limiter.admit(&scopes, 10, end - 2_000, 0).await.unwrap();
+        }
+        let ready = || {
+            let mut leases = limiter.leases();
+            let Some(next) = leases.next.as_mut() else {
+                return false;
+            };
+            let tickets = next
+                .tickets
+                .values()
+                .any(|l| l.count() > 0 && l.claim.is_idle());
+            let tokens = next
+                .tokens
+                .values()
+                .any(|l| l.spare > 0 && l.claim.is_idle());
+            tickets && tokens
+        };
+        for _ in 0..1000 {
+            if ready() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(ready(), "no claims ahead for the next window");
+        let before = table.writes();
+        limiter.admit(&scopes, 10, end + 10, 0).await.unwrap();
+        assert_eq!(table.writes(), before, "the request waited for a claim");
+    }
+
     #[test]
     fn reset_texts() {
         assert_eq!(reset_text(250), "250ms");
