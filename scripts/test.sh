@@ -6,7 +6,8 @@
 #      (after cargo has released its build lock: cargo-lambda builds them itself);
 #   3. drives `tenantai dev` with the official `openai` Python package (and, when
 #      llama.cpp's build is cached, llama-server as an upstream provider behind it),
-#      and its console in headless Chromium (Debian's, with Selenium);
+#      and its console in headless Chromium (Debian's, with Selenium), then
+#      schemathesis through both OpenAPI documents (scripts/lib/fuzz.sh);
 #   4. checks the CDK app in infra/ offline: npm ci + jest, cdk synth for dev and
 #      prod (cdk-nag), cfn-lint and checkov on the templates, hadolint on the worker's
 #      Dockerfile and its steps run outside a container (scripts/lib/infra.sh).
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib/infra.sh
 . scripts/lib/worker_image.sh
 . scripts/lib/llama.sh
+. scripts/lib/fuzz.sh
 
 scripts/fetch-model.sh
 moto_start
@@ -55,6 +57,8 @@ if [ -x "$LLAMA_SERVER" ] && [ -f "$LLAMA_CACHE/build/.ok" ]; then
 fi
 dev_start
 "$PY_VENV/bin/python" -m pytest -q tests/openai
+fuzz_install
+fuzz_run
 
 echo "==> phase 4: infra"
 disk_report
