@@ -15,6 +15,7 @@ mod hardcap;
 #[path = "../api/harness.rs"]
 mod harness;
 mod isolation;
+mod limits;
 mod malformed;
 mod money;
 mod net;

@@ -20,7 +20,10 @@ async fn server(h: &Harness) -> std::net::SocketAddr {
     serve(tenantai::http::host_with(
         tenantai::http::api::router(h.app.clone())
             .merge(tenantai::http::admin::router(h.app.clone())),
-        DEADLINE,
+        &tenantai::app::Config {
+            body_timeout: DEADLINE,
+            ..tenantai::app::Config::default()
+        },
     ))
     .await
 }

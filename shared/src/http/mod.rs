@@ -7,7 +7,9 @@ pub mod batches;
 pub mod chat;
 pub mod console;
 pub mod files;
+pub mod limits;
 pub mod ops;
+pub mod serve;
 pub mod usage;
 
 use std::future::Future;
@@ -137,6 +139,7 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 
 /// Parses a JSON body into `T`, every failure a 400 saying why.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    crate::limits::check_json_depth(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
@@ -164,20 +167,26 @@ pub fn list_body<T: serde::Serialize>(page: Page<T>) -> Value {
     json!({"object": "list", "data": page.items, "has_more": page.next.is_some(), "next": page.next})
 }
 
-/// Hosts routes with the default body deadline (see [`host_with`]).
+/// Hosts routes under the default configuration (see [`host_with`]).
 pub fn host(routes: axum::Router) -> axum::Router {
-    host_with(routes, DEFAULT_BODY_TIMEOUT)
+    host_with(routes, &crate::app::Config::default())
 }
 
 /// Hosts routes: `GET /health` answers without credentials, unknown URLs
-/// answer 404 in the OpenAI error shape, every request body must arrive within
-/// `body_timeout`, and every response carries `x-request-id`.
-pub fn host_with(routes: axum::Router, body_timeout: Duration) -> axum::Router {
+/// answer 404 in the OpenAI error shape, every request's head and body are
+/// held to `config`'s limits ([`limits`]), every request body must arrive
+/// within `config.body_timeout`, and every response carries `x-request-id`.
+pub fn host_with(routes: axum::Router, config: &crate::app::Config) -> axum::Router {
+    let body_timeout = config.body_timeout;
+    let request_limits = limits::RequestLimits::new(config);
     routes
         .route("/health", axum::routing::get(health))
         .fallback(no_route)
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| body_deadline(body_timeout, req, next),
+        ))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| limits::enforce(request_limits.clone(), req, next),
         ))
         .layer(axum::middleware::from_fn(request_id))
 }
