@@ -11,6 +11,7 @@
 
 mod auth;
 mod egress;
+mod forms;
 mod hardcap;
 #[path = "../api/harness.rs"]
 mod harness;
@@ -22,6 +23,7 @@ mod net;
 mod secrets;
 mod text;
 mod timeouts;
+mod tokens;
 #[path = "../common/webhook.rs"]
 mod webhook;
 #[path = "../api/worker.rs"]
