@@ -14,7 +14,7 @@ use gpu_worker::chat::gguf::GgufFile;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
-/// Cases run per property (`PROPTEST_CASES` overrides), failures kept in
+/// Cases run per property, failures kept in
 /// `tests/proptest-regressions/corrupt_models.txt`.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
