@@ -27,6 +27,8 @@ struct Target {
     h: Harness,
     a: Tenant,
     b: Tenant,
+    /// The key uploads are fuzzed with: a third tenant's, so A's files stay as listed.
+    uploader: String,
 }
 
 const FORM: &str = "fuzz-7d1";
@@ -61,7 +63,9 @@ fn target() -> &'static Target {
             let h = Harness::new().await;
             let a = tenant(&h, "A").await;
             let b = tenant(&h, "B").await;
-            Target { h, a, b }
+            let c = h.tenant("Uploader", "pro").await;
+            let (uploader, _) = h.key(&c, json!({})).await;
+            Target { h, a, b, uploader }
         })
     })
 }
@@ -257,7 +261,7 @@ proptest! {
     #[test]
     fn any_upload_form_is_stored_or_refused_cleanly((body, boundary) in any_form()) {
         let t = target();
-        let r = runtime().block_on(upload(&t.h, &t.a.key, body, &boundary));
+        let r = runtime().block_on(upload(&t.h, &t.uploader, body, &boundary));
         judge(&r, &format!("boundary {boundary:?}"))?;
     }
 

@@ -120,6 +120,22 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     false
 }
 
+/// The 408 or 413 a failed body read stands for, when it is either (the
+/// body's deadline passed, or its route's limit).
+pub(crate) fn body_refusal(err: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    if caused_by::<BodyTimedOut>(err) {
+        Some(ApiError::RequestTimeout(
+            "the request body did not arrive in time; send it whole and promptly".into(),
+        ))
+    } else if caused_by::<http_body_util::LengthLimitError>(err) {
+        Some(ApiError::PayloadTooLarge(
+            "the request body exceeds this route's limit".into(),
+        ))
+    } else {
+        None
+    }
+}
+
 /// Reads a body up to `limit` bytes (413 beyond; 408 past the host's deadline;
 /// 400 for a body the client broke off).
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
