@@ -281,7 +281,11 @@ proptest! {
     }
 
     #[test]
-    fn any_cursor_lists_only_the_callers_items(after in any_after(target()), limit in 1usize..4) {
+    fn any_cursor_lists_only_the_callers_items(
+        after in any_after(target()),
+        limit in prop_oneof![4 => (1usize..4).prop_map(|n| n.to_string()), 1 => "\\PC{0,6}"],
+    ) {
+        let limit = enc(&limit);
         let t = target();
         let a = &t.a;
         let files = format!("/v1/files?limit={limit}&after={}", enc(&after));

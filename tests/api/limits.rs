@@ -290,3 +290,22 @@ async fn request_heads_over_their_limit_are_a_431() {
         .await;
     assert!(r.status.is_success(), "{}", r.body);
 }
+
+#[tokio::test]
+async fn what_axum_refuses_itself_is_in_the_openai_shape() {
+    let h = Harness::new().await;
+    let t = h.tenant("Shapes", "pro").await;
+    let (key, _) = h.key(&t, json!({})).await;
+    // An unreadable query string, and a method the route does not take.
+    let r = h
+        .call(Method::GET, "/v1/files?limit=abc", Some(&key), None)
+        .await;
+    r.error(400);
+    let r = h
+        .call(Method::GET, "/v1/batches?limit=-1", Some(&key), None)
+        .await;
+    r.error(400);
+    let r = h.call(Method::DELETE, "/v1/models", Some(&key), None).await;
+    r.error(405);
+    assert!(r.headers.contains_key("allow"), "{:?}", r.headers);
+}

@@ -204,7 +204,40 @@ pub fn host_with(routes: axum::Router, config: &crate::app::Config) -> axum::Rou
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| limits::enforce(request_limits.clone(), req, next),
         ))
+        .layer(axum::middleware::from_fn(error_shape))
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// What axum answers itself (an unreadable query string or path, a method a
+/// route does not take) is plain text or empty: it gets the OpenAI error shape.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let kind = resp.headers().get(axum::http::header::CONTENT_TYPE);
+    let plain = kind.is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("Bad request")
+            .to_string();
+    }
+    let body = json!({"error": {"message": message, "type": "invalid_request_error",
+                                "param": null, "code": null}});
+    let mut shaped = (status, axum::Json(body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
 }
 
 /// The health route: the process is up and serving.
