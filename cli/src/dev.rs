@@ -38,7 +38,7 @@ Abuse limits (environment; default):
   TENANTAI_MAX_IN_FLIGHT        requests handled at once (256); beyond: 503 with Retry-After
   TENANTAI_RETRY_AFTER_SECS     the Retry-After of a shed request (1)
 Fixed: admin bodies 1 MiB, batch/key bodies 64 KiB, uploads the tier's max_file_bytes,
-JSON nesting 32 levels, strings per input (see the README's Limits table).";
+JSON nesting 32 levels, strings per input (see the README's Abuse limits table).";
 
 #[derive(Args)]
 pub struct DevArgs {
