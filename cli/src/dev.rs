@@ -25,6 +25,21 @@ pub const DEV_CHAT_MODEL: &str = "SmolLM2-135M-Instruct";
 /// $0.60 per million, the price class of small hosted models).
 const DEV_CHAT_PRICES_MICROS: (u64, u64) = (150, 600);
 
+/// The abuse limits and the variables that set them, for `tenantai dev --help`
+/// (defaults from `tenantai::limits::Limits` and `tenantai::app::Config`).
+pub const LIMITS_HELP: &str = "\
+Abuse limits (environment; default):
+  TENANTAI_MAX_BODY_BYTES       largest /v1/embeddings and /v1/chat/completions body (6291456); 413
+  TENANTAI_BODY_TIMEOUT_SECS    longest a request body may take to arrive (30); 408
+  TENANTAI_MAX_HEADERS          most header fields of a request (64); 431
+  TENANTAI_MAX_HEADER_BYTES     most bytes of a request head (16384); 431
+  TENANTAI_HEADER_TIMEOUT_SECS  longest a head may take, and a keep-alive connection may idle (10)
+  TENANTAI_MAX_CONNECTIONS      connections served at once (512); beyond: 503, /health 200
+  TENANTAI_MAX_IN_FLIGHT        requests handled at once (256); beyond: 503 with Retry-After
+  TENANTAI_RETRY_AFTER_SECS     the Retry-After of a shed request (1)
+Fixed: admin bodies 1 MiB, batch/key bodies 64 KiB, uploads the tier's max_file_bytes,
+JSON nesting 32 levels, strings per input (see the README's Abuse limits table).";
+
 #[derive(Args)]
 pub struct DevArgs {
     /// Where the embedded table, queues and blobs live.
@@ -112,7 +127,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (storage, Secrets::from_env(None, Some(&key_file)))
     };
     config.secrets = secrets.context("the key for secrets at rest")?;
-    let body_timeout = config.body_timeout;
     let app = App::new(storage, config)?;
 
     let worker_url = match &args.worker_url {
@@ -146,10 +160,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let batches = spawn_batch_worker(&app, args.workers, stopped)?;
     let router = tenantai::http::host_with(
         tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app.clone())),
-        body_timeout,
+        &app.config,
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown())
+    tenantai::http::serve::Server::new(router, &app.config.limits)
+        .run(listener, shutdown())
         .await?;
     // Events still buffered reach the (persistent) usage queue; the next start folds them.
     app.usage.flush().await;
@@ -329,5 +343,32 @@ fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
     ];
     for l in lines {
         println!("{l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_shows_the_default_limits() {
+        let d = tenantai::limits::Limits::default();
+        let c = Config::default();
+        for (name, value) in [
+            ("TENANTAI_MAX_BODY_BYTES", c.max_body_bytes as u64),
+            ("TENANTAI_BODY_TIMEOUT_SECS", c.body_timeout.as_secs()),
+            ("TENANTAI_MAX_HEADERS", d.max_headers as u64),
+            ("TENANTAI_MAX_HEADER_BYTES", d.max_header_bytes as u64),
+            ("TENANTAI_HEADER_TIMEOUT_SECS", d.header_timeout.as_secs()),
+            ("TENANTAI_MAX_CONNECTIONS", d.max_connections as u64),
+            ("TENANTAI_MAX_IN_FLIGHT", d.max_in_flight as u64),
+            ("TENANTAI_RETRY_AFTER_SECS", d.retry_after_secs),
+        ] {
+            let line = LIMITS_HELP.lines().find(|l| l.contains(name));
+            assert!(
+                line.is_some_and(|l| l.contains(&format!("({value})"))),
+                "{name} {value}: {line:?}"
+            );
+        }
     }
 }

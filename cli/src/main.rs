@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run api, admin, authorizer and an embeddings worker in one process.
+    #[command(after_help = dev::LIMITS_HELP)]
     Dev(dev::DevArgs),
     /// Create, list, inspect and change tenants.
     #[command(subcommand)]

@@ -43,6 +43,8 @@ pub struct Config {
     /// batch lines for them run there, whatever backend their version names
     /// (a batch worker running its own engine).
     pub local_workers: std::collections::BTreeMap<String, String>,
+    /// Header, connection and in-flight limits (see [`crate::limits`]).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             egress: crate::gateway::egress::EgressPolicy::default(),
             secrets: crate::tenancy::secrets::Secrets::none(),
             local_workers: Default::default(),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -95,6 +98,13 @@ impl Config {
                 "TENANTAI_BODY_TIMEOUT_SECS",
                 crate::http::DEFAULT_BODY_TIMEOUT.as_secs(),
             )?,
+            max_body_bytes: match std::env::var("TENANTAI_MAX_BODY_BYTES") {
+                Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    "TENANTAI_MAX_BODY_BYTES must be a positive number of bytes".to_string()
+                })?,
+                Err(_) => Config::default().max_body_bytes,
+            },
+            limits: crate::limits::Limits::from_env()?,
             egress: crate::gateway::egress::EgressPolicy::from_env(),
             breaker: crate::gateway::breaker::BreakerConfig {
                 failures_to_open: match std::env::var("TENANTAI_BREAKER_FAILURES") {

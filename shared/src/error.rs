@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 413: the body exceeds the size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 431: the request's header fields are too many or too large.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded(_) | ApiError::QueueFull(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -128,6 +132,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("invalid_request_error", Some("unsupported_media_type"))
             }
+            ApiError::HeadersTooLarge(_) => (
+                "invalid_request_error",
+                Some("request_header_fields_too_large"),
+            ),
             ApiError::RateLimited { .. } => ("rate_limit_exceeded", Some("rate_limit_exceeded")),
             ApiError::QuotaExceeded(_) => ("insufficient_quota", Some("insufficient_quota")),
             ApiError::Unavailable { .. } => ("server_error", Some("service_unavailable")),

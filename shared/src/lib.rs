@@ -12,6 +12,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod lambda;
+pub mod limits;
 pub mod ops;
 pub mod records;
 pub mod store;

@@ -39,6 +39,7 @@ fn routes(t: &Target) -> Vec<(Method, String, String)> {
     let admin = t.h.admin.clone();
     vec![
         (Method::POST, "/v1/embeddings".into(), t.key.clone()),
+        (Method::POST, "/v1/chat/completions".into(), t.key.clone()),
         (Method::POST, "/v1/batches".into(), t.key.clone()),
         (Method::POST, "/v1/files".into(), t.key.clone()),
         (Method::POST, "/admin/v1/tenants".into(), admin.clone()),

@@ -14,6 +14,7 @@ mod events;
 mod harness;
 mod isolation;
 mod jwt;
+mod limits;
 mod malformed;
 mod metering;
 mod ops;

@@ -10,7 +10,7 @@ use tenantai::lambda::{admin_app_from_env, init_logging, with_tenant_context};
 async fn main() -> Result<(), Error> {
     init_logging();
     let app = admin_app_from_env().await?;
-    let router = tenantai::http::host(tenantai::http::admin::router(app));
+    let router = tenantai::http::host_with(tenantai::http::admin::router(app.clone()), &app.config);
     // A REST API request's path arrives with its stage in front: take it off.
     let service = tower::ServiceBuilder::new()
         .map_request(with_tenant_context)

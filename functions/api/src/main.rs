@@ -25,7 +25,7 @@ async fn main() -> Result<(), Error> {
         }
     };
     let end = EndOfRequest::new(sink, flusher.is_none());
-    let router = tenantai::http::host(tenantai::http::api::router(app));
+    let router = tenantai::http::host_with(tenantai::http::api::router(app.clone()), &app.config);
     let service = tower::ServiceBuilder::new()
         .map_request(with_tenant_context)
         .map_response(move |resp| end.wrap(resp))

@@ -10,6 +10,7 @@ pub mod attention;
 mod candle_forward;
 mod cpu_forward;
 pub mod gguf;
+mod gguf_align;
 pub mod kernels;
 pub mod llama;
 pub mod metrics;

@@ -298,6 +298,14 @@ pub struct InputLine<'a> {
 /// POST, `url` equal to the batch's endpoint and an object `body`.
 pub fn parse_line<'a>(line: &RawLine<'a>, endpoint: &str) -> Result<InputLine<'a>, LineError> {
     let n = line.number;
+    if let Err(e) = crate::limits::check_json_depth(line.bytes) {
+        return Err(LineError::at(
+            n,
+            "invalid_json_line",
+            None,
+            format!("This line is not accepted: {e}."),
+        ));
+    }
     let env: Envelope<'a> = serde_json::from_slice(line.bytes).map_err(|e| {
         LineError::at(
             n,

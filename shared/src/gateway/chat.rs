@@ -26,6 +26,11 @@ use crate::gateway::pipeline::{Endpoint, Tokens};
 pub const MAX_MESSAGES: usize = 2048;
 /// Completion tokens a request may ask for at most.
 pub const MAX_COMPLETION_TOKENS: u64 = 1 << 20;
+/// Longest string a message may hold (its content, a content part's text, a
+/// tool call's arguments), in bytes.
+pub const MAX_MESSAGE_STRING_BYTES: usize = 1024 * 1024;
+/// Longest `role`, `name` or `user`, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
 /// The cap when neither the request nor the model version sets one.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -86,9 +91,47 @@ fn check_messages(value: Option<&Value>) -> ApiResult<u64> {
                 format!("messages[{i}].role is required and must be a string"),
             ));
         }
+        check_lengths(i, obj)?;
     }
     let bytes = serde_json::to_vec(items).map_or(usize::MAX, |b| b.len());
     Ok(u64::try_from(bytes).unwrap_or(u64::MAX))
+}
+
+/// The longest string anywhere in `v` (its depth is already bounded).
+fn longest_string(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(longest_string).max().unwrap_or(0),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| k.len().max(longest_string(v)))
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A message's `role` and `name` are short, and no string in it is longer than
+/// [`MAX_MESSAGE_STRING_BYTES`].
+fn check_lengths(i: usize, obj: &Map<String, Value>) -> ApiResult<()> {
+    for label in ["role", "name"] {
+        if obj.get(label).and_then(Value::as_str).map_or(0, str::len) > MAX_LABEL_BYTES {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].{label} is longer than {MAX_LABEL_BYTES} bytes"),
+            ));
+        }
+    }
+    if obj
+        .values()
+        .any(|v| longest_string(v) > MAX_MESSAGE_STRING_BYTES)
+    {
+        return Err(invalid(
+            "messages",
+            format!("messages[{i}] holds a string longer than {MAX_MESSAGE_STRING_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn max_tokens(obj: &Map<String, Value>) -> ApiResult<Option<u64>> {
@@ -127,6 +170,7 @@ fn flag(obj: &Map<String, Value>, field: &'static str) -> ApiResult<bool> {
 
 impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> ApiResult<ChatRequest> {
+        crate::limits::check_json_depth(bytes)?;
         let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
@@ -142,6 +186,12 @@ impl ChatRequest {
             }
         };
         let prompt_bound = check_messages(obj.get("messages"))?.saturating_add(16);
+        if obj.get("user").and_then(Value::as_str).map_or(0, str::len) > MAX_LABEL_BYTES {
+            return Err(invalid(
+                "user",
+                format!("'user' is longer than {MAX_LABEL_BYTES} bytes"),
+            ));
+        }
         let max_tokens = max_tokens(&obj)?;
         match obj.get("n") {
             None | Some(Value::Null) => {}

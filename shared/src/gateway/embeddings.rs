@@ -76,6 +76,7 @@ pub struct EmbeddingRequest {
 impl EmbeddingRequest {
     /// Parses and validates a request body; every failure is a 400 that says why.
     pub fn parse(body: &[u8], max_inputs: usize) -> ApiResult<Self> {
+        crate::limits::check_json_depth(body)?;
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
         if !value.is_object() {

@@ -112,7 +112,7 @@ fn iam_caller(req: &Request) -> Option<String> {
 }
 
 async fn body_json<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> ApiResult<T> {
-    parse_json(&read_body(body, 1024 * 1024).await?)
+    parse_json(&read_body(body, crate::limits::ADMIN_BODY_BYTES).await?)
 }
 
 fn value<T: serde::Serialize>(v: &T) -> Value {
@@ -194,7 +194,7 @@ async fn rotate_webhook_secret(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, crate::limits::SMALL_BODY_BYTES).await?;
     let req: RotateBody = if bytes.is_empty() {
         RotateBody::default()
     } else {
@@ -240,7 +240,7 @@ async fn create_key(
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, crate::limits::SMALL_BODY_BYTES).await?;
     let req: KeyRequest = if bytes.is_empty() {
         KeyRequest::default()
     } else {

@@ -26,7 +26,7 @@ pub async fn create(
     body: axum::body::Body,
 ) -> ApiResult<Json<Value>> {
     let (tenant, tier) = pipeline::caller(&app, &ctx, "batches").await?;
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, crate::limits::SMALL_BODY_BYTES).await?;
     let req: CreateBatch = parse_json(&bytes)?;
     if let Ok(endpoint) = BatchEndpoint::parse(&req.endpoint) {
         ctx.require(endpoint.scope())?;

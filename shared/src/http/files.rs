@@ -24,10 +24,14 @@ use crate::tenancy::auth::TenantContext;
 /// Longest text field of an upload form (`purpose`, `expires_after[...]`).
 const MAX_FIELD_BYTES: usize = 1024;
 
-fn multipart_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid(format!(
-        "The upload is not a readable multipart/form-data body: {e}"
-    ))
+/// A form that cannot be read: 408 or 413 when its body broke off at the
+/// deadline or the route's limit, else 400.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    super::body_refusal(&e).unwrap_or_else(|| {
+        ApiError::invalid(format!(
+            "The upload is not a readable multipart/form-data body: {e}"
+        ))
+    })
 }
 
 pub async fn upload(
@@ -135,22 +139,34 @@ async fn stream_in(
     mut field: Field<'_>,
 ) -> ApiResult<FileRecord> {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
-    let forward = async move {
-        loop {
-            let next = match field.chunk().await {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => break,
-                Err(e) => Err(io::Error::other(e.to_string())),
-            };
-            let broke = next.is_err();
-            if tx.send(next).await.is_err() || broke {
-                break;
+    // Why the client's body broke off, if it did: the answer, not the store's.
+    let mut broke_off = None;
+    let forward = {
+        let broke_off = &mut broke_off;
+        async move {
+            loop {
+                let next = match field.chunk().await {
+                    Ok(Some(c)) => Ok(c),
+                    Ok(None) => break,
+                    Err(e) => {
+                        *broke_off = Some(multipart_error(e));
+                        Err(io::Error::other("the upload broke off"))
+                    }
+                };
+                let broke = next.is_err();
+                if tx.send(next).await.is_err() || broke {
+                    break;
+                }
             }
         }
     };
     let chunks = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
     let (_, stored) = tokio::join!(forward, files.upload(tenant_id, upload, limits, chunks));
-    stored
+    match broke_off {
+        // The partial object was deleted as the store saw its stream fail.
+        Some(e) => Err(e),
+        None => stored,
+    }
 }
 
 #[derive(Debug, Deserialize)]
