@@ -44,7 +44,9 @@ const MAX_TOKEN_CLAIM: u64 = 1 << 20;
 const TOKEN_CLAIM_ATTEMPTS: u32 = 4;
 
 /// Requests and tokens per minute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub requests_per_minute: u64,
