@@ -308,7 +308,7 @@ pub async fn get(
     get, path = "/v1/files/{id}/content", operation_id = "download_file", tag = "files",
     params(("id" = String, Path, description = "The file's id")),
     responses(
-        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = inline(super::openapi::Binary)),
         (status = 404, description = "No such file for this tenant", body = ErrorBody),
     ),
 )]

@@ -283,7 +283,7 @@ fn stream_body(reader: BlobReader) -> Body {
     get, path = "/admin/v1/tenants/{id}/exports/{export_id}", operation_id = "download_tenant_export", tag = "gdpr",
     params(("id" = String, Path, description = "The tenant's id"), ("export_id" = String, Path, description = "The export's id (`exp_...`)")),
     responses(
-        (status = 200, description = "The archive", content_type = "application/gzip", body = Vec<u8>),
+        (status = 200, description = "The archive", content_type = "application/gzip", body = inline(super::openapi::Binary)),
         (status = 404, description = "No such export of this tenant", body = ErrorBody),
     ),
 )]

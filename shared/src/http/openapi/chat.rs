@@ -36,7 +36,6 @@ pub struct ChatCompletionRequest {
     /// With `temperature: 0` the answer depends on the request only (and may be cached).
     seed: Option<i64>,
     /// A string or up to 4 strings.
-    #[schema(value_type = Option<Object>)]
     stop: Option<Value>,
     /// Server-sent events of `chat.completion.chunk` objects, then `data: [DONE]`.
     stream: Option<bool>,
@@ -51,7 +50,6 @@ pub struct ChatCompletionRequest {
     /// Function tools, for backends that call them.
     tools: Option<Vec<Tool>>,
     /// `none`, `auto`, `required` or a named function.
-    #[schema(value_type = Option<Object>)]
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
     /// An id of the tenant's end user, at most 256 characters.
@@ -66,7 +64,6 @@ pub struct ChatMessage {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
     #[schema(example = "user")]
     role: String,
-    #[schema(value_type = Option<Object>)]
     content: Option<Value>,
     name: Option<String>,
     tool_calls: Option<Vec<Value>>,

@@ -14,7 +14,14 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
+use utoipa::openapi::schema::{Schema, SchemaType, Type};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::ToSchema;
+
+/// Raw bytes of an answer (a file's content, an export archive).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(#[allow(dead_code)] Vec<u8>);
 
 /// The tenant API's document, as pretty-printed JSON (keys in a stable order).
 pub fn tenant_document() -> &'static str {
@@ -65,6 +72,25 @@ pub async fn admin_json() -> Response {
     json(admin_document())
 }
 
+/// An optional request body (`Option<T>`) is one that may be left out, not a
+/// JSON `null` (which the handlers refuse): its schema is `T`'s alone.
+fn absent_not_null(op: &mut Operation) {
+    let Some(body) = op.request_body.as_mut() else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        if let Some(RefOr::T(Schema::OneOf(one))) = &content.schema {
+            let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+            if let [a, b] = one.items.as_slice() {
+                let kept = if is_null(a) { b } else { a };
+                if is_null(a) != is_null(b) {
+                    content.schema = Some(kept.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Every operation that takes credentials gets `security` (unless it declares
 /// its own, as the documents themselves do: none) and a 401; every operation
 /// a `default` response (any other error, in the OpenAI error shape).
@@ -86,6 +112,7 @@ fn secure_all(doc: &mut OpenApi, requirement: &[utoipa::openapi::security::Secur
             &mut item.delete,
         ];
         for op in ops.into_iter().flatten() {
+            absent_not_null(op);
             if op.security.is_none() {
                 op.security = Some(requirement.to_vec());
                 op.responses.responses.insert(

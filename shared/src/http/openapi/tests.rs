@@ -131,7 +131,11 @@ fn credentials_are_required_everywhere_but_the_documents() {
                 let open = op["security"] == serde_json::json!([{}]);
                 assert_eq!(open, path.ends_with("/openapi.json"), "{method} {path}");
                 assert!(op["responses"]["default"].is_object(), "{method} {path}");
-                assert_eq!(op["responses"].get("401").is_some(), !open, "{method} {path}");
+                assert_eq!(
+                    op["responses"].get("401").is_some(),
+                    !open,
+                    "{method} {path}"
+                );
             }
         }
     }
