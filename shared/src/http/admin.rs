@@ -1,6 +1,7 @@
-//! The admin API under `/admin/v1`: tenants, keys, models, overrides; the audit
-//! trail, export and erasure routes are in [`super::ops`], the console's reads
-//! (a tenant's charts, batches, alerts) and the console page in [`super::console`].
+//! The admin API under `/admin/v1`: tenants, keys, overrides; the model registry
+//! is in [`super::registry`], the audit trail, export and erasure routes in
+//! [`super::ops`], the console's reads (a tenant's charts, batches, alerts) and
+//! the console page in [`super::console`].
 //! Every call needs an admin bearer token; every change writes an audit record.
 
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use utoipa::ToSchema;
 use super::{list_body, parse_json, read_body, ListPage, PageParams};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::gateway::models::{ModelVersion, VersionStatus};
 use crate::store::Page;
 use crate::tenancy::auth::bearer;
 use crate::tenancy::keys::{ApiKey, KeyRequest, NewKey};
@@ -57,13 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/tenants/{id}/model-overrides/{model}",
             put(set_override).delete(clear_override),
         )
-        .route("/models", post(register_model).get(list_models))
-        .route(
-            "/models/{model}/versions/{version}",
-            get(get_version).patch(update_version),
-        )
-        .route("/models/{model}/versions/{version}/promote", post(promote))
-        .route("/models/{model}/rollback", post(rollback))
+        .merge(super::registry::routes())
         .merge(super::ops::routes())
         .merge(super::console::admin_routes());
     Router::new()
@@ -115,11 +109,13 @@ fn iam_caller(req: &Request) -> Option<String> {
     }
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> ApiResult<T> {
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> ApiResult<T> {
     parse_json(&read_body(body, 1024 * 1024).await?)
 }
 
-fn value<T: serde::Serialize>(v: &T) -> Value {
+pub(crate) fn value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
@@ -496,219 +492,4 @@ async fn change_override(
         )
         .await?;
     Ok(Json(after.view()))
-}
-
-/// Registers a model version (`staged` until promoted, unless registered `live`).
-#[utoipa::path(
-    post, path = "/admin/v1/models", operation_id = "register_model", tag = "models",
-    request_body = ModelVersion,
-    responses(
-        (status = 201, description = "The version", body = ModelVersion),
-        (status = 400, description = "A bad field, an unknown tier or owner", body = ErrorBody),
-        (status = 409, description = "That version exists", body = ErrorBody),
-    ),
-)]
-pub async fn register_model(
-    State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
-    body: axum::body::Body,
-) -> ApiResult<Response> {
-    let v: ModelVersion = body_json(body).await?;
-    if let Some(owner) = &v.owner_tenant {
-        app.tenants.get(owner).await?;
-    }
-    if let Some(tier) = &v.tier {
-        app.config.tiers.get(tier)?;
-    }
-    let v = app.registry.register(v).await?;
-    let target = format!("{}@{}", v.model, v.version);
-    app.audit
-        .record(
-            &actor,
-            "model.register",
-            v.owner_tenant.as_deref(),
-            &target,
-            Value::Null,
-            value(&v),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(v)).into_response())
-}
-
-/// Every registered version, in one list.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
-pub struct VersionList {
-    #[schema(example = "list")]
-    pub object: &'static str,
-    pub data: Vec<ModelVersion>,
-    /// Always false: the registry is listed whole.
-    pub has_more: bool,
-}
-
-/// The versions a promotion or rollback changed.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
-pub struct VersionChanges {
-    #[schema(example = "list")]
-    pub object: &'static str,
-    pub data: Vec<ModelVersion>,
-}
-
-/// Lists every model version, of every model.
-#[utoipa::path(
-    get, path = "/admin/v1/models", operation_id = "list_model_versions", tag = "models",
-    responses((status = 200, description = "The versions", body = VersionList)),
-)]
-pub async fn list_models(State(app): State<Arc<App>>) -> ApiResult<Json<VersionList>> {
-    app.registry.invalidate();
-    let all = app.registry.all().await?;
-    Ok(Json(VersionList {
-        object: "list",
-        data: all.to_vec(),
-        has_more: false,
-    }))
-}
-
-/// Retrieves a model version.
-#[utoipa::path(
-    get, path = "/admin/v1/models/{model}/versions/{version}", operation_id = "retrieve_model_version", tag = "models",
-    params(("model" = String, Path, description = "The model id"), ("version" = String, Path, description = "The version")),
-    responses(
-        (status = 200, description = "The version", body = ModelVersion),
-        (status = 404, description = "No such version", body = ErrorBody),
-    ),
-)]
-pub async fn get_version(
-    State(app): State<Arc<App>>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Json<ModelVersion>> {
-    Ok(Json(app.registry.get(&model, &version).await?))
-}
-
-/// The changes an admin may make to a version (`live` only by promoting).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VersionPatch {
-    status: Option<VersionStatus>,
-    canary_weight: Option<u8>,
-    endpoint: Option<String>,
-    price_per_1k_tokens_micros: Option<u64>,
-}
-
-/// Changes a version's status (not to `live`), canary weight, endpoint or price.
-#[utoipa::path(
-    patch, path = "/admin/v1/models/{model}/versions/{version}", operation_id = "update_model_version", tag = "models",
-    params(("model" = String, Path, description = "The model id"), ("version" = String, Path, description = "The version")),
-    request_body = VersionPatch,
-    responses(
-        (status = 200, description = "The version as it now is", body = ModelVersion),
-        (status = 400, description = "A bad field", body = ErrorBody),
-        (status = 404, description = "No such version", body = ErrorBody),
-    ),
-)]
-pub async fn update_version(
-    State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
-    Path((model, version)): Path<(String, String)>,
-    body: axum::body::Body,
-) -> ApiResult<Json<ModelVersion>> {
-    let patch: VersionPatch = body_json(body).await?;
-    if patch.status == Some(VersionStatus::Live) {
-        return Err(ApiError::invalid_param(
-            "status",
-            "use the promote action to make a version live",
-        ));
-    }
-    let before = app.registry.get(&model, &version).await?;
-    let mut after = before.clone();
-    if let Some(s) = patch.status {
-        after.status = s;
-    }
-    if let Some(w) = patch.canary_weight {
-        after.canary_weight = w;
-    }
-    if let Some(e) = patch.endpoint {
-        after.endpoint = e;
-    }
-    if let Some(p) = patch.price_per_1k_tokens_micros {
-        after.price_per_1k_tokens_micros = p;
-    }
-    app.registry.update(&after).await?;
-    app.audit
-        .record(
-            &actor,
-            "model.update",
-            after.owner_tenant.as_deref(),
-            &format!("{model}@{version}"),
-            value(&before),
-            value(&after),
-        )
-        .await?;
-    Ok(Json(after))
-}
-
-async fn record_changes(
-    app: &App,
-    actor: &Actor,
-    action: &str,
-    changes: &[(ModelVersion, ModelVersion)],
-) -> ApiResult<VersionChanges> {
-    for (before, after) in changes {
-        let target = format!("{}@{}", after.model, after.version);
-        app.audit
-            .record(
-                actor,
-                action,
-                after.owner_tenant.as_deref(),
-                &target,
-                value(before),
-                value(after),
-            )
-            .await?;
-    }
-    Ok(VersionChanges {
-        object: "list",
-        data: changes.iter().map(|(_, a)| a.clone()).collect(),
-    })
-}
-
-/// Makes a version live (the model's live version before is retired).
-#[utoipa::path(
-    post, path = "/admin/v1/models/{model}/versions/{version}/promote", operation_id = "promote_model_version", tag = "models",
-    params(("model" = String, Path, description = "The model id"), ("version" = String, Path, description = "The version")),
-    responses(
-        (status = 200, description = "The versions it changed", body = VersionChanges),
-        (status = 404, description = "No such version", body = ErrorBody),
-        (status = 409, description = "Changed concurrently; retry", body = ErrorBody),
-    ),
-)]
-pub async fn promote(
-    State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Json<VersionChanges>> {
-    let changes = app.registry.promote(&model, &version).await?;
-    Ok(Json(
-        record_changes(&app, &actor, "model.promote", &changes).await?,
-    ))
-}
-
-/// Makes the model's previous live version live again.
-#[utoipa::path(
-    post, path = "/admin/v1/models/{model}/rollback", operation_id = "rollback_model", tag = "models",
-    params(("model" = String, Path, description = "The model id")),
-    responses(
-        (status = 200, description = "The versions it changed", body = VersionChanges),
-        (status = 400, description = "No version to roll back to", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
-    ),
-)]
-pub async fn rollback(
-    State(app): State<Arc<App>>,
-    Extension(actor): Extension<Actor>,
-    Path(model): Path<String>,
-) -> ApiResult<Json<VersionChanges>> {
-    let changes = app.registry.rollback(&model).await?;
-    Ok(Json(
-        record_changes(&app, &actor, "model.rollback", &changes).await?,
-    ))
 }

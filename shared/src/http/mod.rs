@@ -9,6 +9,7 @@ pub mod console;
 pub mod files;
 pub mod openapi;
 pub mod ops;
+pub mod registry;
 pub mod usage;
 
 use std::future::Future;

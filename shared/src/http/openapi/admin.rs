@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
 use crate::http::admin::ADMIN_TOKEN_HEADER;
-use crate::http::{admin, console, ops, usage};
+use crate::http::{admin, console, ops, registry, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,12 +35,12 @@ use crate::http::{admin, console, ops, usage};
         admin::clear_override,
         usage::tenant_usage,
         usage::all_usage,
-        admin::register_model,
-        admin::list_models,
-        admin::get_version,
-        admin::update_version,
-        admin::promote,
-        admin::rollback,
+        registry::register_model,
+        registry::list_models,
+        registry::get_version,
+        registry::update_version,
+        registry::promote,
+        registry::rollback,
         ops::list_audit,
         ops::export_audit,
         ops::verify_audit,
