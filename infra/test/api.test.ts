@@ -1,6 +1,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { CHAT_TIMEOUT, HEALTH_ROUTE, TENANT_ROUTES } from '../lib/api';
+import { CHAT_TIMEOUT, HEALTH_ROUTE, OPENAPI_ROUTE, OPEN_ROUTES, TENANT_ROUTES } from '../lib/api';
 import { resources, template } from './helpers';
 
 const t = template('dev');
@@ -39,9 +39,9 @@ test('every route exists, behind the REQUEST authorizer, and goes to the api fun
   });
   expect(JSON.stringify(auth.Properties.AuthorizerUri)).toContain(fnId('authorizer'));
   const expected = Object.entries(TENANT_ROUTES).flatMap(([p, ms]) => ms.map((m) => `${m} ${p}`));
-  const got = tenantMethods.filter((m) => m.path !== HEALTH_ROUTE).map((m) => `${m.method} ${m.path}`);
-  expect(got.sort()).toEqual(expected.sort());
-  for (const m of tenantMethods.filter((x) => x.path !== HEALTH_ROUTE)) {
+  const keyed = tenantMethods.filter((m) => !(m.path in OPEN_ROUTES));
+  expect(keyed.map((m) => `${m.method} ${m.path}`).sort()).toEqual(expected.sort());
+  for (const m of keyed) {
     expect(m.props.AuthorizationType).toBe('CUSTOM');
     expect(m.props.AuthorizerId).toEqual({ Ref: authId });
     expect(m.props.Integration.Type).toBe('AWS_PROXY');
@@ -74,9 +74,10 @@ test('the api function has one response mode: every route on it streams', () => 
   for (const m of tenantMethods) expect(m.props.Integration.ResponseTransferMode).toBe('STREAM');
 });
 
-test('/health alone is open', () => {
+test('/health and /openapi.json alone are open, and go to the api function', () => {
   const open = tenantMethods.filter((m) => m.props.AuthorizationType === 'NONE');
-  expect(open.map((m) => `${m.method} ${m.path}`)).toEqual([`GET ${HEALTH_ROUTE}`]);
+  expect(open.map((m) => `${m.method} ${m.path}`).sort()).toEqual([`GET ${HEALTH_ROUTE}`, `GET ${OPENAPI_ROUTE}`]);
+  for (const m of open) expect(JSON.stringify(m.props.Integration.Uri)).toContain(fnId('api'));
 });
 
 test('the admin API is IAM-authorized on every method and goes to the admin function', () => {

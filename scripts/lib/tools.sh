@@ -8,6 +8,8 @@ CARGO_LAMBDA_VERSION="1.9.2"
 OPENAI_VERSION="2.54.0"
 PYTEST_VERSION="8.4.2"
 SELENIUM_VERSION="4.51.0"
+# Validates the OpenAPI documents (tests/openai/test_openapi.py); brings jsonschema.
+OPENAPI_VALIDATOR_VERSION="0.9.0"
 
 # cargo-lambda alone (--no-deps: no zig, which only cross builds need).
 lambda_install() {
@@ -22,15 +24,16 @@ lambda_install() {
 }
 
 py_install() {
-    local stamp="$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION-$SELENIUM_VERSION"
+    local stamp="$PY_VENV/.v-$OPENAI_VERSION-$PYTEST_VERSION-$SELENIUM_VERSION-$OPENAPI_VALIDATOR_VERSION"
     if [ -x "$PY_VENV/bin/python" ] && [ -f "$stamp" ]; then
         return 0
     fi
-    echo "==> installing openai==$OPENAI_VERSION, pytest==$PYTEST_VERSION and selenium==$SELENIUM_VERSION into $PY_VENV"
+    echo "==> installing openai==$OPENAI_VERSION, pytest==$PYTEST_VERSION, selenium==$SELENIUM_VERSION and openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION into $PY_VENV"
     rm -rf "$PY_VENV"
     python3 -m venv "$PY_VENV"
     timeout 600 "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" \
-        "pytest==$PYTEST_VERSION" "selenium==$SELENIUM_VERSION"
+        "pytest==$PYTEST_VERSION" "selenium==$SELENIUM_VERSION" \
+        "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
     touch "$stamp"
 }
 

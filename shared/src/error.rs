@@ -3,9 +3,31 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::store::StoreError;
+
+/// An error answer, as OpenAI clients parse it.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// What went wrong: a message for people, a `type` and `code` for programs, the
+/// request field at fault (`param`) where one is.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    pub message: String,
+    /// `invalid_request_error`, `permission_error`, `rate_limit_exceeded`,
+    /// `insufficient_quota` or `server_error`.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    pub kind: String,
+    #[schema(required = true)]
+    pub param: Option<String>,
+    #[schema(required = true)]
+    pub code: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -157,7 +179,15 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } => *param,
             _ => None,
         };
-        json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+        serde_json::to_value(ErrorBody {
+            error: ErrorObject {
+                message,
+                kind: kind.into(),
+                param: param.map(Into::into),
+                code: code.map(Into::into),
+            },
+        })
+        .unwrap_or_default()
     }
 }
 

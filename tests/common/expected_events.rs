@@ -2,7 +2,7 @@
 //! handlers directly and for those that invoke the functions through cargo-lambda.
 
 /// api events that need no backend, and their status.
-pub const API: [(&str, u16); 9] = [
+pub const API: [(&str, u16); 10] = [
     ("api/models.json", 200),
     ("api/usage-chart.json", 200),
     ("api/model.json", 200),
@@ -12,10 +12,12 @@ pub const API: [(&str, u16); 9] = [
     ("api/chat-malformed.json", 400),
     ("api/chat-embedding-model.json", 400),
     ("api/rest-health.json", 200),
+    ("api/rest-openapi.json", 200),
 ];
 
 /// admin events, in an order where each one's preconditions hold, and their status.
-pub const ADMIN: [(&str, u16); 23] = [
+pub const ADMIN: [(&str, u16); 24] = [
+    ("admin/rest-iam-openapi.json", 200),
     ("admin/create-tenant.json", 201),
     ("admin/list-tenants.json", 200),
     ("admin/get-tenant.json", 200),

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::lines::{Bound, LineError};
 use super::{plausible_id, BatchEndpoint};
@@ -138,33 +137,6 @@ impl Counts {
 }
 
 impl BatchRecord {
-    /// The batch object as OpenAI's SDK parses it.
-    pub fn object(&self, n: &Counts) -> Value {
-        let t = |k: &str| self.times.get(k).copied();
-        let errors =
-            (!self.errors.is_empty()).then(|| json!({"object": "list", "data": self.errors}));
-        json!({
-            "id": self.id, "object": "batch", "endpoint": self.endpoint.as_str(),
-            "errors": errors, "input_file_id": self.input_file_id,
-            "completion_window": COMPLETION_WINDOW, "status": self.status.as_str(),
-            "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
-            "created_at": self.created_at, "in_progress_at": t("in_progress_at"),
-            "expires_at": self.expires_at, "finalizing_at": t("finalizing_at"),
-            "completed_at": t("completed_at"), "failed_at": t("failed_at"),
-            "expired_at": t("expired_at"), "cancelling_at": t("cancelling_at"),
-            "cancelled_at": t("cancelled_at"),
-            "request_counts": {"total": self.total, "completed": n.completed,
-                               "failed": n.failed + n.expired + n.cancelled},
-            "metadata": self.metadata, "model": self.model,
-            "usage": {
-                "input_tokens": n.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens": n.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": n.prompt_tokens.saturating_add(n.completion_tokens),
-            },
-        })
-    }
-
     /// Moves to `status`, stamping `<status>_at`.
     pub fn enter(&mut self, status: Status, now: i64) {
         self.status = status;

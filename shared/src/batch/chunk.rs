@@ -291,12 +291,13 @@ impl LineCtx {
         let admitted = self.admit(custom_id, &req)?;
         let served = pipeline::serve(&admitted, &req, CacheControl::NONE).await?;
         let tokens = req.tokens(&served.answer);
-        let body = response_body(
+        let body = serde_json::to_value(response_body(
             &req.model,
             &served.answer.vectors,
             tokens.prompt,
             req.encoding_format,
-        );
+        ))
+        .map_err(|e| ApiError::Internal(format!("an embeddings answer: {e}")))?;
         let (_, event) =
             admitted.finish_line(&served.version, tokens, served.hit, served.backend_ms);
         Ok((body, event))

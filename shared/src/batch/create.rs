@@ -26,12 +26,15 @@ use crate::tenancy::tenants::{Tenant, Tier};
 /// Idempotency keys are remembered this long.
 const IDEMPOTENCY_SECS: i64 = 24 * 3600;
 
-/// What `POST /v1/batches` asks.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// What `POST /v1/batches` asks: a batch of an uploaded file's lines against
+/// one endpoint, within the one completion window (`24h`).
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBatch {
     pub input_file_id: String,
+    #[schema(example = "/v1/embeddings")]
     pub endpoint: String,
+    #[schema(example = "24h")]
     pub completion_window: String,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
@@ -39,7 +42,8 @@ pub struct CreateBatch {
     pub output_expires_after: Option<ExpiresAfter>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// When the output and error files expire: `seconds` after `created_at`.
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiresAfter {
     pub anchor: String,

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::lines::{FileStats, LineError, Scanner};
 use super::{new_id, plausible_id, BatchLimits};
@@ -41,13 +40,40 @@ pub struct FileRecord {
 
 impl FileRecord {
     /// The file object as OpenAI's SDK parses it.
-    pub fn object(&self) -> Value {
-        json!({
-            "id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
-            "filename": self.filename, "purpose": self.purpose, "status": "processed",
-            "expires_at": self.expires_at, "status_details": null,
-        })
+    pub fn object(&self) -> FileObject {
+        FileObject {
+            id: self.id.clone(),
+            object: "file",
+            bytes: self.bytes,
+            created_at: self.created_at,
+            filename: self.filename.clone(),
+            purpose: self.purpose.clone(),
+            status: "processed",
+            expires_at: self.expires_at,
+            status_details: None,
+        }
     }
+}
+
+/// A file as the API shows it (OpenAI's file object).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FileObject {
+    pub id: String,
+    #[schema(example = "file")]
+    pub object: &'static str,
+    pub bytes: u64,
+    pub created_at: i64,
+    pub filename: String,
+    /// `batch` (uploads) or `batch_output` (a batch's output and error files).
+    pub purpose: String,
+    /// Always `processed`: an upload is checked while it streams in.
+    #[schema(example = "processed")]
+    pub status: &'static str,
+    #[schema(required = true)]
+    pub expires_at: Option<i64>,
+    /// Always null (OpenAI's deprecated field).
+    #[schema(required = true)]
+    pub status_details: Option<String>,
 }
 
 pub fn pk(tenant_id: &str) -> String {

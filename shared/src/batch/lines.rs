@@ -255,11 +255,13 @@ fn body_bound(body: &str) -> (Bound, Option<String>) {
 }
 
 /// Why a file cannot run as a batch, one line at a time (OpenAI's `errors.data`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineError {
     pub code: String,
     pub message: String,
+    #[schema(required = true)]
     pub param: Option<String>,
+    #[schema(required = true)]
     pub line: Option<u64>,
 }
 

@@ -29,6 +29,7 @@ pub mod files;
 pub mod finalize;
 pub mod jobs;
 pub mod lines;
+pub mod object;
 pub mod plan;
 
 use serde::{Deserialize, Serialize};

@@ -419,7 +419,7 @@ fn claim_key(a: &Alert) -> Key {
 }
 
 /// One alert as its claim records it: what the admin API lists.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SentAlert {
     /// As in the `tenantai-alert-id` header: `<tenant>:<month>:<threshold>:<kind>`.
     pub alert_id: String,
@@ -431,6 +431,7 @@ pub struct SentAlert {
     /// Month-to-date spend when it was claimed.
     pub spend_micros: u64,
     pub claimed_at: i64,
+    #[schema(required = true)]
     pub sent_at: Option<i64>,
 }
 

@@ -9,7 +9,6 @@
 //! delivery: while both are live each delivery carries two `v1=` signatures.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::egress::EgressPolicy;
@@ -137,16 +136,29 @@ impl Webhook {
 
     /// What reads show: the URL and when its secrets were made and retire;
     /// never a secret, sealed or not.
-    pub fn view(&self, now: i64) -> Value {
-        let mut v = json!({
-            "url": self.url,
-            "secret_created_at": self.secrets.first().map(|s| s.created_at),
-        });
-        if let Some(retires) = self.live(now).skip(1).filter_map(|s| s.retires_at).max() {
-            v["previous_secret_retires_at"] = json!(retires);
+    pub fn view(&self, now: i64) -> WebhookView {
+        WebhookView {
+            url: self.url.clone(),
+            secret_created_at: self.secrets.first().map(|s| s.created_at),
+            previous_secret_retires_at: self.live(now).skip(1).filter_map(|s| s.retires_at).max(),
+            secret: None,
         }
-        v
     }
+}
+
+/// A tenant's alert webhook as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    /// When the current signing secret was made.
+    #[schema(required = true)]
+    pub secret_created_at: Option<i64>,
+    /// Until when the previous secret also signs (after a rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_retires_at: Option<i64>,
+    /// The new signing secret: only in the answer of the change that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// Checks a rotation's overlap (seconds the old secret keeps signing).
@@ -182,12 +194,10 @@ mod tests {
         };
         assert_eq!(live(120), ["b", "a"]);
         assert_eq!(live(150), ["b"]);
-        assert_eq!(rotated.view(120)["previous_secret_retires_at"], 150);
-        assert!(rotated
-            .view(150)
-            .get("previous_secret_retires_at")
-            .is_none());
-        assert!(!rotated.view(120).to_string().contains("\"a\""));
+        assert_eq!(rotated.view(120).previous_secret_retires_at, Some(150));
+        assert!(rotated.view(150).previous_secret_retires_at.is_none());
+        let shown = serde_json::to_string(&rotated.view(120)).unwrap();
+        assert!(!shown.contains("\"a\""));
         // A second rotation drops the oldest; no overlap drops the previous at once.
         let twice = rotated.rotated(secret("c", 130), 130, 50);
         assert_eq!(twice.secrets.len(), 2);

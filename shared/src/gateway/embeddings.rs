@@ -40,7 +40,7 @@ fn len_u64(n: usize) -> u64 {
 }
 
 /// The inputs: strings, or token-id arrays.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Input {
     Text(String),
@@ -49,7 +49,7 @@ pub enum Input {
     TokenBatches(Vec<Vec<u32>>),
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     #[default]
@@ -57,7 +57,8 @@ pub enum EncodingFormat {
     Base64,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// An embeddings request (OpenAI's); `dimensions` other than unset is refused.
+#[derive(Clone, Debug, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: Input,
@@ -65,7 +66,8 @@ pub struct EmbeddingRequest {
     pub encoding_format: EncodingFormat,
     #[serde(default)]
     pub user: Option<String>,
-    /// Not supported by the served models; refused unless it equals the model's.
+    /// Not supported: the served models have one size, and a request that
+    /// chooses one is refused (400).
     #[serde(default)]
     pub dimensions: Option<u32>,
     /// Cut inputs at the model's token limit instead of refusing them.
@@ -321,29 +323,66 @@ pub fn decode_base64(s: &str) -> Option<Vec<f32>> {
 }
 
 /// The OpenAI response body, for the tokens billed.
+/// The embeddings answer (`object: "list"`).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EmbeddingList {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// One input's vector, in the order of the inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Embedding {
+    #[schema(example = "embedding")]
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: Vector,
+}
+
+/// Floats, or (`encoding_format: base64`) their little-endian f32 bytes in base64.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
 pub fn response_body(
     model: &str,
     vectors: &[Vec<f32>],
     prompt_tokens: u64,
     format: EncodingFormat,
-) -> Value {
-    let data: Vec<Value> = vectors
+) -> EmbeddingList {
+    let data = vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = match format {
-                EncodingFormat::Float => json!(v),
-                EncodingFormat::Base64 => json!(encode_base64(v)),
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+        .map(|(index, v)| Embedding {
+            object: "embedding",
+            index,
+            embedding: match format {
+                EncodingFormat::Float => Vector::Float(v.clone()),
+                EncodingFormat::Base64 => Vector::Base64(encode_base64(v)),
+            },
         })
         .collect();
-    json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    })
+    EmbeddingList {
+        object: "list",
+        data,
+        model: model.to_string(),
+        usage: EmbeddingUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::tenancy::tenants::Tenant;
 
 pub const MODELS_PK: &str = "MODELS";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// The worker's HTTP API (`gpu-worker serve`), at `endpoint` (a base URL).
@@ -35,7 +35,7 @@ pub enum BackendKind {
     Openai,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionStatus {
     Staged,
@@ -45,7 +45,7 @@ pub enum VersionStatus {
 }
 
 /// What a model does: it embeds, or it chats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     #[default]
@@ -65,7 +65,8 @@ impl ModelKind {
 /// Longest context a chat model may declare, in tokens.
 pub const MAX_CONTEXT_LENGTH: u32 = 1 << 21;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One version of a model: its backend, prices, routing status and who may call it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelVersion {
     pub model: String,

@@ -10,12 +10,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{read_body, RequestId};
 use crate::app::App;
-use crate::error::{ApiError, ApiResult};
-use crate::gateway::embeddings::{response_body, EmbeddingRequest};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::gateway::embeddings::{response_body, EmbeddingList, EmbeddingRequest};
 use crate::gateway::models::ModelVersion;
 use crate::gateway::pipeline::{self, CacheControl, Endpoint};
 use crate::tenancy::auth::{bearer, TenantContext};
@@ -47,6 +48,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/batches/{id}", get(super::batches::get))
         .route("/v1/batches/{id}/cancel", post(super::batches::cancel))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        // The API's description holds no data: served without credentials.
+        .route("/openapi.json", get(super::openapi::tenant_json))
         .with_state(app)
 }
 
@@ -72,7 +75,21 @@ async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next)
     next.run(req).await
 }
 
-async fn embeddings(
+/// Embeds one input or many (strings or token ids) with an embedding model.
+#[utoipa::path(
+    post, path = "/v1/embeddings", operation_id = "create_embedding", tag = "embeddings",
+    params(("Cache-Control" = Option<String>, Header, description = "`no-cache` skips the answer cache, `no-store` keeps the answer out of it")),
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "One vector per input", body = EmbeddingList),
+        (status = 400, description = "A bad field, too many or too long inputs", body = ErrorBody),
+        (status = 404, description = "No such model for this tenant", body = ErrorBody),
+        (status = 413, description = "The body exceeds the size limit", body = ErrorBody),
+        (status = 429, description = "Over a rate limit or the budget's hard cap", body = ErrorBody),
+        (status = 503, description = "No backend can serve now; retry later", body = ErrorBody),
+    ),
+)]
+pub async fn embeddings(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     Extension(RequestId(request_id)): Extension<RequestId>,
@@ -107,32 +124,70 @@ async fn embeddings(
     Ok(resp)
 }
 
-fn model_object(v: &ModelVersion) -> serde_json::Value {
+/// A model the tenant may call (OpenAI's model object).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ModelObject {
+    pub id: String,
+    #[schema(example = "model")]
+    pub object: &'static str,
+    pub created: i64,
+    /// The owning tenant, `tier:<tier>` for a tier's model, else `tenantai`.
+    pub owned_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ModelList {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+fn model_object(v: &ModelVersion) -> ModelObject {
     let owned_by = match (&v.owner_tenant, &v.tier) {
         (Some(t), _) => t.clone(),
         (None, Some(tier)) => format!("tier:{tier}"),
         (None, None) => "tenantai".to_string(),
     };
-    json!({"id": v.model, "object": "model", "created": v.created_at, "owned_by": owned_by})
+    ModelObject {
+        id: v.model.clone(),
+        object: "model",
+        created: v.created_at,
+        owned_by,
+    }
 }
 
-async fn list_models(
+/// Lists the models the tenant may call.
+#[utoipa::path(
+    get, path = "/v1/models", operation_id = "list_models", tag = "models",
+    responses((status = 200, description = "The models", body = ModelList)),
+)]
+pub async fn list_models(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ModelList>> {
     ctx.require("models")?;
     let tenant = app.tenant(&ctx.tenant_id).await?;
     let models = app.registry.visible(&tenant).await?;
-    Ok(Json(
-        json!({"object": "list", "data": models.iter().map(model_object).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ModelList {
+        object: "list",
+        data: models.iter().map(model_object).collect(),
+    }))
 }
 
-async fn get_model(
+/// Retrieves a model the tenant may call.
+#[utoipa::path(
+    get, path = "/v1/models/{id}", operation_id = "retrieve_model", tag = "models",
+    params(("id" = String, Path, description = "The model's id")),
+    responses(
+        (status = 200, description = "The model", body = ModelObject),
+        (status = 404, description = "No such model for this tenant", body = ErrorBody),
+    ),
+)]
+pub async fn get_model(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ModelObject>> {
     ctx.require("models")?;
     let tenant = app.tenant(&ctx.tenant_id).await?;
     let models = app.registry.visible(&tenant).await?;

@@ -8,14 +8,31 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use super::openapi::chat::{ChatCompletion, ChatCompletionRequest};
 use super::{read_body, RequestId};
 use crate::app::App;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorBody};
 use crate::gateway::chat::{ChatAnswer, ChatRequest};
 use crate::gateway::chat_stream::{self, Finish};
 use crate::gateway::pipeline::{self, CacheControl};
 use crate::tenancy::auth::TenantContext;
 
+/// A chat completion, whole or (`stream: true`) as server-sent events.
+#[utoipa::path(
+    post, path = "/v1/chat/completions", operation_id = "create_chat_completion", tag = "chat",
+    params(("Cache-Control" = Option<String>, Header, description = "`no-cache` skips the answer cache, `no-store` keeps the answer out of it")),
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion; streamed, `data:` lines of `chat.completion.chunk` objects ending with `data: [DONE]`",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "A bad field, or an option the backend refuses", body = ErrorBody),
+        (status = 404, description = "No such model for this tenant", body = ErrorBody),
+        (status = 413, description = "The body exceeds the size limit", body = ErrorBody),
+        (status = 429, description = "Over a rate limit or the budget's hard cap", body = ErrorBody),
+        (status = 502, description = "The upstream provider refused the call", body = ErrorBody),
+        (status = 503, description = "No backend can serve now; retry later", body = ErrorBody),
+    ),
+)]
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,

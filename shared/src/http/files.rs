@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
-use crate::batch::files::{FileRecord, Upload};
-use crate::error::{ApiError, ApiResult};
+use crate::batch::files::{FileObject, FileRecord, Upload};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::gateway::pipeline;
 use crate::tenancy::auth::TenantContext;
 
@@ -34,11 +35,40 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     })
 }
 
+/// The form of an upload (`multipart/form-data`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // read field by field from the stream, never as a whole
+pub struct FileUpload {
+    /// The JSONL file: one request per line.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// `batch`, the one purpose files here serve.
+    #[schema(example = "batch")]
+    purpose: String,
+    /// `created_at`, the one anchor.
+    #[schema(rename = "expires_after[anchor]", example = "created_at")]
+    expires_after_anchor: Option<String>,
+    /// Seconds from creation (3600 to 2592000) until the file is deleted.
+    #[schema(rename = "expires_after[seconds]")]
+    expires_after_seconds: Option<i64>,
+}
+
+/// Uploads a batch input file (JSONL), checked line by line as it streams in.
+#[utoipa::path(
+    post, path = "/v1/files", operation_id = "create_file", tag = "files",
+    request_body(content = FileUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The stored file", body = FileObject),
+        (status = 400, description = "A missing or bad field, or a line that cannot run", body = ErrorBody),
+        (status = 413, description = "The file exceeds the tier's size", body = ErrorBody),
+        (status = 415, description = "Not a multipart/form-data body", body = ErrorBody),
+    ),
+)]
 pub async fn upload(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     form: Result<Multipart, MultipartRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileObject>> {
     let (tenant, tier) = pipeline::caller(&app, &ctx, "batches").await?;
     let mut form = form.map_err(|e| {
         ApiError::UnsupportedMediaType(format!("Upload files as multipart/form-data: {e}"))
@@ -169,19 +199,36 @@ async fn stream_in(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only files of this purpose (`batch`, `batch_output`).
     pub purpose: Option<String>,
+    /// 1 to 10000 (default 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
+    /// `desc` (newest first, the default) or `asc`.
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
+    /// The id of the last file of the previous page.
     pub after: Option<String>,
 }
 
+/// Lists the tenant's files.
+#[utoipa::path(
+    get, path = "/v1/files", operation_id = "list_files", tag = "files",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of files", body = OpenAiPage<FileObject>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
-    Query(p): Query<ListParams>,
-) -> ApiResult<Json<Value>> {
+    p: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<OpenAiPage<FileObject>>> {
+    let p = super::ops::query(p)?;
     ctx.require("batches")?;
     let limit = match p.limit {
         None => 10_000,
@@ -217,27 +264,70 @@ pub async fn list(
             after,
         )
         .await?;
-    Ok(Json(page(
-        files.iter().map(FileRecord::object).collect(),
-        more,
-    )))
+    let data = files.iter().map(FileRecord::object).collect();
+    Ok(Json(page(data, more, |f: &FileObject| &f.id)))
 }
 
 /// A page as OpenAI lists: `data`, `first_id`, `last_id`, `has_more`.
-pub fn page(data: Vec<Value>, more: bool) -> Value {
-    let id = |v: Option<&Value>| v.and_then(|v| v["id"].as_str().map(str::to_string));
-    json!({"object": "list", "first_id": id(data.first()), "last_id": id(data.last()), "has_more": more, "data": data})
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct OpenAiPage<T> {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    #[schema(required = true)]
+    pub first_id: Option<String>,
+    #[schema(required = true)]
+    pub last_id: Option<String>,
+    pub has_more: bool,
+    pub data: Vec<T>,
 }
 
+/// A page of `data` (`more` when items follow), its ids named by `id`.
+pub fn page<T>(data: Vec<T>, more: bool, id: impl Fn(&T) -> &str) -> OpenAiPage<T> {
+    OpenAiPage {
+        object: "list",
+        first_id: data.first().map(|v| id(v).to_string()),
+        last_id: data.last().map(|v| id(v).to_string()),
+        has_more: more,
+        data,
+    }
+}
+
+/// What deleting a file answers.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct FileDeleted {
+    pub id: String,
+    #[schema(example = "file")]
+    pub object: &'static str,
+    pub deleted: bool,
+}
+
+/// Retrieves one of the tenant's files.
+#[utoipa::path(
+    get, path = "/v1/files/{id}", operation_id = "retrieve_file", tag = "files",
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file", body = FileObject),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileObject>> {
     ctx.require("batches")?;
     Ok(Json(app.files()?.get(&ctx.tenant_id, &id).await?.object()))
 }
 
+/// The file's bytes, streamed.
+#[utoipa::path(
+    get, path = "/v1/files/{id}/content", operation_id = "download_file", tag = "files",
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = inline(super::openapi::Binary)),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+    ),
+)]
 pub async fn content(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
@@ -255,12 +345,25 @@ pub async fn content(
     Ok(resp)
 }
 
+/// Deletes one of the tenant's files and its bytes.
+#[utoipa::path(
+    delete, path = "/v1/files/{id}", operation_id = "delete_file", tag = "files",
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file is gone", body = FileDeleted),
+        (status = 404, description = "No such file for this tenant", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FileDeleted>> {
     ctx.require("batches")?;
     app.files()?.delete(&ctx.tenant_id, &id).await?;
-    Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+    Ok(Json(FileDeleted {
+        id,
+        object: "file",
+        deleted: true,
+    }))
 }

@@ -8,7 +8,9 @@ pub mod chat;
 pub mod console;
 pub mod files;
 pub mod limits;
+pub mod openapi;
 pub mod ops;
+pub mod registry;
 pub mod serve;
 pub mod usage;
 
@@ -159,9 +161,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> 
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
+    /// Where the previous page ended (its `next`, or its last id).
     pub after: Option<String>,
 }
 
@@ -178,9 +184,25 @@ impl PageParams {
     }
 }
 
+/// A page as the admin API lists it: `next` is the cursor of the page after.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ListPage<T> {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    #[schema(required = true)]
+    pub next: Option<String>,
+}
+
 /// A page as the API lists it.
-pub fn list_body<T: serde::Serialize>(page: Page<T>) -> Value {
-    json!({"object": "list", "data": page.items, "has_more": page.next.is_some(), "next": page.next})
+pub fn list_body<T>(page: Page<T>) -> ListPage<T> {
+    ListPage {
+        object: "list",
+        has_more: page.next.is_some(),
+        data: page.items,
+        next: page.next,
+    }
 }
 
 /// Hosts routes under the default configuration (see [`host_with`]).

@@ -19,7 +19,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Attrs, Cond, Item, Key, Page, Query, StoreError, Table, TxOp};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One entry of an audit chain: who did what to which target, the target
+/// before and after, and the entry's place in its hash chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: String,
     pub at: i64,
@@ -179,7 +181,7 @@ pub struct Head {
 }
 
 /// The result of walking a chain.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub chain: String,
     pub entries: u64,
@@ -191,7 +193,7 @@ pub struct Verdict {
     pub first_broken: Option<Broken>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Broken {
     /// The seq the chain expected next.
     pub seq: u64,

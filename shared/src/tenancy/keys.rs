@@ -57,7 +57,8 @@ pub fn well_formed(secret: &str, prefix: &str) -> bool {
     })
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An API key as stored and shown: never its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub key_id: String,
     pub tenant_id: String,
@@ -94,17 +95,19 @@ impl ApiKey {
 }
 
 /// A freshly created key: the secret is in this value and nowhere else.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct NewKey {
     pub secret: String,
     #[serde(flatten)]
     pub key: ApiKey,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+/// A new key's name, scopes (default: all), expiry and own rate limits.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     pub name: Option<String>,
+    /// Of `embeddings`, `chat`, `models`, `usage`, `batches`.
     pub scopes: Option<Vec<String>>,
     /// Unix seconds.
     pub expires_at: Option<i64>,

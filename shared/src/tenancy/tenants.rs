@@ -128,7 +128,7 @@ impl Tiers {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantStatus {
     Active,
@@ -136,7 +136,7 @@ pub enum TenantStatus {
 }
 
 /// Whose cache entries a tenant's requests may reuse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheScope {
     /// Only its own (the default).
@@ -212,8 +212,8 @@ fn check_thresholds(t: &[u16]) -> ApiResult<()> {
     Ok(())
 }
 
-/// The changes an admin may make to a tenant.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// The changes an admin may make to a tenant (fields left out stay as they are).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     pub name: Option<String>,
@@ -277,13 +277,47 @@ pub struct TenantUpdate {
 impl Tenant {
     /// The tenant as the admin API shows it: every field, the webhook without
     /// its secrets (see [`Webhook::view`]).
-    pub fn view(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(hook) = &self.alert_webhook {
-            v["alert_webhook"] = hook.view(crate::store::now_secs());
+    pub fn view(&self) -> TenantView {
+        let now = crate::store::now_secs();
+        TenantView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            tier: self.tier.clone(),
+            status: self.status,
+            cache_scope: self.cache_scope,
+            monthly_budget_micros: self.monthly_budget_micros,
+            model_overrides: self.model_overrides.clone(),
+            rate_limits: self.rate_limits,
+            hard_cap: self.hard_cap,
+            alert_thresholds: self.alert_thresholds.clone(),
+            alert_webhook: self.alert_webhook.as_ref().map(|h| h.view(now)),
+            created_at: self.created_at,
         }
-        v
     }
+}
+
+/// A tenant as the admin API shows it; unset overrides are left out (the
+/// tier's figures apply).
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub status: TenantStatus,
+    pub cache_scope: CacheScope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_micros: Option<u64>,
+    /// Requested model id -> model id served instead.
+    pub model_overrides: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::gateway::ratelimit::Limits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_cap: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_thresholds: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<crate::billing::webhooks::WebhookView>,
+    pub created_at: i64,
 }
 
 #[derive(Clone)]

@@ -50,7 +50,9 @@ const CLAIM_SHARE: u64 = 16;
 const MAX_TOKEN_CLAIM: u64 = 1 << 20;
 
 /// Requests and tokens per minute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub requests_per_minute: u64,

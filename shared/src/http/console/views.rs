@@ -12,21 +12,30 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::chart::{self, Metric};
 use super::svg;
 use crate::app::App;
+use crate::batch::object::BatchObject;
+use crate::billing::alerts::SentAlert;
 use crate::billing::metering::format_day;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::files::OpenAiPage;
 use crate::http::usage::{UsageParams, UsageQuery};
-use crate::http::{list_body, PageParams};
+use crate::http::{list_body, ListPage, PageParams};
 use crate::tenancy::auth::TenantContext;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChartParams {
+    /// `requests` (the default), `tokens` or `cost`.
+    #[param(pattern = "^(requests|tokens|cost)$")]
     pub metric: Option<String>,
+    /// First day, YYYY-MM-DD (default: the first of this month, UTC).
+    #[param(format = Date)]
     pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (default: today, UTC).
+    #[param(format = Date)]
     pub to: Option<String>,
 }
 
@@ -76,8 +85,15 @@ async fn chart_of(app: &App, tenant_id: &str, p: &ChartParams) -> ApiResult<Resp
         .into_response())
 }
 
-/// `GET /v1/usage/chart?metric=requests|tokens|cost&from&to`: the calling
-/// tenant's usage by day and model (scope `usage`).
+/// The calling tenant's usage by day and model as an SVG chart (scope `usage`).
+#[utoipa::path(
+    get, path = "/v1/usage/chart", operation_id = "get_usage_chart", tag = "usage",
+    params(ChartParams),
+    responses(
+        (status = 200, description = "The chart", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
 pub async fn own_chart(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
@@ -88,7 +104,16 @@ pub async fn own_chart(
     chart_of(&app, &ctx.tenant_id, &p).await
 }
 
-/// `GET /admin/v1/tenants/{id}/usage/chart`.
+/// A tenant's usage by day and model as an SVG chart.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/usage/chart", operation_id = "get_tenant_usage_chart", tag = "console",
+    params(("id" = String, Path, description = "The tenant's id"), ChartParams),
+    responses(
+        (status = 200, description = "The chart", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
 pub async fn tenant_chart(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -99,25 +124,41 @@ pub async fn tenant_chart(
     chart_of(&app, &id, &p).await
 }
 
-/// `GET /admin/v1/tenants/{id}/batches`: the tenant's batches, newest first,
-/// as `/v1/batches` lists them (`after`, `limit`).
+/// A tenant's batches, newest first, as `/v1/batches` lists them.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/batches", operation_id = "list_tenant_batches", tag = "console",
+    params(("id" = String, Path, description = "The tenant's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of batches", body = OpenAiPage<BatchObject>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
 pub async fn tenant_batches(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<OpenAiPage<BatchObject>>> {
     let p = query(p)?;
     app.tenants.get(&id).await?;
     Ok(Json(crate::http::batches::page(&app, &id, &p).await?))
 }
 
-/// `GET /admin/v1/tenants/{id}/alerts`: the cost alerts claimed for the
-/// tenant (sent, or being sent), newest month first (`after`, `limit`).
+/// The cost alerts claimed for a tenant (sent, or being sent), newest month first.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/alerts", operation_id = "list_tenant_alerts", tag = "console",
+    params(("id" = String, Path, description = "The tenant's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of alerts", body = ListPage<SentAlert>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
 pub async fn tenant_alerts(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     p: Result<Query<PageParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListPage<SentAlert>>> {
     let p = query(p)?;
     app.tenants.get(&id).await?;
     let page = crate::billing::alerts::list_sent(
