@@ -13,11 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
-use tenantai::store::{
-    Cond, Item, Key, Page, Query, Resources, Scan, Storage, StoreResult, Table, TxOp, Update, Write,
-};
+use tenantai::store::counting::CountingTable;
+use tenantai::store::{Key, Resources, Storage, Table, Update};
 
 const STREAMS: u64 = 32;
 /// A stream's length in real time (the backend's share of a request).

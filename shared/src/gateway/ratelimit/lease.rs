@@ -309,7 +309,7 @@ mod tests {
         drop(done);
         let current = leases.at(11).unwrap();
         assert!(
-            current.tickets.get(&key).is_none(),
+            !current.tickets.contains_key(&key),
             "the old window's leases are gone"
         );
         assert_eq!(current.tickets.get_mut(&next).unwrap().take(100), Some(1));
