@@ -55,12 +55,14 @@ fuzz_document() {
         --no-color "$@"
 }
 
-# Both documents: the admin API with the operator's token (its stateful phase
-# chains tenants, keys, overrides and versions), then the tenant API with a key
-# made for the run through the admin API (tests/fuzz/hooks.py).
+# Both documents: the tenant API with a key made for the run through the admin
+# API (tests/fuzz/hooks.py), then the admin API with the operator's token (its
+# stateful phase chains tenants, keys, overrides and versions). The tenant run
+# goes first: the admin run registers models with made-up endpoints, and a
+# tenant calling one of those rightly gets a 503 (no backend can serve it).
 fuzz_run() {
     local admin_token
     admin_token="$(python3 -c 'import json, os; print(json.load(open(os.environ["TENANTAI_CREDENTIALS"]))["admin_token"])')"
-    fuzz_document admin /admin/v1/openapi.json -H "Authorization: Bearer $admin_token"
     SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$PWD/tests/fuzz" fuzz_document tenant /openapi.json
+    fuzz_document admin /admin/v1/openapi.json -H "Authorization: Bearer $admin_token"
 }
