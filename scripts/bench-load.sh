@@ -140,12 +140,7 @@ chat() {
     out="$(timeout $((CHAT_SECONDS + 150)) "$LITELLM_VENV/bin/python" scripts/lib/stream_load.py \
         "$2" "$3" "$CHAT_MODEL" "$4" "$CHAT_SECONDS" "$CHAT_MAX_TOKENS" | grep '^RESULT')"
     if [ "$1" = tenantai ]; then
-        out="$out $(tail -n +"$((mark + 1))" "$WORK/tenantai.log" | python3 -c '
-import re, sys
-v = sorted(float(m.group(1)) for line in sys.stdin if " served" in line and "completion_tokens=0 " not in line
-           for m in [re.search(r"overhead_ms=([0-9.]+)", line)] if m)
-pct = lambda p: v[min(len(v) - 1, round(p / 100 * (len(v) - 1)))] if v else -1
-print(f"self_n={len(v)} self_p50_ms={pct(50):.3f} self_p99_ms={pct(99):.3f}")')"
+        out="$out $(tail -n +"$((mark + 1))" "$WORK/tenantai.log" | python3 scripts/lib/overhead_report.py)"
     fi
     echo "$MODE:chat-$1-$4 $out" >>"$WORK/results"
     echo "    chat $1 x$4: ${out#RESULT }"

@@ -342,7 +342,10 @@ pub fn body(
     let stream = futures::stream::unfold(state, move |mut st| async move {
         let next = st.step().await?;
         if st.first_sent.is_none() {
-            st.first_sent = st.finish.as_ref().map(|f| f.admitted.elapsed_ms());
+            st.first_sent = st.finish.as_mut().map(|f| {
+                f.admitted.marks.first_sent = f.admitted.elapsed_ms();
+                f.admitted.marks.first_sent
+            });
         }
         Some((Ok::<_, std::convert::Infallible>(next), st))
     });

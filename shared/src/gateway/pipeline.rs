@@ -112,6 +112,21 @@ pub struct Admitted {
     app: std::sync::Arc<App>,
     /// Set for a batch line: its event id and price.
     line: Option<LineTerms>,
+    /// Where the gateway's own time went (on the "served" line).
+    pub marks: Marks,
+}
+
+/// Milestones of a request in milliseconds since its admission began: the
+/// limiter answered, the routes were known, the budget held its reservation,
+/// the backend's answer (a stream's first event) was in hand, a stream's first
+/// bytes left for the client. Logged on the "served" line to explain overheads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Marks {
+    pub limited: f64,
+    pub routed: f64,
+    pub reserved: f64,
+    pub served: f64,
+    pub first_sent: f64,
 }
 
 /// How a batch line is billed: under an event id derived from its batch and
@@ -145,6 +160,7 @@ pub fn admit_line(
         request_id: terms.request_id.clone(),
         app: app.clone(),
         line: Some(terms),
+        marks: Marks::default(),
     }
 }
 
@@ -191,6 +207,8 @@ pub async fn admit<E: Endpoint>(
     req: &E,
 ) -> ApiResult<Admitted> {
     let started = Instant::now();
+    let since = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let mut marks = Marks::default();
     let tenant_limits = tenant.rate_limits.unwrap_or_else(|| tier.limits());
     let scopes = [
         Scope::tenant(&tenant.id, tenant_limits),
@@ -205,6 +223,7 @@ pub async fn admit<E: Endpoint>(
         .limiter
         .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
         .await?;
+    marks.limited = since(started);
     let routes = of_kind(
         app.registry
             .route_chain(&tenant, req.model(), request_id)
@@ -212,6 +231,7 @@ pub async fn admit<E: Endpoint>(
         E::KIND,
         req.model(),
     )?;
+    marks.routed = since(started);
     let mut most = 0;
     for r in &routes {
         most = most.max(req.max_cost(&r.version).map_err(money)?);
@@ -222,6 +242,7 @@ pub async fn admit<E: Endpoint>(
         .budget
         .reserve(&tenant.id, &month, &tenant.budget(&tier), most)
         .await?;
+    marks.reserved = since(started);
     Ok(Admitted {
         tenant,
         routes,
@@ -234,6 +255,7 @@ pub async fn admit<E: Endpoint>(
         request_id: request_id.to_string(),
         app: app.clone(),
         line: None,
+        marks,
     })
 }
 
@@ -564,7 +586,9 @@ impl Admitted {
         tracing::info!(
             tenant_id = %self.tenant.id, key_id = %self.key_id, model = %version.model, version = %version.version,
             inputs = tokens.inputs, prompt_tokens = tokens.prompt, completion_tokens = tokens.completion,
-            cache_hit = hit, latency_ms, overhead_ms, request_id = %self.request_id, batch = self.line.is_some(), "served"
+            cache_hit = hit, latency_ms, overhead_ms, request_id = %self.request_id, batch = self.line.is_some(),
+            limited_ms = self.marks.limited, routed_ms = self.marks.routed, reserved_ms = self.marks.reserved,
+            answered_ms = self.marks.served, first_sent_ms = self.marks.first_sent, "served"
         );
         crate::gateway::telemetry::record(&crate::gateway::telemetry::RequestMetrics {
             model: &version.model,

@@ -108,8 +108,9 @@ pub async fn embeddings(
             ),
         ));
     }
-    let admitted = pipeline::admit(&app, &ctx, who, &request_id, &req).await?;
+    let mut admitted = pipeline::admit(&app, &ctx, who, &request_id, &req).await?;
     let served = pipeline::serve(&admitted, &req, CacheControl::from_headers(&headers)).await?;
+    admitted.marks.served = admitted.elapsed_ms();
     let tokens = req.tokens(&served.answer);
     let mut resp = Json(response_body(
         &req.model,
