@@ -218,10 +218,14 @@ pub async fn admit<E: Endpoint>(
             ctx.key_limits.unwrap_or(tenant_limits),
         ),
     ];
-    let spread = u64::from(crate::gateway::models::bucket(request_id));
     let limits = app
         .limiter
-        .admit(&scopes, req.estimate_tokens(), now_millis(), spread)
+        .admit(
+            &scopes,
+            req.estimate_tokens(),
+            now_millis(),
+            app.limiter.home_shard(),
+        )
         .await?;
     marks.limited = since(started);
     let routes = of_kind(

@@ -7,8 +7,10 @@
 //! admitted in a window never exceed the limit, however many hosts race (no
 //! read-then-write, no retries on contention). A hot scope's request counter is
 //! split over shards, one item each, so one item is not a write bottleneck; a
-//! request tries the shards from a spot its id picks, and the shards' shares sum
-//! to the limit. Tokens are counted on one item per scope: an estimate is taken
+//! host takes its tickets from a home shard it picks at random when it starts (so
+//! hosts spread over the shards while each host's lease stays on one counter),
+//! moving on to the next shard when that one's share is used up; the shards'
+//! shares sum to the limit. Tokens are counted on one item per scope: an estimate is taken
 //! before the backend is called and settled to the real count after.
 //!
 //! Leases keep the table off the hot path of a busy scope: a host claims tickets
@@ -153,6 +155,8 @@ struct Taken {
 pub struct RateLimiter {
     table: Arc<dyn Table>,
     leases: Arc<Mutex<Leases>>,
+    /// This host's home shard (modulo a scope's shard count).
+    home: u64,
 }
 
 fn shards(limits: &Limits) -> u64 {
@@ -177,6 +181,27 @@ fn expires(window: i64) -> i64 {
     (window + 2) * WINDOW_SECS
 }
 
+/// The error a refusal answers with: the store's, or a 429 naming the limit.
+fn refusal_error(refusal: Refusal, reset_ms: u64) -> ApiError {
+    let (what, limits) = match refusal {
+        Refusal::Store(e) => return e,
+        Refusal::Requests(limits) => ("requests", limits),
+        Refusal::Tokens(limits) => ("tokens", limits),
+    };
+    let limit = if what == "tokens" {
+        limits.tokens_per_minute
+    } else {
+        limits.requests_per_minute
+    };
+    ApiError::RateLimited {
+        message: format!(
+            "Rate limit reached: {limit} {what} per minute. Retry after the window resets."
+        ),
+        retry_after_ms: reset_ms,
+        limits,
+    }
+}
+
 /// Shard `i`'s share of `total` over `n` shards (the shares sum to `total`).
 fn share(total: u64, n: u64, i: u64) -> u64 {
     total / n + u64::from(i < total % n)
@@ -184,10 +209,19 @@ fn share(total: u64, n: u64, i: u64) -> u64 {
 
 impl RateLimiter {
     pub fn new(table: Arc<dyn Table>) -> Self {
+        let id = *uuid::Uuid::new_v4().as_bytes();
         RateLimiter {
             table,
             leases: Arc::new(Mutex::new(Leases::default())),
+            home: u64::from(u16::from_le_bytes([id[0], id[1]])),
         }
+    }
+
+    /// The shard this host starts from: the same for all its requests, so its
+    /// leases grow busy and are refilled ahead, rather than sixteen quiet ones
+    /// each claiming from the table.
+    pub fn home_shard(&self) -> u64 {
+        self.home
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -195,7 +229,8 @@ impl RateLimiter {
     }
 
     /// Takes one request and `tokens` (an estimate) from every scope, or
-    /// refuses with a 429 and takes nothing. `now_ms` is the caller's clock.
+    /// refuses with a 429 and takes nothing. `now_ms` is the caller's clock;
+    /// `spread` the shard to start from ([`Self::home_shard`] on the request path).
     pub async fn admit(
         &self,
         scopes: &[Scope],
@@ -207,9 +242,15 @@ impl RateLimiter {
         let reset_ms = from_counter(((window + 1) * 1000 * WINDOW_SECS - now_ms).max(1));
         let mut taken: Vec<Taken> = Vec::new();
         let mut standing: Option<Standing> = None;
+        let mut refused = None;
         let ahead = now_ms >= (window + 1) * 1000 * WINDOW_SECS - AHEAD_MS;
-        for scope in scopes {
-            match self.take(scope, window, tokens, spread, ahead).await {
+        // The scopes are taken from together: when several must claim from the
+        // table, their claims overlap instead of queueing one after another.
+        let takes = scopes
+            .iter()
+            .map(|scope| self.take(scope, window, tokens, spread, ahead));
+        for outcome in futures::future::join_all(takes).await {
+            match outcome {
                 Ok((t, s)) => {
                     taken.push(t);
                     let s = Standing { reset_ms, ..s };
@@ -218,30 +259,12 @@ impl RateLimiter {
                         _ => s,
                     });
                 }
-                Err(refusal) => {
-                    self.release(&taken).await;
-                    return Err(match refusal {
-                        Refusal::Store(e) => e,
-                        Refusal::Requests(limits) | Refusal::Tokens(limits) => {
-                            let what = if matches!(refusal, Refusal::Tokens(_)) {
-                                "tokens"
-                            } else {
-                                "requests"
-                            };
-                            let limit = if what == "tokens" {
-                                limits.tokens_per_minute
-                            } else {
-                                limits.requests_per_minute
-                            };
-                            ApiError::RateLimited {
-                                message: format!("Rate limit reached: {limit} {what} per minute. Retry after the window resets."),
-                                retry_after_ms: reset_ms,
-                                limits,
-                            }
-                        }
-                    });
-                }
+                Err(refusal) => refused = refused.or(Some(refusal)),
             }
+        }
+        if let Some(refusal) = refused {
+            self.release(&taken).await;
+            return Err(refusal_error(refusal, reset_ms));
         }
         let standing = standing.unwrap_or(Standing {
             limit_requests: 0,
