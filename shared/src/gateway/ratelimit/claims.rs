@@ -46,6 +46,19 @@ struct Background {
     guard: ClaimGuard,
 }
 
+/// A window's first claim on a counter is a [`FIRST_CLAIM_SHARE`]th of the limit
+/// it counts against, at least one and at most this many tickets (or tokens):
+/// exact for a scope with a small limit, and room for a burst in one claim for a
+/// scope with plenty (what a host may leave unused is that small share).
+const MAX_FIRST_CLAIM: u64 = 32;
+const MAX_FIRST_TOKEN_CLAIM: u64 = 1 << 15;
+const FIRST_CLAIM_SHARE: u64 = 256;
+
+/// The size of a lease's first claim in a window (later claims are sized by use).
+fn first_claim(limit: u64, most: u64) -> u64 {
+    (limit / FIRST_CLAIM_SHARE).clamp(1, most)
+}
+
 fn remaining(limit: u64, seen: i64, spare: u64) -> u64 {
     limit.saturating_sub(from_counter(seen).saturating_sub(spare))
 }
@@ -126,7 +139,11 @@ impl RateLimiter {
                             Step::Wait(wait)
                         } else {
                             let (wanted, done) = lease.claim.start();
-                            let claim = lease.next_claim.max(1).saturating_add(wanted);
+                            let size = match lease.next_claim {
+                                0 => first_claim(share, MAX_FIRST_CLAIM),
+                                n => n,
+                            };
+                            let claim = size.saturating_add(wanted);
                             Step::Claim(claim, Some(self.guard(key, Kind::Tickets, done)))
                         }
                     }
@@ -228,9 +245,11 @@ impl RateLimiter {
                             return Ok(None);
                         } else {
                             let (wanted, done) = lease.claim.start();
-                            let claim = (tokens - lease.spare)
-                                .max(lease.next_claim)
-                                .saturating_add(wanted);
+                            let size = match (lease.next_claim, lease.seen) {
+                                (0, 0) => first_claim(limit, MAX_FIRST_TOKEN_CLAIM),
+                                (n, _) => n,
+                            };
+                            let claim = (tokens - lease.spare).max(size).saturating_add(wanted);
                             Step::Claim(claim, Some(self.guard(key, Kind::Tokens, done)))
                         }
                     }

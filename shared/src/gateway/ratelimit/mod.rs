@@ -15,9 +15,11 @@
 //!
 //! Leases keep the table off the hot path of a busy scope: a host claims tickets
 //! (and tokens) in blocks with one atomic add and hands them out from memory.
-//! Claims start at one and double while a scope stays busy, up to a sixteenth of
-//! what the window has left (at most [`MAX_CLAIM`]), so a quiet scope still
-//! claims exactly what it uses and no host holds much that another could use.
+//! A window's first claim is a 256th of the limit (at least one, at most 32
+//! tickets), and claims double while a scope stays busy, up to a sixteenth of
+//! what the window has left (at most [`MAX_CLAIM`]), so a quiet scope with a
+//! small limit still claims exactly what it uses, a scope with room to spare
+//! meets a burst with one claim, and no host holds much that another could use.
 //! What a host leased and did not use when the window ends is never used: the
 //! admitted count can only fall short of the limit, never pass it. A refused
 //! request's ticket and tokens, and a settled estimate's surplus, go back to the
@@ -288,8 +290,63 @@ impl RateLimiter {
         ahead: bool,
     ) -> Result<(Taken, Standing), Refusal> {
         let limits = scope.limits;
+        let next = ahead.then(|| token_key(scope, window + 1));
+        let token_key = token_key(scope, window);
+        // The ticket and the tokens are taken together (their claims overlap);
+        // what one side took goes back when the other refuses.
+        let (slot, left) = futures::join!(
+            self.slot(scope, window, spread, ahead),
+            self.tokens(
+                &token_key,
+                next.as_ref(),
+                window,
+                tokens,
+                limits.tokens_per_minute
+            ),
+        );
+        let (request_key, share_i, ticket) = match (slot, &left) {
+            (Ok(Some(slot)), Ok(Some(_))) => slot,
+            (Ok(Some((request_key, _, ticket))), _) => {
+                self.give_ticket(window, &request_key, ticket);
+                return Err(left.err().unwrap_or(Refusal::Tokens(limits)));
+            }
+            (slot, _) => {
+                if let Ok(Some(_)) = left {
+                    self.give_tokens(window, &token_key, tokens);
+                }
+                return Err(slot.err().unwrap_or(Refusal::Requests(limits)));
+            }
+        };
+        let remaining_tokens = left.ok().flatten().unwrap_or(0);
         let n = shards(&limits);
-        let mut slot = None;
+        let standing = Standing {
+            limit_requests: limits.requests_per_minute,
+            remaining_requests: (share_i - ticket) * n,
+            limit_tokens: limits.tokens_per_minute,
+            remaining_tokens,
+            reset_ms: 0,
+        };
+        let taken = Taken {
+            window,
+            request_key,
+            ticket,
+            token_key,
+            tokens,
+        };
+        Ok((taken, standing))
+    }
+
+    /// A request ticket on the scope's shards, from shard `spread` on: its
+    /// counter, the shard's share and the ticket; `None` when every share is used up.
+    async fn slot(
+        &self,
+        scope: &Scope,
+        window: i64,
+        spread: u64,
+        ahead: bool,
+    ) -> Result<Option<(Key, u64, u64)>, Refusal> {
+        let limits = scope.limits;
+        let n = shards(&limits);
         for step in 0..n {
             let i = (spread + step) % n;
             let share_i = share(limits.requests_per_minute, n, i);
@@ -299,48 +356,11 @@ impl RateLimiter {
             let key = shard_key(scope, window, i);
             let next = ahead.then(|| shard_key(scope, window + 1, i));
             if let Some(ticket) = self.ticket(&key, next.as_ref(), window, share_i).await? {
-                slot = Some((key, share_i, ticket));
-                break;
+                return Ok(Some((key, share_i, ticket)));
             }
             // This shard's share is used up; the next shard may have room.
         }
-        let Some((request_key, share_i, ticket)) = slot else {
-            return Err(Refusal::Requests(limits));
-        };
-        let next = ahead.then(|| token_key(scope, window + 1));
-        let token_key = token_key(scope, window);
-        let taken = Taken {
-            window,
-            request_key,
-            ticket,
-            token_key,
-            tokens,
-        };
-        let remaining_tokens = match self
-            .tokens(
-                &taken.token_key,
-                next.as_ref(),
-                window,
-                tokens,
-                limits.tokens_per_minute,
-            )
-            .await
-        {
-            Ok(Some(remaining)) => remaining,
-            refused => {
-                // The ticket goes back; no tokens were taken.
-                self.release(&[Taken { tokens: 0, ..taken }]).await;
-                return Err(refused.err().unwrap_or(Refusal::Tokens(limits)));
-            }
-        };
-        let standing = Standing {
-            limit_requests: limits.requests_per_minute,
-            remaining_requests: (share_i - ticket) * n,
-            limit_tokens: limits.tokens_per_minute,
-            remaining_tokens,
-            reset_ms: 0,
-        };
-        Ok((taken, standing))
+        Ok(None)
     }
 
     async fn add(
@@ -365,17 +385,29 @@ impl RateLimiter {
     /// lease: each lets exactly one later request in, so this never admits more
     /// than the limit. Those of a window already over are dropped.
     async fn release(&self, taken: &[Taken]) {
-        let mut leases = self.leases();
         for t in taken {
-            if t.window != leases.window {
-                continue;
-            }
+            self.give_ticket(t.window, &t.request_key, t.ticket);
+            self.give_tokens(t.window, &t.token_key, t.tokens);
+        }
+    }
+
+    /// A ticket of the current window back to its lease (an old window's is void).
+    fn give_ticket(&self, window: i64, key: &Key, ticket: u64) {
+        let mut leases = self.leases();
+        if window == leases.window {
             leases
                 .tickets
-                .entry(t.request_key.clone())
+                .entry(key.clone())
                 .or_default()
-                .give(t.ticket, t.ticket);
-            leases.tokens.entry(t.token_key.clone()).or_default().spare += t.tokens;
+                .give(ticket, ticket);
+        }
+    }
+
+    /// Tokens of the current window back to their lease.
+    fn give_tokens(&self, window: i64, key: &Key, tokens: u64) {
+        let mut leases = self.leases();
+        if window == leases.window {
+            leases.tokens.entry(key.clone()).or_default().spare += tokens;
         }
     }
 
