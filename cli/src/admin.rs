@@ -539,10 +539,23 @@ pub enum ModelCmd {
         serves: Option<String>,
         #[arg(long)]
         artifact_uri: Option<String>,
+        /// What the version computes at: f32, bf16 or int8 (sets the
+        /// validation gate's cosine threshold: 0.999, 0.999, 0.99).
+        #[arg(long)]
+        precision: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Make a version live (the previous live version is retired).
+    /// Compare a version's embeddings with the live version's (golden set and
+    /// corpus): prints the figures; exits non-zero when it is refused.
+    Validate {
+        model: String,
+        version: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a version live (the previous live version is retired), once it
+    /// passes validation against the live version.
     Promote {
         model: String,
         version: String,
@@ -582,6 +595,7 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             tier,
             serves,
             artifact_uri,
+            precision,
             conn,
         } => {
             let body = json!({
@@ -592,6 +606,7 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
                 "upstream_model": upstream_model, "api_key_secret": api_key_secret,
                 "status": status, "canary_weight": canary_weight,
                 "owner_tenant": owner_tenant, "tier": tier, "serves": serves, "artifact_uri": artifact_uri,
+                "precision": precision,
             });
             print(
                 &conn.call(Method::POST, "/models", Some(body)).await?,
@@ -599,21 +614,28 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
                 conn.json,
             );
         }
+        ModelCmd::Validate {
+            model,
+            version,
+            conn,
+        } => crate::validation::validate(&conn, &model, &version).await?,
         ModelCmd::Promote {
             model,
             version,
             conn,
-        } => print(
-            &conn
-                .call(
-                    Method::POST,
-                    &format!("/models/{model}/versions/{version}/promote"),
-                    None,
-                )
-                .await?,
-            MODEL_COLS,
-            conn.json,
-        ),
+        } => {
+            let (status, body) = crate::validation::call_gated(
+                &conn,
+                &format!("/models/{model}/versions/{version}/promote"),
+                format!("promoting {model}@{version}: validating it against the live version"),
+            )
+            .await?;
+            if !(200..300).contains(&status) {
+                crate::validation::show_refusal(&body, conn.json());
+                bail!("{status}: {}", crate::validation::error_message(&body));
+            }
+            print(&body, MODEL_COLS, conn.json());
+        }
         ModelCmd::Rollback { model, conn } => print(
             &conn
                 .call(Method::POST, &format!("/models/{model}/rollback"), None)

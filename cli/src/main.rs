@@ -8,6 +8,7 @@ mod dev;
 mod gdpr;
 mod ops;
 mod output;
+mod validation;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -30,7 +31,7 @@ enum Command {
     /// Create, list and revoke a tenant's API keys.
     #[command(subcommand)]
     Keys(admin::KeyCmd),
-    /// Register, promote, roll back and list model versions.
+    /// Register, validate, promote, roll back and list model versions.
     #[command(subcommand)]
     Models(admin::ModelCmd),
     /// Usage and spend of one tenant or of all tenants, by day, model or tenant.

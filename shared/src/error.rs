@@ -57,6 +57,11 @@ pub enum ApiError {
     /// change that (cancelling a finished batch); sent with `x-should-retry: false`.
     #[error("{0}")]
     WrongState(String),
+    /// 409: the model version's validation refused it (promotion, a canary
+    /// weight, a new endpoint); the body's `error.validation` holds the figures.
+    /// Sent with `x-should-retry: false`.
+    #[error("{}", .0.message())]
+    ValidationFailed(Box<crate::gateway::validation::Validation>),
     /// 413: the body exceeds the size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -126,7 +131,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Conflict(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::WrongState(_) | ApiError::ValidationFailed(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -149,6 +156,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout")),
             ApiError::Conflict(_) => ("invalid_request_error", Some("conflict")),
             ApiError::WrongState(_) => ("invalid_request_error", Some("invalid_state")),
+            ApiError::ValidationFailed(_) => ("invalid_request_error", Some("validation_failed")),
             ApiError::QueueFull(_) => ("invalid_request_error", Some("token_limit_exceeded")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", Some("request_too_large")),
             ApiError::UnsupportedMediaType(_) => {
@@ -179,7 +187,7 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } => *param,
             _ => None,
         };
-        serde_json::to_value(ErrorBody {
+        let mut body = serde_json::to_value(ErrorBody {
             error: ErrorObject {
                 message,
                 kind: kind.into(),
@@ -187,7 +195,11 @@ impl ApiError {
                 code: code.map(Into::into),
             },
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+        if let ApiError::ValidationFailed(v) = self {
+            body["error"]["validation"] = serde_json::to_value(v).unwrap_or_default();
+        }
+        body
     }
 }
 
@@ -237,7 +249,10 @@ impl IntoResponse for ApiError {
                 };
                 crate::gateway::ratelimit::insert_headers(h, &standing);
             }
-            ApiError::QuotaExceeded(_) | ApiError::WrongState(_) | ApiError::QueueFull(_) => {
+            ApiError::QuotaExceeded(_)
+            | ApiError::WrongState(_)
+            | ApiError::QueueFull(_)
+            | ApiError::ValidationFailed(_) => {
                 // Retrying cannot help until the budget is raised or the month turns.
                 resp.headers_mut()
                     .insert("x-should-retry", HeaderValue::from_static("false"));

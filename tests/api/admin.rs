@@ -232,8 +232,11 @@ async fn model_versions_promote_and_roll_back() {
     let h = Harness::new().await;
     let t = h.tenant("Acme", "pro").await;
     let (key, _) = h.key(&t, json!({})).await;
-    h.model(json!({"model": "embed", "version": "1"})).await;
-    h.model(json!({"model": "embed", "version": "2", "status": "staged"}))
+    // Both versions on the real worker: promotion and the canary pass the gate.
+    let worker = crate::worker::url();
+    h.model(json!({"model": "embed", "version": "1", "endpoint": worker}))
+        .await;
+    h.model(json!({"model": "embed", "version": "2", "status": "staged", "endpoint": worker}))
         .await;
     h.admin(Method::POST, "/models", Some(json!({"model": "embed", "version": "2", "backend": "worker", "endpoint": "http://x", "price_per_1k_tokens_micros": 1, "status": "staged"}))).await.error(409);
 

@@ -43,14 +43,17 @@ async fn seed() -> Seeded {
     )
     .await
     .ok();
-    h.model(json!({"model": "all-MiniLM-L6-v2"})).await;
+    // The real worker behind both versions: promoting version 2 passes the validation gate.
+    let worker = crate::worker::url();
+    h.model(json!({"model": "all-MiniLM-L6-v2", "endpoint": worker}))
+        .await;
     let vars = HashMap::from([
         ("TENANT_ID", t),
         ("KEY_ID", key_id),
         ("API_KEY", key),
         ("REVOKED_KEY", revoked),
         ("ADMIN_TOKEN", h.admin.clone()),
-        ("WORKER_URL", "http://127.0.0.1:9".to_string()),
+        ("WORKER_URL", worker),
     ]);
     Seeded { h, vars }
 }

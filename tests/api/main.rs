@@ -23,6 +23,7 @@ mod routing;
 mod sagemaker;
 #[path = "../common/tables.rs"]
 mod tables;
+mod validation;
 #[path = "../common/webhook.rs"]
 mod webhook;
 mod worker;

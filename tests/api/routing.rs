@@ -55,8 +55,11 @@ async fn the_hierarchy_picks_override_then_tier_then_base() {
 async fn canary_share_follows_its_weight_and_sticks_per_request_id() {
     let h = Harness::new().await;
     let t = h.tenant("T", "pro").await;
-    h.model(json!({"model": "embed", "version": "1"})).await;
-    h.model(json!({"model": "embed", "version": "2", "status": "canary", "canary_weight": 25}))
+    // A weighted canary passes the validation gate: both on the real worker.
+    let worker = crate::worker::url();
+    h.model(json!({"model": "embed", "version": "1", "endpoint": worker}))
+        .await;
+    h.model(json!({"model": "embed", "version": "2", "status": "canary", "canary_weight": 25, "endpoint": worker}))
         .await;
     let tenant = h.app.tenants.get(&t).await.unwrap();
     let mut canary = 0;

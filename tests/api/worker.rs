@@ -47,29 +47,31 @@ fn serve_on_thread<K: Send + 'static>(
 /// The base URL of the shared worker (started on first use).
 pub fn url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let dir = model_dir();
-        assert!(
-            dir.join("manifest.json").is_file(),
-            "no model at {}: run scripts/fetch-model.sh",
-            dir.display()
-        );
-        serve_on_thread(move || {
-            let device = DeviceChoice::Cpu.open().unwrap();
-            let (engine, threads) = Engine::load(
-                &dir,
-                &device,
-                BatchConfig::default(),
-                Arc::new(Metrics::default()),
-            )
-            .unwrap();
-            (
-                AppState::embeddings(engine, Limits::default(), "all-MiniLM-L6-v2"),
-                threads,
-            )
-        })
+    URL.get_or_init(|| serve_embeddings(model_dir())).clone()
+}
+
+/// A worker of its own serving the embedding model in `dir` (the shipped model,
+/// or a test's variant of it); returns its base URL once the model is loaded.
+pub fn serve_embeddings(dir: PathBuf) -> String {
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "no model at {}: run scripts/fetch-model.sh",
+        dir.display()
+    );
+    serve_on_thread(move || {
+        let device = DeviceChoice::Cpu.open().unwrap();
+        let (engine, threads) = Engine::load(
+            &dir,
+            &device,
+            BatchConfig::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        (
+            AppState::embeddings(engine, Limits::default(), "all-MiniLM-L6-v2"),
+            threads,
+        )
     })
-    .clone()
 }
 
 #[allow(dead_code)] // the api tests use it; the adversarial suite shares this file

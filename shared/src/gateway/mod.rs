@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod telemetry;
 pub mod upstream;
+pub mod validation;

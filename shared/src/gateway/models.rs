@@ -62,6 +62,16 @@ impl ModelKind {
     }
 }
 
+/// The numeric precision a version's weights and arithmetic run at; it sets the
+/// validation gate's cosine threshold (see [`crate::gateway::validation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    Int8,
+}
+
 /// Longest context a chat model may declare, in tokens.
 pub const MAX_CONTEXT_LENGTH: u32 = 1 << 21;
 
@@ -116,6 +126,16 @@ pub struct ModelVersion {
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<i64>,
+    /// What the version computes at: `f32`, `bf16` or `int8` (unset: f32, or
+    /// not declared). Set at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+    /// The version's last validation against the live version (set by the
+    /// validate action and the gate before promotion or a canary weight; ignored
+    /// when a client sends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(read_only)]
+    pub validation: Option<crate::gateway::validation::Validation>,
 }
 
 impl ModelVersion {
@@ -147,6 +167,8 @@ impl ModelVersion {
             serves: None,
             created_at: 0,
             promoted_at: None,
+            precision: None,
+            validation: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! Admin routes of the model registry, nested under `/admin/v1` by the admin
-//! router: registering versions, reading and changing them, promotion and
-//! rollback. Every change writes an audit record.
+//! router: registering versions, reading and changing them, validation,
+//! promotion and rollback. Every change writes an audit record. A change that
+//! sends a version traffic (promotion, a canary weight above zero, a live
+//! version's new endpoint, registering one live or as a weighted canary) passes
+//! the validation gate first (`crate::gateway::validation`).
 
 use std::sync::Arc;
 
@@ -17,6 +20,8 @@ use super::admin::{body_json, value, Actor};
 use crate::app::App;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::gateway::models::{ModelVersion, VersionStatus};
+use crate::gateway::validation::gate::{self, routes_traffic};
+use crate::gateway::validation::{check, live_counterpart, Purpose, Validation};
 
 /// The registry's routes.
 pub fn routes() -> Router<Arc<App>> {
@@ -27,6 +32,10 @@ pub fn routes() -> Router<Arc<App>> {
             get(get_version).patch(update_version),
         )
         .route("/models/{model}/versions/{version}/promote", post(promote))
+        .route(
+            "/models/{model}/versions/{version}/validate",
+            post(validate_version),
+        )
         .route("/models/{model}/rollback", post(rollback))
 }
 
@@ -37,7 +46,7 @@ pub fn routes() -> Router<Arc<App>> {
     responses(
         (status = 201, description = "The version", body = ModelVersion),
         (status = 400, description = "A bad field, an unknown tier or owner", body = ErrorBody),
-        (status = 409, description = "That version exists", body = ErrorBody),
+        (status = 409, description = "That version exists, or (registered live or as a weighted canary) its validation refused it", body = ValidationErrorBody),
     ),
 )]
 pub async fn register_model(
@@ -45,12 +54,27 @@ pub async fn register_model(
     Extension(actor): Extension<Actor>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let v: ModelVersion = body_json(body).await?;
+    let mut v: ModelVersion = body_json(body).await?;
+    v.validation = None;
     if let Some(owner) = &v.owner_tenant {
         app.tenants.get(owner).await?;
     }
     if let Some(tier) = &v.tier {
         app.config.tiers.get(tier)?;
+    }
+    v.validate()?;
+    if routes_traffic(&v) {
+        if app.registry.get(&v.model, &v.version).await.is_ok() {
+            return Err(ApiError::Conflict(format!(
+                "version '{}' of model '{}' already exists",
+                v.version, v.model
+            )));
+        }
+        let live = live_counterpart(&app, &v).await?;
+        let result = check(&app, &v, live.as_ref(), Purpose::Register).await?;
+        gate::audit(&app, &actor, &v, None, &result).await?;
+        gate::refusal(&result)?;
+        v.validation = Some(result);
     }
     let v = app.registry.register(v).await?;
     let target = format!("{}@{}", v.model, v.version);
@@ -135,6 +159,7 @@ pub struct VersionPatch {
         (status = 200, description = "The version as it now is", body = ModelVersion),
         (status = 400, description = "A bad field", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "The validation refused a canary weight above zero or a live version's new endpoint", body = ValidationErrorBody),
     ),
 )]
 pub async fn update_version(
@@ -164,6 +189,22 @@ pub async fn update_version(
     if let Some(p) = patch.price_per_1k_tokens_micros {
         after.price_per_1k_tokens_micros = p;
     }
+    after.validate()?;
+    let touched = patch.status.is_some() || patch.canary_weight.is_some();
+    if let Some(purpose) = patch_purpose(&before, &after, touched) {
+        // A live version is compared with itself as it was (its old endpoint).
+        let against = match before.status {
+            VersionStatus::Live => Some(before.clone()),
+            _ => live_counterpart(&app, &after).await?,
+        };
+        let result = check(&app, &after, against.as_ref(), purpose).await?;
+        gate::audit(&app, &actor, &after, before.validation.as_ref(), &result).await?;
+        if !result.allows() {
+            gate::keep(&app, &before, &result).await?;
+        }
+        gate::refusal(&result)?;
+        after.validation = Some(result);
+    }
     app.registry.update(&after).await?;
     app.audit
         .record(
@@ -176,6 +217,22 @@ pub async fn update_version(
         )
         .await?;
     Ok(Json(after))
+}
+
+/// Whether a patch sends the version traffic it has not been validated for: a
+/// live version's new endpoint, or a canary with a weight above zero whose
+/// status, weight or endpoint the patch sets (`touched`: status or weight).
+fn patch_purpose(before: &ModelVersion, after: &ModelVersion, touched: bool) -> Option<Purpose> {
+    let new_endpoint = before.endpoint != after.endpoint;
+    if !routes_traffic(after) {
+        None
+    } else if after.status == VersionStatus::Live {
+        new_endpoint.then_some(Purpose::Endpoint)
+    } else if touched || new_endpoint {
+        Some(Purpose::Canary)
+    } else {
+        None
+    }
 }
 
 async fn record_changes(
@@ -210,7 +267,7 @@ async fn record_changes(
     responses(
         (status = 200, description = "The versions it changed", body = VersionChanges),
         (status = 404, description = "No such version", body = ErrorBody),
-        (status = 409, description = "Changed concurrently; retry", body = ErrorBody),
+        (status = 409, description = "The validation refused the version (`validation_failed`, with the figures), or it changed concurrently", body = ValidationErrorBody),
     ),
 )]
 pub async fn promote(
@@ -218,10 +275,59 @@ pub async fn promote(
     Extension(actor): Extension<Actor>,
     Path((model, version)): Path<(String, String)>,
 ) -> ApiResult<Json<VersionChanges>> {
+    let candidate = app.registry.get(&model, &version).await?;
+    if candidate.status != VersionStatus::Live {
+        gate::gate_registered(&app, &actor, &candidate, Purpose::Promote).await?;
+    }
     let changes = app.registry.promote(&model, &version).await?;
     Ok(Json(
         record_changes(&app, &actor, "model.promote", &changes).await?,
     ))
+}
+
+/// Compares a version with the model's live version: both embed the golden set
+/// and the corpus; the answer holds the figures and the outcome (`passed`,
+/// `refused`, or `skipped` for a chat model or when no other version is live).
+/// The result is kept on the version and written to the audit log.
+#[utoipa::path(
+    post, path = "/admin/v1/models/{model}/versions/{version}/validate", operation_id = "validate_model_version", tag = "models",
+    params(("model" = String, Path, description = "The model id"), ("version" = String, Path, description = "The version")),
+    responses(
+        (status = 200, description = "The validation, passed, refused or skipped", body = Validation),
+        (status = 404, description = "No such version", body = ErrorBody),
+    ),
+)]
+pub async fn validate_version(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Validation>> {
+    let candidate = app.registry.get(&model, &version).await?;
+    Ok(Json(
+        gate::validate_registered(&app, &actor, &candidate, Purpose::Validate).await?,
+    ))
+}
+
+/// A refusal of the validation gate: the OpenAI error shape (`code`
+/// `validation_failed`) with the validation and its figures under `validation`.
+#[derive(Serialize, ToSchema)]
+pub struct ValidationErrorBody {
+    pub error: ValidationErrorObject,
+}
+
+/// The error object of a refusal.
+#[derive(Serialize, ToSchema)]
+pub struct ValidationErrorObject {
+    pub message: String,
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    pub kind: String,
+    #[schema(required = true)]
+    pub param: Option<String>,
+    #[schema(example = "validation_failed")]
+    pub code: Option<String>,
+    /// Present on `validation_failed` (absent on other conflicts).
+    pub validation: Option<Validation>,
 }
 
 /// Makes the model's previous live version live again.

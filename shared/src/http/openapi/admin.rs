@@ -40,6 +40,7 @@ use crate::http::{admin, console, ops, registry, usage};
         registry::get_version,
         registry::update_version,
         registry::promote,
+        registry::validate_version,
         registry::rollback,
         ops::list_audit,
         ops::export_audit,

@@ -101,6 +101,7 @@ fn the_admin_document_lists_every_admin_route() {
         ("GET", version.into()),
         ("PATCH", version.into()),
         ("POST", format!("{version}/promote")),
+        ("POST", format!("{version}/validate")),
         ("POST", "/admin/v1/models/{model}/rollback".into()),
         ("GET", "/admin/v1/audit".into()),
         ("GET", "/admin/v1/audit/export".into()),
