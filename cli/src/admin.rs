@@ -495,8 +495,8 @@ pub enum ModelCmd {
         #[arg(long)]
         version: String,
         /// Base URL of the worker serving it; SageMaker endpoint name; an
-        /// upstream's base URL (ending in /v1).
-        #[arg(long)]
+        /// upstream's base URL (ending in /v1). (`--endpoint` is the instance's URL.)
+        #[arg(long = "backend-endpoint")]
         endpoint: String,
         /// embedding or chat.
         #[arg(long, default_value = "embedding")]

@@ -66,3 +66,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Batches(cmd) => batches::batches(cmd).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags are well-formed and none clashes with a global
+    /// one (clap checks this only when a command is built, so only here for most).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

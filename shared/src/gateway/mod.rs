@@ -12,6 +12,7 @@ pub mod embeddings;
 pub mod models;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;
 pub mod validation;

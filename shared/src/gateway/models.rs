@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ApiResult};
+use crate::gateway::snapshot::Snapshot;
 use crate::records::{from_item, to_attrs};
 use crate::store::{now_secs, Cond, Item, Key, Query, StoreError, Table};
 use crate::tenancy::tenants::Tenant;
@@ -331,50 +332,47 @@ pub struct Route {
     pub version: ModelVersion,
 }
 
+/// Every version in the table.
+async fn read_all(table: Arc<dyn Table>) -> ApiResult<Vec<ModelVersion>> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = table
+            .query(&Query::new(MODELS_PK).prefix("M#").limit(500).after(cursor))
+            .await?;
+        for item in page.items {
+            out.push(from_item(item)?);
+        }
+        cursor = page.next;
+        if cursor.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Registry {
     table: Arc<dyn Table>,
-    /// All versions, cached briefly: routing reads the registry on every request.
-    cache: moka::future::Cache<(), Arc<Vec<ModelVersion>>>,
+    /// All versions, cached briefly and refreshed ahead: routing reads the
+    /// registry on every request.
+    cache: Snapshot<Vec<ModelVersion>>,
 }
 
 impl Registry {
     pub fn new(table: Arc<dyn Table>, cache_ttl: Duration) -> Self {
         Registry {
             table,
-            cache: moka::future::Cache::builder()
-                .max_capacity(1)
-                .time_to_live(cache_ttl)
-                .build(),
+            cache: Snapshot::new(cache_ttl),
         }
     }
 
     pub async fn all(&self) -> ApiResult<Arc<Vec<ModelVersion>>> {
-        if let Some(v) = self.cache.get(&()).await {
-            return Ok(v);
-        }
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .table
-                .query(&Query::new(MODELS_PK).prefix("M#").limit(500).after(cursor))
-                .await?;
-            for item in page.items {
-                out.push(from_item(item)?);
-            }
-            cursor = page.next;
-            if cursor.is_none() {
-                break;
-            }
-        }
-        let out = Arc::new(out);
-        self.cache.insert((), out.clone()).await;
-        Ok(out)
+        let table = self.table.clone();
+        self.cache.get(move || read_all(table)).await
     }
 
     pub fn invalidate(&self) {
-        self.cache.invalidate_all();
+        self.cache.invalidate();
     }
 
     pub async fn get(&self, model: &str, version: &str) -> ApiResult<ModelVersion> {
