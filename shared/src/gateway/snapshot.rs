@@ -1,11 +1,13 @@
 //! A value read from storage, kept in memory and refreshed ahead of need: the
 //! registry that routing reads on every request.
 //!
-//! Within its time to live the snapshot is served as it is. Past it, for as long
-//! again, it is still served while one background load replaces it, so a busy
-//! host never makes a request wait on storage for it; older than that (a host
-//! that sat idle) it is loaded again before it is served. Invalidation drops it
-//! at once, and a load that started before an invalidation is not kept.
+//! Within its time to live the snapshot is served; from half of it on, one
+//! background load replaces it meanwhile, so a busy host never makes a request
+//! wait on storage for it and never serves it older than its time to live. A
+//! snapshot past that (a host that sat idle) is loaded again before it is
+//! served, by one request while the others that arrive meanwhile wait for it.
+//! Invalidation drops it at once, and a load that started before an
+//! invalidation is not kept.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,8 @@ use crate::error::ApiResult;
 
 pub struct Snapshot<T> {
     state: Arc<Mutex<State<T>>>,
+    /// Held by the request loading a missing or expired snapshot.
+    loading: Arc<tokio::sync::Mutex<()>>,
     ttl: Duration,
 }
 
@@ -22,6 +26,7 @@ impl<T> Clone for Snapshot<T> {
     fn clone(&self) -> Self {
         Snapshot {
             state: self.state.clone(),
+            loading: self.loading.clone(),
             ttl: self.ttl,
         }
     }
@@ -51,6 +56,7 @@ impl<T: Send + Sync + 'static> Snapshot<T> {
                 refreshing: false,
                 generation: 0,
             })),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
             ttl,
         }
     }
@@ -81,7 +87,13 @@ impl<T: Send + Sync + 'static> Snapshot<T> {
                 });
                 Ok(v)
             }
-            Plan::Load(generation) => {
+            Plan::Load(_) => {
+                let _loading = self.loading.lock().await;
+                // Another request may have loaded it while this one waited.
+                let generation = match self.plan() {
+                    Plan::Serve(v) | Plan::Refresh(v, _) => return Ok(v),
+                    Plan::Load(generation) => generation,
+                };
                 let started = Instant::now();
                 let v = Arc::new(load().await?);
                 self.keep(&mut self.state(), generation, v.clone(), started);
@@ -97,10 +109,10 @@ impl<T: Send + Sync + 'static> Snapshot<T> {
             return Plan::Load(generation);
         };
         let age = at.elapsed();
-        if age < self.ttl || (age < self.ttl * 2 && st.refreshing) {
+        if age < self.ttl / 2 || (age < self.ttl && st.refreshing) {
             return Plan::Serve(v.clone());
         }
-        if age < self.ttl * 2 {
+        if age < self.ttl {
             let v = v.clone();
             st.refreshing = true;
             return Plan::Refresh(v, generation);
@@ -141,15 +153,19 @@ mod tests {
         }
     }
 
-    /// A load that counts its calls and returns the call's number.
-    fn counter() -> (
-        Arc<AtomicU64>,
-        impl Fn() -> std::future::Ready<ApiResult<u64>> + Clone,
-    ) {
+    type Load = std::pin::Pin<Box<dyn Future<Output = ApiResult<u64>> + Send>>;
+
+    /// A load that counts its calls and returns the call's number (after a
+    /// yield, as a read from storage would let other requests run).
+    fn counter() -> (Arc<AtomicU64>, impl Fn() -> Load + Clone) {
         let n = Arc::new(AtomicU64::new(0));
         let m = n.clone();
         (n, move || {
-            std::future::ready(Ok(m.fetch_add(1, Ordering::SeqCst) + 1))
+            let call = m.fetch_add(1, Ordering::SeqCst) + 1;
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                Ok(call)
+            }) as Load
         })
     }
 
@@ -158,17 +174,17 @@ mod tests {
         let s = Snapshot::new(TTL);
         let (n, load) = counter();
         assert_eq!(*s.get(load.clone()).await.unwrap(), 1);
-        s.age_by(Duration::from_secs(9));
+        s.age_by(Duration::from_secs(4));
         assert_eq!(*s.get(load).await.unwrap(), 1);
         assert_eq!(n.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
-    async fn a_stale_snapshot_is_served_while_it_is_refreshed_in_the_background() {
+    async fn an_ageing_snapshot_is_served_while_it_is_refreshed_in_the_background() {
         let s = Snapshot::new(TTL);
         let (n, load) = counter();
         s.get(load.clone()).await.unwrap();
-        s.age_by(Duration::from_secs(12));
+        s.age_by(Duration::from_secs(6));
         // The old value answers at once; one refresh starts.
         assert_eq!(*s.get(load.clone()).await.unwrap(), 1);
         assert_eq!(*s.get(load.clone()).await.unwrap(), 1);
@@ -183,12 +199,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_snapshot_past_twice_its_ttl_is_loaded_before_it_is_served() {
+    async fn an_expired_snapshot_is_loaded_once_before_it_is_served() {
         let s = Snapshot::new(TTL);
-        let (_, load) = counter();
+        let (n, load) = counter();
         s.get(load.clone()).await.unwrap();
-        s.age_by(Duration::from_secs(25));
-        assert_eq!(*s.get(load).await.unwrap(), 2);
+        s.age_by(Duration::from_secs(11));
+        // Requests arriving together wait for one load.
+        let (a, b) = tokio::join!(s.get(load.clone()), s.get(load));
+        assert_eq!((*a.unwrap(), *b.unwrap()), (2, 2));
+        assert_eq!(n.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
