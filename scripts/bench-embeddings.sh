@@ -5,7 +5,8 @@
 #
 # usage: scripts/bench-embeddings.sh [--profile]
 #   --profile  also print where candle's time goes (candle's tracing spans)
-# env: BENCH_THREADS (default 2)
+# env: BENCH_THREADS (default 2); BENCH_PROFILE (cargo profile of the engine, default
+#      release; `local` builds far quicker, without LTO)
 #
 # Python dependencies go into the git-ignored venv .tools/bench-venv. PyPI only has
 # CUDA builds of torch for Linux x86_64, and libtorch links the CUDA runtime, so a
@@ -42,8 +43,9 @@ install_venv() {
 
 scripts/fetch-model.sh
 install_venv
-echo "==> building the candle benchmark (release)"
-cargo build --release --quiet -p gpu-worker --example bench_embeddings
-BIN="${CARGO_TARGET_DIR:-target}/release/examples/bench_embeddings"
+PROFILE="${BENCH_PROFILE:-release}"
+echo "==> building the candle benchmark ($PROFILE)"
+cargo build --profile "$PROFILE" --quiet -p gpu-worker --example bench_embeddings
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE/examples/bench_embeddings"
 echo "==> running (this takes a minute or two)"
 "$VENV/bin/python" scripts/bench-embeddings.py "$PWD/models/all-MiniLM-L6-v2" "$BIN" "$@"
