@@ -111,7 +111,8 @@ struct ServeArgs {
     /// CPU, one on a GPU). With several on a CPU, RAYON_NUM_THREADS defaults to 1.
     #[arg(long, env = "TENANTAI_MODEL_THREADS", default_value_t = 0)]
     model_threads: usize,
-    /// Most padded tokens (inputs x longest input) in one forward pass.
+    /// Most tokens in one forward pass (on a GPU, padded ones included: inputs x
+    /// longest input).
     #[arg(long, env = "TENANTAI_MAX_BATCH_TOKENS", default_value_t = 16384)]
     max_batch_tokens: usize,
     /// Most inputs in one forward pass.
