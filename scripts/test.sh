@@ -4,7 +4,10 @@
 #      starts the emulator on a free loopback port, runs the workspace's tests;
 #   2. invokes every Lambda function through cargo-lambda against the emulator
 #      (after cargo has released its build lock: cargo-lambda builds them itself);
-#   3. drives `tenantai dev` with the official `openai` Python package;
+#   3. drives `tenantai dev` with the official `openai` Python package (and, when
+#      llama.cpp's build is cached, llama-server as an upstream provider behind it),
+#      and its console in headless Chromium (Debian's, with Selenium), then
+#      schemathesis through both OpenAPI documents (scripts/lib/fuzz.sh);
 #   4. checks the CDK app in infra/ offline: npm ci + jest, cdk synth for dev and
 #      prod (cdk-nag), cfn-lint and checkov on the templates, hadolint on the worker's
 #      Dockerfile and its steps run outside a container (scripts/lib/infra.sh).
@@ -17,6 +20,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/tools.sh
 . scripts/lib/infra.sh
 . scripts/lib/worker_image.sh
+. scripts/lib/llama.sh
+. scripts/lib/fuzz.sh
 
 scripts/fetch-model.sh
 moto_start
@@ -30,21 +35,33 @@ if [ $# -gt 0 ]; then
 fi
 
 echo "==> phase 1: cargo test"
+disk_report
 cargo test --workspace --all-targets
 
 echo "==> phase 2: the functions through cargo-lambda"
+disk_report
 lambda_install
 cargo build -p api -p admin -p authorizer -p metering -p cost-alerts -p backup -p gpu-worker
 lambda_test="$(test_binary tenantai-tests lambda)"
 PATH="$LAMBDA_VENV/bin:$PATH" TENANTAI_LAMBDA_E2E=1 "$lambda_test" --nocapture
 
 echo "==> phase 3: tenantai dev with the openai SDK"
+disk_report
 py_install
+browser_install
 cargo build -p tenantai-cli
+# llama.cpp's server as an upstream provider, when its cached build is here (a cold
+# build takes over half an hour on two cores: scripts/lib/llama.sh llama_build).
+if [ -x "$LLAMA_SERVER" ] && [ -f "$LLAMA_CACHE/build/.ok" ]; then
+    llama_server_start models/SmolLM2-135M-Instruct/model.gguf
+fi
 dev_start
 "$PY_VENV/bin/python" -m pytest -q tests/openai
+fuzz_install
+fuzz_run
 
 echo "==> phase 4: infra"
+disk_report
 infra_start=$(date +%s)
 infra_tools_install
 infra_npm_ci

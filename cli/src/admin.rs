@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::output::{line, print};
-use tenantai::text::escape_terminal;
+use tenantai::tenancy::text::escape_terminal;
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -78,7 +78,7 @@ impl Conn {
             .admin_token
             .as_deref()
             .context("no admin token: pass --admin-token or set TENANTAI_ADMIN_TOKEN")?;
-        tenantai::backend::install_crypto();
+        tenantai::gateway::backend::install_crypto();
         let mut url = reqwest::Url::parse(&format!(
             "{}/admin/v1{path}",
             self.endpoint.trim_end_matches('/')
@@ -161,7 +161,7 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<()> {
     let columns: Vec<&str> = ["tenant_id", "day", "model"]
         .into_iter()
         .filter(|c| groups.iter().any(|g| g == c))
-        .chain(tenantai::metering::COUNTERS)
+        .chain(tenantai::billing::metering::COUNTERS)
         .collect();
     print(&report, &columns, a.conn.json);
     if !a.conn.json {
@@ -406,7 +406,7 @@ pub enum KeyCmd {
         tenant: String,
         #[arg(long)]
         name: Option<String>,
-        /// Comma-separated: embeddings, models, usage, batches (default: all).
+        /// Comma-separated: embeddings, chat, models, usage, batches (default: all).
         #[arg(long, value_delimiter = ',')]
         scopes: Option<Vec<String>>,
         /// Expiry, Unix seconds.
@@ -486,6 +486,7 @@ pub async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum ModelCmd {
     /// Register a model version.
     Register {
@@ -493,12 +494,35 @@ pub enum ModelCmd {
         model: String,
         #[arg(long)]
         version: String,
-        /// Base URL of the worker serving it.
+        /// Base URL of the worker serving it; SageMaker endpoint name; an
+        /// upstream's base URL (ending in /v1).
         #[arg(long)]
         endpoint: String,
-        /// Price per 1,000 input tokens, micro-dollars.
+        /// embedding or chat.
+        #[arg(long, default_value = "embedding")]
+        kind: String,
+        /// worker, sagemaker or openai (an OpenAI-compatible upstream).
+        #[arg(long, default_value = "worker")]
+        backend: String,
+        /// Price per 1,000 input (prompt) tokens, micro-dollars.
         #[arg(long)]
         price_micros: u64,
+        /// Price per 1,000 completion tokens, micro-dollars (chat).
+        #[arg(long, default_value_t = 0)]
+        completion_price_micros: u64,
+        /// Context length in tokens (chat).
+        #[arg(long)]
+        context_length: Option<u32>,
+        /// Completion cap when a request sets no max_tokens (chat).
+        #[arg(long)]
+        max_output_tokens: Option<u32>,
+        /// The model id the upstream knows (openai backends).
+        #[arg(long)]
+        upstream_model: Option<String>,
+        /// The secret holding the upstream's API key: an environment variable
+        /// name in `tenantai dev`, a Secrets Manager secret on AWS (openai backends).
+        #[arg(long)]
+        api_key_secret: Option<String>,
         /// staged, canary or live.
         #[arg(long, default_value = "staged")]
         status: String,
@@ -544,7 +568,14 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             model,
             version,
             endpoint,
+            kind,
+            backend,
             price_micros,
+            completion_price_micros,
+            context_length,
+            max_output_tokens,
+            upstream_model,
+            api_key_secret,
             status,
             canary_weight,
             owner_tenant,
@@ -554,8 +585,12 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             conn,
         } => {
             let body = json!({
-                "model": model, "version": version, "backend": "worker", "endpoint": endpoint,
-                "price_per_1k_tokens_micros": price_micros, "status": status, "canary_weight": canary_weight,
+                "model": model, "version": version, "kind": kind, "backend": backend, "endpoint": endpoint,
+                "price_per_1k_tokens_micros": price_micros,
+                "price_per_1k_completion_tokens_micros": completion_price_micros,
+                "context_length": context_length, "max_output_tokens": max_output_tokens,
+                "upstream_model": upstream_model, "api_key_secret": api_key_secret,
+                "status": status, "canary_weight": canary_weight,
                 "owner_tenant": owner_tenant, "tier": tier, "serves": serves, "artifact_uri": artifact_uri,
             });
             print(

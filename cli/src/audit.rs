@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tenantai::audit::{AuditRecord, ChainCheck};
+use tenantai::tenancy::audit::{AuditRecord, ChainCheck};
 
 use crate::admin::Conn;
 use crate::output::print;

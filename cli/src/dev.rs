@@ -1,5 +1,5 @@
-//! `tenantai dev`: the api, admin and authorizer logic and an embeddings worker
-//! in one process, on embedded storage (or the AWS adapters with `--aws`).
+//! `tenantai dev`: the api, admin and authorizer logic and a worker (embeddings
+//! and chat) in one process, on embedded storage (or the AWS adapters with `--aws`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,16 +9,36 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
-use tenantai::models::ModelVersion;
-use tenantai::secrets::Secrets;
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
+use tenantai::gateway::models::{ModelKind, ModelVersion};
 use tenantai::store::{aws, Resources, Storage};
+use tenantai::tenancy::secrets::Secrets;
 
 /// The model `tenantai dev` serves, and the id clients ask for.
 pub const DEV_MODEL: &str = "all-MiniLM-L6-v2";
 /// OpenAI's small embedding model costs $0.02 per million tokens: 20 micro-dollars per 1k.
 const DEV_PRICE_MICROS: u64 = 20;
+/// The chat model `tenantai dev` serves.
+pub const DEV_CHAT_MODEL: &str = "SmolLM2-135M-Instruct";
+/// Its prices per 1k prompt and completion tokens, in micro-dollars ($0.15 and
+/// $0.60 per million, the price class of small hosted models).
+const DEV_CHAT_PRICES_MICROS: (u64, u64) = (150, 600);
+
+/// The abuse limits and the variables that set them, for `tenantai dev --help`
+/// (defaults from `tenantai::limits::Limits` and `tenantai::app::Config`).
+pub const LIMITS_HELP: &str = "\
+Abuse limits (environment; default):
+  TENANTAI_MAX_BODY_BYTES       largest /v1/embeddings and /v1/chat/completions body (6291456); 413
+  TENANTAI_BODY_TIMEOUT_SECS    longest a request body may take to arrive (30); 408
+  TENANTAI_MAX_HEADERS          most header fields of a request (64); 431
+  TENANTAI_MAX_HEADER_BYTES     most bytes of a request head (16384); 431
+  TENANTAI_HEADER_TIMEOUT_SECS  longest a head may take, and a keep-alive connection may idle (10)
+  TENANTAI_MAX_CONNECTIONS      connections served at once (512); beyond: 503, /health 200
+  TENANTAI_MAX_IN_FLIGHT        requests handled at once (256); beyond: 503 with Retry-After
+  TENANTAI_RETRY_AFTER_SECS     the Retry-After of a shed request (1)
+Fixed: admin bodies 1 MiB, batch/key bodies 64 KiB, uploads the tier's max_file_bytes,
+JSON nesting 32 levels, strings per input (see the README's Abuse limits table).";
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -42,6 +62,16 @@ pub struct DevArgs {
         default_value = "models/all-MiniLM-L6-v2"
     )]
     model_dir: PathBuf,
+    /// The chat model directory (fetched with scripts/fetch-model.sh when absent).
+    #[arg(
+        long,
+        env = "TENANTAI_CHAT_MODEL_DIR",
+        default_value = "models/SmolLM2-135M-Instruct"
+    )]
+    chat_model_dir: PathBuf,
+    /// Serve no chat model (embeddings only).
+    #[arg(long)]
+    no_chat: bool,
     /// Use a running `gpu-worker serve` at this URL instead of the in-process worker.
     #[arg(long, env = "TENANTAI_WORKER_URL")]
     worker_url: Option<String>,
@@ -50,6 +80,10 @@ pub struct DevArgs {
     #[arg(long, env = "TENANTAI_ALERTS_INTERVAL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     alerts_interval_secs: u64,
+    /// Batch jobs worked on at once by the in-process batch worker (0: none; the
+    /// jobs wait in the embedded queue for a `gpu-worker work --data-dir`).
+    #[arg(long, env = "TENANTAI_BATCH_WORKERS", default_value_t = 2)]
+    workers: usize,
     /// Let webhooks reach loopback, private and link-local addresses, over plain
     /// http too (local testing only; cloud metadata addresses stay blocked).
     #[arg(long, env = "TENANTAI_EGRESS_ALLOW_PRIVATE")]
@@ -78,9 +112,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let key_file = args.data_dir.join("secrets.key");
     let (storage, secrets) = if args.aws {
         let sdk = aws::sdk_config().await;
-        let storage = Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), true)
-            .await
-            .context("AWS storage")?;
+        let storage = Storage::aws(
+            &sdk,
+            &tenantai::lambda::resources_from_env().map_err(anyhow::Error::msg)?,
+            true,
+        )
+        .await
+        .context("AWS storage")?;
         (storage, Secrets::from_env(Some(&sdk), Some(&key_file)))
     } else {
         let storage = Storage::embedded(&args.data_dir, &Resources::named("tenantai"))
@@ -89,14 +127,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         (storage, Secrets::from_env(None, Some(&key_file)))
     };
     config.secrets = secrets.context("the key for secrets at rest")?;
-    let body_timeout = config.body_timeout;
     let app = App::new(storage, config)?;
 
     let worker_url = match &args.worker_url {
         Some(url) => url.clone(),
-        None => crate::worker::start(&args.model_dir).await?,
+        None => {
+            let chat = (!args.no_chat).then_some(args.chat_model_dir.as_path());
+            crate::worker::start(&args.model_dir, chat).await?
+        }
     };
-    ensure_model(&app, &worker_url).await?;
+    ensure_model(&app, &dev_model(&worker_url)).await?;
+    if !args.no_chat {
+        ensure_model(&app, &dev_chat_model(&worker_url)).await?;
+    }
     let creds = bootstrap(&app, &args.data_dir).await?;
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
@@ -112,19 +155,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let alerts = spawn_alerts(
         &app,
         Duration::from_secs(args.alerts_interval_secs),
-        stopped,
+        stopped.clone(),
     )?;
+    let batches = spawn_batch_worker(&app, args.workers, stopped)?;
     let router = tenantai::http::host_with(
         tenantai::http::api::router(app.clone()).merge(tenantai::http::admin::router(app.clone())),
-        body_timeout,
+        &app.config,
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown())
+    tenantai::http::serve::Server::new(router, &app.config.limits)
+        .run(listener, shutdown())
         .await?;
     // Events still buffered reach the (persistent) usage queue; the next start folds them.
     app.usage.flush().await;
     let _ = stop.send(true);
-    let _ = tokio::join!(metering, alerts);
+    let _ = tokio::join!(metering, alerts, batches);
     Ok(())
 }
 
@@ -138,6 +182,30 @@ fn spawn_metering(
     Ok(tokio::spawn(
         async move { meter.drain(queue, dlq, stop).await },
     ))
+}
+
+/// Drains the embedded jobs queue (batch validation and chunks) as the GPU
+/// worker fleet does on AWS; on a stop, work in flight has its grace period.
+fn spawn_batch_worker(
+    app: &Arc<App>,
+    workers: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut config = tenantai::batch::jobs::WorkerConfig::from_env().map_err(anyhow::Error::msg)?;
+    config.workers = workers;
+    if std::env::var_os("TENANTAI_BATCH_GRACE_SECS").is_none() {
+        // On Ctrl-C a chunk still running is handed back soon: the next start takes it.
+        config.grace = Duration::from_secs(5);
+    }
+    let app = app.clone();
+    Ok(tokio::spawn(async move {
+        if workers == 0 {
+            return;
+        }
+        if let Err(e) = tenantai::batch::jobs::run(app, config, stop).await {
+            tracing::error!(error = %e, "the batch worker stopped");
+        }
+    }))
 }
 
 /// Runs the cost alerts every `interval`, as the EventBridge schedule does on AWS.
@@ -157,7 +225,7 @@ fn spawn_alerts(
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = tenantai::metering::stopped(&mut stop) => return,
+                _ = tenantai::billing::metering::stopped(&mut stop) => return,
             }
             match alerts.run(time::OffsetDateTime::now_utc()).await {
                 Ok(summary) if summary.sent + summary.failed > 0 => {
@@ -184,24 +252,30 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
-/// Registers the dev model as the live base model, pointing at this run's worker.
-async fn ensure_model(app: &Arc<App>, worker_url: &str) -> anyhow::Result<()> {
-    match app.registry.get(DEV_MODEL, "1").await {
+fn dev_model(worker_url: &str) -> ModelVersion {
+    ModelVersion::live_worker(DEV_MODEL, "1", worker_url, DEV_PRICE_MICROS)
+}
+
+fn dev_chat_model(worker_url: &str) -> ModelVersion {
+    let mut v =
+        ModelVersion::live_worker(DEV_CHAT_MODEL, "1", worker_url, DEV_CHAT_PRICES_MICROS.0);
+    v.kind = ModelKind::Chat;
+    v.price_per_1k_completion_tokens_micros = DEV_CHAT_PRICES_MICROS.1;
+    v.context_length = Some(8192);
+    v
+}
+
+/// Registers a dev model as the live base model, pointing at this run's worker.
+async fn ensure_model(app: &Arc<App>, model: &ModelVersion) -> anyhow::Result<()> {
+    match app.registry.get(&model.model, &model.version).await {
         Ok(mut v) => {
-            if v.endpoint != worker_url {
-                v.endpoint = worker_url.to_string();
+            if v.endpoint != model.endpoint {
+                v.endpoint = model.endpoint.clone();
                 app.registry.update(&v).await?;
             }
         }
         Err(_) => {
-            app.registry
-                .register(ModelVersion::live_worker(
-                    DEV_MODEL,
-                    "1",
-                    worker_url,
-                    DEV_PRICE_MICROS,
-                ))
-                .await?;
+            app.registry.register(model.clone()).await?;
         }
     }
     Ok(())
@@ -255,7 +329,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
     let lines = [
         format!("tenantai dev is serving on {base}"),
-        format!("  OpenAI-compatible API: {base}/v1   (model: {DEV_MODEL})"),
+        format!("  OpenAI-compatible API: {base}/v1   (models: {DEV_MODEL}, {DEV_CHAT_MODEL})"),
         format!("  admin API:             {base}/admin/v1"),
         format!("  demo tenant:           {}", c.tenant_id),
         format!("  API key:               {}", c.api_key),
@@ -264,8 +338,37 @@ fn print_banner(base: &str, c: &Credentials, data_dir: &Path) {
         String::new(),
         format!("  curl {base}/v1/embeddings -H 'Authorization: Bearer {}' \\", c.api_key),
         format!("       -H 'Content-Type: application/json' -d '{{\"model\":\"{DEV_MODEL}\",\"input\":\"hello\"}}'"),
+        format!("  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {}' \\", c.api_key),
+        format!("       -H 'Content-Type: application/json' -d '{{\"model\":\"{DEV_CHAT_MODEL}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'"),
     ];
     for l in lines {
         println!("{l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_shows_the_default_limits() {
+        let d = tenantai::limits::Limits::default();
+        let c = Config::default();
+        for (name, value) in [
+            ("TENANTAI_MAX_BODY_BYTES", c.max_body_bytes as u64),
+            ("TENANTAI_BODY_TIMEOUT_SECS", c.body_timeout.as_secs()),
+            ("TENANTAI_MAX_HEADERS", d.max_headers as u64),
+            ("TENANTAI_MAX_HEADER_BYTES", d.max_header_bytes as u64),
+            ("TENANTAI_HEADER_TIMEOUT_SECS", d.header_timeout.as_secs()),
+            ("TENANTAI_MAX_CONNECTIONS", d.max_connections as u64),
+            ("TENANTAI_MAX_IN_FLIGHT", d.max_in_flight as u64),
+            ("TENANTAI_RETRY_AFTER_SECS", d.retry_after_secs),
+        ] {
+            let line = LIMITS_HELP.lines().find(|l| l.contains(name));
+            assert!(
+                line.is_some_and(|l| l.contains(&format!("({value})"))),
+                "{name} {value}: {line:?}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod batches;
 mod dev;
 mod gdpr;
 mod ops;
@@ -21,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run api, admin, authorizer and an embeddings worker in one process.
+    #[command(after_help = dev::LIMITS_HELP)]
     Dev(dev::DevArgs),
     /// Create, list, inspect and change tenants.
     #[command(subcommand)]
@@ -42,6 +44,10 @@ enum Command {
     /// Restore a backup (default: the latest) into an empty table, verified
     /// first, resumable, with a progress bar.
     Restore(ops::RestoreArgs),
+    /// A tenant's batch jobs (with its API key): submit a JSONL file and wait
+    /// for its results, list, show, cancel, download.
+    #[command(subcommand)]
+    Batches(batches::BatchCmd),
 }
 
 #[tokio::main]
@@ -56,5 +62,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::audit(cmd).await,
         Command::Backup(args) => ops::backup(args).await,
         Command::Restore(args) => ops::restore(args).await,
+        Command::Batches(cmd) => batches::batches(cmd).await,
     }
 }

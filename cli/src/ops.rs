@@ -34,9 +34,13 @@ impl StoreArgs {
     async fn open(&self, create: bool) -> anyhow::Result<Storage> {
         if self.aws {
             let sdk = aws::sdk_config().await;
-            return Storage::aws(&sdk, &tenantai::lambda::resources_from_env(), create)
-                .await
-                .context("AWS storage");
+            return Storage::aws(
+                &sdk,
+                &tenantai::lambda::resources_from_env().map_err(anyhow::Error::msg)?,
+                create,
+            )
+            .await
+            .context("AWS storage");
         }
         if !create && !self.data_dir.join("tenantai.db").exists() {
             anyhow::bail!(

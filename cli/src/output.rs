@@ -1,9 +1,9 @@
 //! Readable tables for people, JSON for scripts (`--json`). Text from the
-//! server is escaped before it reaches the terminal ([`tenantai::text::escape_terminal`]):
+//! server is escaped before it reaches the terminal ([`tenantai::tenancy::text::escape_terminal`]):
 //! a stored name cannot move the cursor, recolour or reorder what is shown.
 
 use serde_json::Value;
-use tenantai::text::escape_terminal;
+use tenantai::tenancy::text::escape_terminal;
 
 /// Prints `rows` (JSON objects) as a table of `columns`, or the raw JSON.
 pub fn print(value: &Value, columns: &[&str], json: bool) {
@@ -106,7 +106,7 @@ mod tests {
             let out = render(&v, &["id", "name"], json);
             assert!(
                 !out.chars()
-                    .any(|c| c != '\n' && tenantai::text::forbidden(c).is_some()),
+                    .any(|c| c != '\n' && tenantai::tenancy::text::forbidden(c).is_some()),
                 "{out:?}"
             );
             assert!(out.contains("Acme"), "{out}");

@@ -1,7 +1,8 @@
 //! tenantai's embeddings engine: sentence-transformers BERT models on candle (CPU
 //! by default, CUDA with the `cuda` feature), dynamic batching, and the HTTP API of
 //! `gpu-worker serve` (OpenAI embeddings, the SageMaker container contract and
-//! runtime path, health and Prometheus metrics).
+//! runtime path, health and Prometheus metrics), and `gpu-worker work` (batch
+//! chunks from the jobs queue on the same engines).
 
 pub mod artifacts;
 pub mod batcher;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod s3;
 pub mod serve;
 pub mod tokenize;
+pub mod work;
 
 pub use engine::{Embedded, Engine};
 pub use error::{ArtifactError, EmbedError};

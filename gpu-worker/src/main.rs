@@ -42,6 +42,21 @@ enum LogFormat {
 enum Command {
     /// Serve the model over HTTP (the SageMaker container entry point: `<image> serve`).
     Serve(ServeArgs),
+    /// Run batch work from the jobs queue on these models (and serve the same
+    /// HTTP API, `/health` included); SIGTERM stops receiving and drains.
+    Work(WorkArgs),
+}
+
+#[derive(clap::Args)]
+struct WorkArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Embedded storage (a `tenantai dev` data directory) instead of AWS; on
+    /// AWS the deployment comes from TENANTAI_RESOURCE_PREFIX, TENANTAI_TABLE,
+    /// TENANTAI_BUCKET and TENANTAI_JOBS_QUEUE, the batch settings from
+    /// TENANTAI_BATCH_* (see the README).
+    #[arg(long, env = "TENANTAI_WORK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -150,74 +165,82 @@ fn init_logs(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    match cli.command {
-        Command::Serve(args) => {
-            let model_threads = match args.model_threads {
-                0 => args.device.auto_model_threads(),
-                n => n,
-            };
-            // Before the runtime starts any thread.
-            configure_cpu_threads(args.device, model_threads);
-            allow_tf32(args.tf32);
-            anyhow::ensure!(args.max_batch_size > 0, "--max-batch-size must be positive");
-            anyhow::ensure!(args.max_inputs > 0, "--max-inputs must be positive");
-            anyhow::ensure!(
-                args.chat_max_running > 0
-                    && args.chat_max_step_tokens > 0
-                    && args.chat_kv_tokens > 0,
-                "--chat-max-running, --chat-max-step-tokens and --chat-kv-tokens must be positive"
-            );
-            let chat_threads = match args.chat_threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
-            // candle's quantized matmuls size their pool from CANDLE_NUM_THREADS
-            // (before RAYON_NUM_THREADS, which the embedding threads may set to 1).
-            if args.chat_model.is_some() && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-                std::env::set_var("CANDLE_NUM_THREADS", chat_threads.to_string());
-            }
-            let config = ServeConfig {
-                addr: SocketAddr::new(args.host, args.port),
-                model: Some(args.model).filter(|m| m != "none"),
-                cache_dir: args.model_cache_dir,
-                model_id: args.model_id,
-                chat_model: args.chat_model.filter(|m| !m.is_empty() && m != "none"),
-                chat_model_id: args.chat_model_id,
-                chat: ChatConfig {
-                    threads: chat_threads,
-                    scheduler: SchedulerConfig {
-                        max_running: args.chat_max_running,
-                        kv_budget_tokens: args.chat_kv_tokens,
-                        max_step_tokens: args.chat_max_step_tokens,
-                    },
-                    max_waiting: args.chat_max_waiting,
-                    retry_after_secs: args.retry_after_secs,
-                    default_max_tokens: args.chat_default_max_tokens,
-                },
-                device: args.device,
-                batch: BatchConfig {
-                    model_threads,
-                    max_batch_tokens: args.max_batch_tokens,
-                    max_batch_size: args.max_batch_size,
-                    pass_overhead_tokens: match args.pass_overhead_tokens {
-                        0 => args.device.auto_pass_overhead(),
-                        n => n,
-                    },
-                    max_queue: args.max_queue,
-                    retry_after_secs: args.retry_after_secs,
-                },
-                limits: Limits {
-                    max_body_bytes: args.max_body_bytes,
-                    max_inputs: args.max_inputs,
-                },
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime
-                .block_on(run(config))
-                .context("gpu-worker serve failed")
+    let (args, work) = match cli.command {
+        Command::Serve(args) => (args, None),
+        Command::Work(w) => (w.serve, Some(w.data_dir)),
+    };
+    let config = serve_config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match work {
+            None => run(config).await.context("gpu-worker serve failed"),
+            Some(dir) => gpu_worker::work::run(config, dir)
+                .await
+                .context("gpu-worker work failed"),
         }
+    })
+}
+
+/// The engines' configuration from the flags; sets the thread counts (before
+/// the runtime starts any thread).
+fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    let model_threads = match args.model_threads {
+        0 => args.device.auto_model_threads(),
+        n => n,
+    };
+    configure_cpu_threads(args.device, model_threads);
+    allow_tf32(args.tf32);
+    anyhow::ensure!(args.max_batch_size > 0, "--max-batch-size must be positive");
+    anyhow::ensure!(args.max_inputs > 0, "--max-inputs must be positive");
+    anyhow::ensure!(
+        args.chat_max_running > 0 && args.chat_max_step_tokens > 0 && args.chat_kv_tokens > 0,
+        "--chat-max-running, --chat-max-step-tokens and --chat-kv-tokens must be positive"
+    );
+    let chat_threads = match args.chat_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // candle's quantized matmuls size their pool from CANDLE_NUM_THREADS
+    // (before RAYON_NUM_THREADS, which the embedding threads may set to 1).
+    if args.chat_model.is_some() && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", chat_threads.to_string());
     }
+    Ok(ServeConfig {
+        addr: SocketAddr::new(args.host, args.port),
+        model: Some(args.model).filter(|m| m != "none"),
+        cache_dir: args.model_cache_dir,
+        model_id: args.model_id,
+        chat_model: args.chat_model.filter(|m| !m.is_empty() && m != "none"),
+        chat_model_id: args.chat_model_id,
+        chat: ChatConfig {
+            threads: chat_threads,
+            scheduler: SchedulerConfig {
+                max_running: args.chat_max_running,
+                kv_budget_tokens: args.chat_kv_tokens,
+                max_step_tokens: args.chat_max_step_tokens,
+            },
+            max_waiting: args.chat_max_waiting,
+            retry_after_secs: args.retry_after_secs,
+            default_max_tokens: args.chat_default_max_tokens,
+        },
+        device: args.device,
+        batch: BatchConfig {
+            model_threads,
+            max_batch_tokens: args.max_batch_tokens,
+            max_batch_size: args.max_batch_size,
+            pass_overhead_tokens: match args.pass_overhead_tokens {
+                0 => args.device.auto_pass_overhead(),
+                n => n,
+            },
+            max_queue: args.max_queue,
+            retry_after_secs: args.retry_after_secs,
+        },
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_inputs: args.max_inputs,
+        },
+    })
 }

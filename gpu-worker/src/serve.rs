@@ -49,8 +49,67 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// The loaded models, their HTTP state and the threads that run them.
+pub struct Loaded {
+    pub state: AppState,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Loaded {
+    /// Stops the engines once queued work is done, and waits for their threads.
+    pub async fn shut_down(self) {
+        tracing::info!("shutting down: draining queued work");
+        if let Some(engine) = &self.state.engine {
+            engine.shutdown();
+        }
+        if let Some(chat) = &self.state.chat {
+            chat.shutdown();
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
 /// Loads the models and serves until a shutdown signal.
 pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let loaded = load(&config).await?;
+    let listener = bind(&config).await?;
+    axum::serve(listener, router(loaded.state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    loaded.shut_down().await;
+    Ok(())
+}
+
+/// Listens on the configured address, logging what is served.
+pub async fn bind(config: &ServeConfig) -> Result<TcpListener, ServeError> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        embeddings = config.model.as_deref().unwrap_or("none"),
+        chat = config.chat_model.as_deref().unwrap_or("none"),
+        max_batch_tokens = config.batch.max_batch_tokens,
+        max_queue = config.batch.max_queue,
+        model_threads = config.batch.model_threads,
+        chat_kv_budget_tokens = config.chat.scheduler.kv_budget_tokens,
+        chat_max_running = config.chat.scheduler.max_running,
+        "gpu-worker listening"
+    );
+    Ok(listener)
+}
+
+/// Resolves, verifies and loads the configured models.
+pub async fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
     if config.limits.max_inputs > config.batch.max_queue {
         return Err(ServeError::Config(format!(
             "max inputs per request ({}) exceeds the queue size ({})",
@@ -63,6 +122,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         ));
     }
     let device = config.device.open()?;
+    tracing::info!(device = crate::device::describe(&device), "device opened");
     let metrics = Arc::new(Metrics::default());
     let mut threads = Vec::new();
     let mut state = None;
@@ -101,42 +161,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         threads.push(handle);
         state = state.with_chat(chat, &config.chat_model_id);
     }
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.addr,
-            source,
-        })?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        embeddings = config.model.as_deref().unwrap_or("none"),
-        chat = config.chat_model.as_deref().unwrap_or("none"),
-        device = crate::device::describe(&device),
-        max_batch_tokens = config.batch.max_batch_tokens,
-        max_queue = config.batch.max_queue,
-        model_threads = config.batch.model_threads,
-        chat_kv_budget_tokens = config.chat.scheduler.kv_budget_tokens,
-        chat_max_running = config.chat.scheduler.max_running,
-        "gpu-worker listening"
-    );
-    let engines = (state.engine.clone(), state.chat.clone());
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down: draining queued work");
-    if let Some(engine) = engines.0 {
-        engine.shutdown();
-    }
-    if let Some(chat) = engines.1 {
-        chat.shutdown();
-    }
-    let _ = tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
-        }
-    })
-    .await;
-    Ok(())
+    Ok(Loaded { state, threads })
 }
 
 /// Loads the embedding model and warms it up with one real pass.
@@ -159,7 +184,7 @@ async fn load_embeddings(
     Ok((engine, handles))
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -16,6 +16,7 @@ export const TENANT_ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/models': ['GET'],
   '/v1/models/{id}': ['GET'],
   '/v1/usage': ['GET'],
+  '/v1/usage/chart': ['GET'],
   '/v1/files': ['GET', 'POST'],
   '/v1/files/{id}': ['GET', 'DELETE'],
   '/v1/files/{id}/content': ['GET'],
@@ -25,6 +26,13 @@ export const TENANT_ROUTES: Readonly<Record<string, readonly string[]>> = {
 };
 /** Unauthenticated, for probes. */
 export const HEALTH_ROUTE = '/health';
+/** Unauthenticated: the tenant API's OpenAPI document (it describes the API, holds no data). */
+export const OPENAPI_ROUTE = '/openapi.json';
+/** The routes without credentials, each answering a constant. */
+export const OPEN_ROUTES: Readonly<Record<string, string>> = {
+  [HEALTH_ROUTE]: 'GET /health is the unauthenticated liveness probe; it answers a constant and reads no tenant data.',
+  [OPENAPI_ROUTE]: 'GET /openapi.json is the API description, open like any published API reference; it answers a constant built into the function and reads no tenant data.',
+};
 /** Chat answers may stream this long (REST API streaming allows up to 15 minutes). */
 export const CHAT_TIMEOUT = Duration.minutes(5);
 
@@ -134,15 +142,14 @@ export class Api extends Construct {
         });
       }
     }
-    const health = this.tenantApi.root
-      .resourceForPath(HEALTH_ROUTE)
-      .addMethod('GET', buffered, { authorizationType: apigw.AuthorizationType.NONE });
-    checkovSkip(health, 'CKV_AWS_59', 'GET /health is the unauthenticated liveness probe; it answers a constant and reads no tenant data.');
-    for (const id of ['AwsSolutions-APIG4', 'AwsSolutions-COG4']) {
-      Validations.of(health).acknowledge({
-        id,
-        reason: 'GET /health is the unauthenticated liveness probe; it answers a constant and reads no tenant data.',
-      });
+    for (const [route, reason] of Object.entries(OPEN_ROUTES)) {
+      const open = this.tenantApi.root
+        .resourceForPath(route)
+        .addMethod('GET', buffered, { authorizationType: apigw.AuthorizationType.NONE });
+      checkovSkip(open, 'CKV_AWS_59', reason);
+      for (const id of ['AwsSolutions-APIG4', 'AwsSolutions-COG4']) {
+        Validations.of(open).acknowledge({ id, reason });
+      }
     }
 
     // Errors API Gateway answers itself, in OpenAI's shape (the SDKs parse it).
@@ -201,7 +208,7 @@ export class Api extends Construct {
       Validations.of(api).acknowledge({
         id: 'AwsSolutions-APIG3',
         reason:
-          'No WAF web ACL by default (about $6/month per stage before requests); the tenant API is throttled per stage and every route but /health needs a key. infra/README.md shows how to attach one.',
+          'No WAF web ACL by default (about $6/month per stage before requests); the tenant API is throttled per stage and every route but /health and /openapi.json needs a key. infra/README.md shows how to attach one.',
       });
     }
     for (const m of this.adminApi.methods) {

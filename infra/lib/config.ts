@@ -34,6 +34,8 @@ export interface StageConfig {
     readonly onDemandPercent: number;
     /** Work items outstanding per running task that the scaling aims at. */
     readonly backlogPerTask: number;
+    /** How `gpu-worker work` drains the jobs queue (its `TENANTAI_BATCH_*` settings). */
+    readonly batch: BatchSettings;
   };
   readonly natGateways: number;
   /** The optional SageMaker real-time endpoint (`-c sagemaker=true`). */
@@ -54,6 +56,42 @@ export interface StageConfig {
   readonly jwt?: { readonly jwksUrl: string; readonly issuer: string; readonly audience: string };
   /** Where alarm notifications are also mailed (an SNS email subscription), if anywhere. */
   readonly alarmEmail?: string;
+}
+
+/**
+ * The CloudWatch namespace of the EMF metrics the functions write: one per stage, so that
+ * two stages in one account do not mix. Passed as `TENANTAI_METRICS_NAMESPACE`; without it
+ * `shared/src/gateway/telemetry.rs` writes to `DEFAULT_EMF_NAMESPACE`.
+ */
+/**
+ * The worker loop's settings (`WorkerConfig::from_env` in `shared/src/batch/jobs.rs`),
+ * passed to the worker as `TENANTAI_BATCH_*`.
+ */
+export interface BatchSettings {
+  /** Jobs-queue messages worked on at once per task (TENANTAI_BATCH_WORKERS). */
+  readonly workers: number;
+  /** Lines of one chunk in flight at once (TENANTAI_BATCH_LINE_CONCURRENCY). */
+  readonly lineConcurrency: number;
+  /** Most lines, and about the most tokens, of one chunk (TENANTAI_BATCH_CHUNK_LINES/_TOKENS). */
+  readonly chunkLines: number;
+  readonly chunkTokens: number;
+  /**
+   * Each receive hides a message this long, and a heartbeat extends it every third of
+   * it (TENANTAI_BATCH_VISIBILITY_SECS): a crashed worker's message reappears within it.
+   */
+  readonly visibility: Duration;
+  /** After SIGTERM, in-flight work may go on this long, then is handed back (TENANTAI_BATCH_GRACE_SECS). */
+  readonly grace: Duration;
+  /** Long-poll wait of one receive (TENANTAI_BATCH_WAIT_SECS; SQS allows up to 20 s). */
+  readonly wait: Duration;
+  /** How long a message handed back after a failure stays hidden (TENANTAI_BATCH_RETRY_SECS). */
+  readonly retry: Duration;
+}
+
+export const METRICS_NAMESPACE_VAR = 'TENANTAI_METRICS_NAMESPACE';
+export const DEFAULT_EMF_NAMESPACE = 'tenantai';
+export function emfNamespace(cfg: Pick<StageConfig, 'stage'>): string {
+  return `${DEFAULT_EMF_NAMESPACE}/${cfg.stage}`;
 }
 
 export const FUNCTION_NAMES = ['api', 'admin', 'authorizer', 'metering', 'cost-alerts', 'backup'] as const;
@@ -120,6 +158,16 @@ export function stageConfig(ctx: Context): StageConfig {
       maxTasks: prod ? 8 : 2,
       onDemandPercent: prod ? 25 : 0,
       backlogPerTask: 20,
+      batch: {
+        workers: 2,
+        lineConcurrency: 64,
+        chunkLines: 500,
+        chunkTokens: 1_000_000,
+        visibility: Duration.seconds(120),
+        grace: Duration.seconds(90),
+        wait: Duration.seconds(20),
+        retry: Duration.seconds(30),
+      },
     },
     natGateways: prod ? 2 : 1,
     sagemaker: bool(ctx('sagemaker'), false)

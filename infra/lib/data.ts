@@ -23,6 +23,12 @@ export const BUCKET_PREFIXES = {
   models: 'models/',
 } as const;
 
+/**
+ * Days after which objects under files/ and batches/ expire: one more than the longest
+ * a file record lives (30 days), so no live record names a missing object.
+ */
+export const OBJECT_EXPIRY_DAYS = 31;
+
 /** The attribute the Rust table adapter writes item expiry to (`store::table::EXPIRES_ATTR`). */
 export const EXPIRES_ATTR = '_expires_at';
 
@@ -111,10 +117,14 @@ export class Data extends Construct {
       serverAccessLogsPrefix: 'data/',
       lifecycleRules: [
         { id: 'abort-incomplete-uploads', abortIncompleteMultipartUploadAfter: Duration.days(2) },
-        // Overwritten and deleted objects stay recoverable for 30 days.
-        { id: 'expire-noncurrent-versions', noncurrentVersionExpiration: Duration.days(30) },
-        // Work-item outputs are assembled into files/ when a batch finishes.
-        { id: 'expire-batch-work-outputs', prefix: BUCKET_PREFIXES.batches, expiration: Duration.days(30) },
+        // Overwritten and deleted objects stay recoverable for 30 days; a delete marker
+        // left alone after that goes too.
+        { id: 'expire-noncurrent-versions', noncurrentVersionExpiration: Duration.days(30), expiredObjectDeleteMarker: true },
+        // A file record expires at most 30 days after its creation (`expires_after`,
+        // DEFAULT_TTL_SECS in shared/src/batch/files.rs); its object a day later.
+        { id: 'expire-files', prefix: BUCKET_PREFIXES.files, expiration: Duration.days(OBJECT_EXPIRY_DAYS) },
+        // Chunk results are assembled into files/ when a batch finishes.
+        { id: 'expire-batch-work-outputs', prefix: BUCKET_PREFIXES.batches, expiration: Duration.days(OBJECT_EXPIRY_DAYS) },
         // The backup function keeps N daily and M monthly backups; this is the safety net
         // behind it, and older backups move to instant-retrieval archive storage.
         {

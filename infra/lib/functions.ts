@@ -10,11 +10,14 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
+import { emfNamespace, FUNCTION_NAMES, FunctionName, METRICS_NAMESPACE_VAR, StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
 import { Queues } from './queues';
 import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 import { ITEM_ACTIONS, PLATFORM_PARTITION_KEYS, TenantIsolation } from './tenant-isolation';
+
+/** The api's object actions on `files/*` (`shared/src/store/aws/blobs.rs` through `batch/files.rs`). */
+export const API_FILE_ACTIONS = ['s3:PutObject', 's3:AbortMultipartUpload', 's3:GetObject', 's3:DeleteObject'];
 
 /** The code of one function: the directory holding its `bootstrap` (cargo lambda build output). */
 export type FunctionCode = (name: FunctionName) => lambda.Code;
@@ -51,6 +54,7 @@ export class Functions extends Construct {
       TENANTAI_RESOURCE_PREFIX: cfg.prefix,
       TENANTAI_TABLE: table.tableName,
       TENANTAI_BUCKET: bucket.bucketName,
+      [METRICS_NAMESPACE_VAR]: emfNamespace(cfg),
       RUST_LOG: 'info',
     };
     const env: Record<FunctionName, Record<string, string>> = {
@@ -171,10 +175,11 @@ export class Functions extends Construct {
         resources: [this.tenantIsolation.role.roleArn],
       }),
     );
+    // Usage events, and a new batch's validation job.
     r.api.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'SendUsageEventsAndWorkItems',
-        actions: ['sqs:SendMessage', 'sqs:GetQueueUrl', 'sqs:GetQueueAttributes'],
+        sid: 'SendUsageEventsAndValidationJobs',
+        actions: ['sqs:SendMessage', 'sqs:GetQueueUrl'],
         resources: [queues.usage.queueArn, queues.jobs.queueArn],
       }),
     );
@@ -186,11 +191,15 @@ export class Functions extends Construct {
         conditions: viaService('sqs', 's3'),
       }),
     );
+    // The Files API with the function's own role (not the tenant role): uploads (PUT, or
+    // multipart above 16 MiB: s3:PutObject covers create/upload part/complete), content
+    // downloads, deletes, all of `files/<tenant>/<file id>`. Chunk results under
+    // batches/ are the workers' alone.
     r.api.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'BatchFilesAndOutputs',
-        actions: ['s3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload'],
-        resources: [bucket.arnForObjects(`${BUCKET_PREFIXES.files}*`), bucket.arnForObjects(`${BUCKET_PREFIXES.batches}*`)],
+        sid: 'TenantFiles',
+        actions: API_FILE_ACTIONS,
+        resources: [bucket.arnForObjects(`${BUCKET_PREFIXES.files}*`)],
       }),
     );
     r.api.addToPolicy(
@@ -268,10 +277,8 @@ export class Functions extends Construct {
     );
 
     const apiPolicy = r.api.node.findChild('DefaultPolicy');
-    for (const prefix of [BUCKET_PREFIXES.files, BUCKET_PREFIXES.batches]) {
-      ackArnWildcard(apiPolicy, bucket, `/${prefix}*`,
-        `Objects under ${prefix} (the Files and Batch APIs keep every tenant's objects there, under keys that start with the tenant id); nothing else in the bucket.`);
-    }
+    ackArnWildcard(apiPolicy, bucket, `/${BUCKET_PREFIXES.files}*`,
+      `Objects under ${BUCKET_PREFIXES.files} (the Files API keeps every tenant's files there, at files/<tenant id>/<file id>, the tenant id from the authorizer); nothing else in the bucket.`);
     ackWildcard(apiPolicy, `Resource::arn:${stack.partition}:sagemaker:${stack.region}:${stack.account}:endpoint/${cfg.prefix}-*`,
       "This stage's SageMaker endpoints only: the model registry names an endpoint per model version, and infra/README.md names them <prefix>-<model>.");
     ackArnWildcard(r.backup.node.findChild('DefaultPolicy'), bucket, `/${BUCKET_PREFIXES.backups}*`,

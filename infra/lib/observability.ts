@@ -1,5 +1,5 @@
 // Alarms to the alerts topic and one dashboard, from the metrics AWS publishes and the
-// EMF metrics the functions write (namespace `tenantai`, dimensions [model] and []).
+// EMF metrics the functions write (namespace `tenantai/<stage>`, dimensions [model] and []).
 import { Duration } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigateway';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -8,12 +8,9 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { FUNCTION_NAMES, FunctionName, StageConfig } from './config';
+import { emfNamespace, FUNCTION_NAMES, FunctionName, StageConfig } from './config';
 import { Queues } from './queues';
 import { Workers } from './workers';
-
-/** The namespace `shared/src/telemetry.rs` writes EMF metrics to. */
-export const EMF_NAMESPACE = 'tenantai';
 
 export interface ObservabilityProps {
   readonly cfg: StageConfig;
@@ -54,12 +51,23 @@ export class Observability extends Construct {
     // Dead letters: any message at all.
     const dlqs: [string, sqs.Queue, string][] = [
       ['usage-dlq', queues.usageDlq, 'Usage events the metering function could not fold (malformed, or failed 5 times). See infra/README.md: Alarms.'],
-      ['jobs-dlq', queues.jobsDlq, 'Batch work items that failed 5 times. See infra/README.md: Alarms.'],
       ['schedules-dlq', queues.schedulesDlq, 'A cost-alerts or backup run that failed after its retries. See infra/README.md: Alarms.'],
     ];
     for (const [name, q, description] of dlqs) {
       alarm(`${name}-not-empty`, description, q.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: five }), 1);
     }
+    // The workers drain the jobs DLQ themselves (failing the dead item's lines, or its
+    // batch), usually before a visible-count sample sees it: count their receives too.
+    alarm('jobs-dlq-not-empty', 'Batch work items that failed 5 times (their lines, or their batch, were failed). See infra/README.md: Alarms.',
+      new cloudwatch.MathExpression({
+        label: 'Jobs dead-lettered (waiting or taken by the workers)',
+        expression: 'FILL(visible, 0) + FILL(received, 0)',
+        usingMetrics: {
+          visible: queues.jobsDlq.metricApproximateNumberOfMessagesVisible({ statistic: 'Maximum', period: five }),
+          received: queues.jobsDlq.metricNumberOfMessagesReceived({ statistic: 'Sum', period: five }),
+        },
+        period: five,
+      }), 1);
     // Oldest message: metering lagging (10 minutes), workers not keeping up (1 hour).
     alarm('usage-oldest-message', 'Usage events wait over 10 minutes: metering is failing or throttled.', queues.usage.metricApproximateAgeOfOldestMessage({ statistic: 'Maximum', period: five }), 600, 2);
     alarm('jobs-oldest-message', 'A batch work item waits over an hour: no GPU capacity, or the workers fail.', queues.jobs.metricApproximateAgeOfOldestMessage({ statistic: 'Maximum', period: five }), 3600, 2);
@@ -78,8 +86,10 @@ export class Observability extends Construct {
     alarm('worker-errors', 'GPU workers logged 10 or more errors in 5 minutes.', workers.errors, 10);
 
     // The dashboard.
+    // The namespace every function is given (TENANTAI_METRICS_NAMESPACE, lib/functions.ts).
+    const namespace = emfNamespace(cfg);
     const emf = (metricName: string, statistic: string, label?: string) =>
-      new cloudwatch.Metric({ namespace: EMF_NAMESPACE, metricName, statistic, period: five, label: label ?? `${metricName} ${statistic}` });
+      new cloudwatch.Metric({ namespace, metricName, statistic, period: five, label: label ?? `${metricName} ${statistic}` });
     const api = props.tenantApi;
     this.dashboard = new cloudwatch.Dashboard(this, 'Dashboard', {
       dashboardName: cfg.prefix,

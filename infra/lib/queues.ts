@@ -9,12 +9,6 @@ import { StageConfig } from './config';
 /** `DeadLetter::max_receives` in `shared/src/store/mod.rs`. */
 export const MAX_RECEIVES = 5;
 
-/**
- * The longest one jobs-queue work item may be held by a worker between visibility
- * extensions; the queue's visibility timeout is six times this.
- */
-export const WORK_ITEM_TIMEOUT = Duration.minutes(5);
-
 export interface QueuesProps {
   readonly cfg: StageConfig;
   readonly key: kms.IKey;
@@ -54,13 +48,16 @@ export class Queues extends Construct {
       retentionPeriod: Duration.days(14),
       deadLetterQueue: { queue: this.usageDlq, maxReceiveCount: MAX_RECEIVES },
     });
+    // The worker hides each message it receives for its visibility setting and extends
+    // it by heartbeat while it works; the queue's own default is the same.
+    const batch = cfg.worker.batch;
     this.jobs = new sqs.Queue(this, 'Jobs', {
       ...common,
       queueName: `${cfg.prefix}-jobs`,
-      visibilityTimeout: Duration.seconds(WORK_ITEM_TIMEOUT.toSeconds() * 6),
+      visibilityTimeout: batch.visibility,
       retentionPeriod: Duration.days(14),
       // Workers long-poll.
-      receiveMessageWaitTime: Duration.seconds(20),
+      receiveMessageWaitTime: batch.wait,
       deadLetterQueue: { queue: this.jobsDlq, maxReceiveCount: MAX_RECEIVES },
     });
     this.schedulesDlq = new sqs.Queue(this, 'SchedulesDlq', {

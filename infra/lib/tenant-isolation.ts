@@ -16,16 +16,21 @@ const TENANT = `\${aws:PrincipalTag/${TENANT_TAG}}`;
 
 /**
  * Every partition key of a tenant's own items, as `shared/src` writes them, with the
- * tenant id in place of `<t>`. Each is one LeadingKeys pattern.
+ * tenant id in place of `<t>`. Each is one LeadingKeys pattern (StringLike: only the key
+ * counters' ends with `*`, after the tenant id and a delimiter; the others match exactly).
+ * `shared/src/store/aws/tenant_scoped.rs` sends exactly these with tenant credentials.
  */
 export const TENANT_PARTITION_KEYS: readonly string[] = [
   'TENANT#<t>', // keys.rs: the tenant's keys (sk KEY#<id>)
+  'FILE#<t>', // batch/files.rs: the tenant's uploaded and output files
+  'BATCH#<t>', // batch/batches.rs: batch records, their counters and chunk claims
   'USAGE#<t>', // metering.rs: daily/model aggregates and month totals
   'BUDGET#<t>', // budget.rs: the month's committed spend
   'ALERTS#<t>', // alerts.rs: alert claims
   'AUDIT#<t>', // audit.rs: the tenant's audit records
   'CACHE#<t>', // cache.rs: the tenant-scoped embeddings cache
-  'RL#tenant:<t>', // ratelimit.rs + http/api.rs: the tenant's rate-limit counters
+  'RL#tenant:<t>', // ratelimit.rs: the tenant's rate-limit counters
+  'RL#tenant:<t>#key:*', // ratelimit.rs: the counters of each of the tenant's keys
 ];
 
 /**
@@ -37,7 +42,6 @@ export const PLATFORM_PARTITION_KEYS: readonly string[] = [
   'TENANTS', // tenants.rs: every tenant record (sk T#<id>), read by the request path
   'MODELS', // models.rs: the model registry
   'CACHE#shared', // cache.rs: the opt-in shared cache scope
-  'RL#key:*', // http/api.rs: per-key rate-limit counters (key id, not tenant id)
 ];
 
 /** The item actions of the request path; never Scan (LeadingKeys does not limit it). */
@@ -88,7 +92,7 @@ export class TenantIsolation extends Construct {
             actions: ITEM_ACTIONS,
             resources: [props.table.tableArn],
             conditions: {
-              'ForAllValues:StringEquals': { 'dynamodb:LeadingKeys': leadingKeyPatterns(TENANT_PARTITION_KEYS) },
+              'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': leadingKeyPatterns(TENANT_PARTITION_KEYS) },
               // ForAllValues holds vacuously for a request without keys: require them.
               Null: { 'dynamodb:LeadingKeys': 'false' },
             },

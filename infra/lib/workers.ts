@@ -12,13 +12,53 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
-import { StageConfig } from './config';
+import { BatchSettings, emfNamespace, StageConfig } from './config';
 import { BUCKET_PREFIXES } from './data';
 import { ackArnWildcard, ackWildcard, checkovSkip } from './nag';
 import { Queues } from './queues';
 
 /** SIGTERM to SIGKILL: the worker drains in-flight work in this time (spot gives 2 minutes). */
 export const WORKER_STOP_TIMEOUT = Duration.seconds(110);
+/**
+ * What the worker needs after its grace period ends: handing the unfinished messages
+ * back (one ChangeMessageVisibility each) and exiting. Grace + this fits in the stop timeout.
+ */
+export const HAND_BACK_MARGIN = Duration.seconds(20);
+
+/**
+ * The partitions the worker reads and writes (`shared/src/batch`): batch records,
+ * counters, chunk claims and the tokens enqueued (`BATCH#<t>`), input and output file
+ * records (`FILE#<t>`), the month's committed spend a batch gives back (`BUDGET#<t>`).
+ * Chunk claims and counts go in one transaction of Put and Update items (authorized
+ * per item: TransactWriteItems has no IAM action of its own). DeleteItem: the table
+ * adapter clears an expired item that stands in the way of a conditional write
+ * (`clear_expired` in `shared/src/store/aws/table.rs`).
+ */
+export const WORKER_PARTITION_KEYS: readonly string[] = ['BATCH#*', 'FILE#*', 'BUDGET#*'];
+export const WORKER_ITEM_ACTIONS: readonly string[] = [
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:Query',
+];
+/** Read only: tenant records (`TENANTS`) and the model registry (`MODELS`) a batch line is routed by. */
+export const WORKER_READ_PARTITION_KEYS: readonly string[] = ['TENANTS', 'MODELS'];
+export const WORKER_READ_ACTIONS: readonly string[] = ['dynamodb:GetItem', 'dynamodb:Query'];
+
+/** The worker loop's environment (`WorkerConfig::from_env`, `shared/src/batch/jobs.rs`). */
+export function batchEnvironment(b: BatchSettings): Record<string, string> {
+  return {
+    TENANTAI_BATCH_WORKERS: String(b.workers),
+    TENANTAI_BATCH_LINE_CONCURRENCY: String(b.lineConcurrency),
+    TENANTAI_BATCH_CHUNK_LINES: String(b.chunkLines),
+    TENANTAI_BATCH_CHUNK_TOKENS: String(b.chunkTokens),
+    TENANTAI_BATCH_VISIBILITY_SECS: String(b.visibility.toSeconds()),
+    TENANTAI_BATCH_GRACE_SECS: String(b.grace.toSeconds()),
+    TENANTAI_BATCH_WAIT_SECS: String(b.wait.toSeconds()),
+    TENANTAI_BATCH_RETRY_SECS: String(b.retry.toSeconds()),
+  };
+}
 /** The worker's HTTP port (`/health`, `/metrics`). */
 export const WORKER_PORT = 8080;
 
@@ -122,7 +162,7 @@ export class Workers extends Construct {
     });
     const errorsFilter = this.logGroup.addMetricFilter('Errors', {
       filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
-      metricNamespace: `tenantai/${cfg.stage}`,
+      metricNamespace: emfNamespace(cfg),
       metricName: 'worker_errors',
       metricValue: '1',
       defaultValue: 0,
@@ -136,6 +176,12 @@ export class Workers extends Construct {
     });
     this.grantWork(props);
 
+    // SIGTERM: the worker stops receiving; in-flight work has the grace period, then is
+    // handed back (visible at once) before the agent's SIGKILL.
+    const batch = cfg.worker.batch;
+    if (batch.grace.toSeconds() + HAND_BACK_MARGIN.toSeconds() > WORKER_STOP_TIMEOUT.toSeconds()) {
+      throw new Error(`worker.batch.grace (${batch.grace.toSeconds()} s) leaves under ${HAND_BACK_MARGIN.toSeconds()} s of the ${WORKER_STOP_TIMEOUT.toSeconds()} s stop timeout to hand work back`);
+    }
     const taskDef = new ecs.Ec2TaskDefinition(this, 'Task', {
       family: `${cfg.prefix}-gpu-worker`,
       networkMode: ecs.NetworkMode.AWS_VPC,
@@ -165,6 +211,7 @@ export class Workers extends Construct {
         TENANTAI_MODEL_CACHE_DIR: '/var/lib/tenantai/model-cache',
         TENANTAI_DEVICE: 'cuda:0',
         TENANTAI_LOG_FORMAT: 'json',
+        ...batchEnvironment(batch),
         AWS_REGION: stack.region,
       },
       healthCheck: {
@@ -247,7 +294,7 @@ export class Workers extends Construct {
     const taskPolicy = this.taskRole.node.findChild('DefaultPolicy');
     for (const prefix of [BUCKET_PREFIXES.models, BUCKET_PREFIXES.files, BUCKET_PREFIXES.batches]) {
       ackArnWildcard(taskPolicy, props.bucket, `/${prefix}*`,
-        `Objects under ${prefix}: model files (read), batch inputs (read) and outputs (write) of any tenant's batch, which the fleet serves.`);
+        `Objects under ${prefix}: model files (read), batch input files (read), chunk results and output files (read, write) of any tenant's batch, which the fleet serves.`);
     }
     ackWildcard(taskDef.obtainExecutionRole().node.findChild('DefaultPolicy'), 'Resource::*',
       'ecr:GetAuthorizationToken has no resource-level permission; the image pull itself is limited to the image repository.');
@@ -265,7 +312,7 @@ export class Workers extends Construct {
     Validations.of(this).acknowledge({
       id: 'AwsSolutions-ECS2',
       reason:
-        'The worker environment holds resource names, the model location and the device only; it has no secret (AWS credentials come from the task role).',
+        'The worker environment holds resource names, the model location, the device and the batch loop settings only; it has no secret (AWS credentials come from the task role).',
     });
   }
 
@@ -275,8 +322,15 @@ export class Workers extends Construct {
     const role = this.taskRole;
     role.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'ConsumeWorkItems',
-        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl', 'sqs:GetQueueAttributes'],
+        sid: 'WorkTheJobsQueueAndItsDlq',
+        actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl'],
+        resources: [queues.jobs.queueArn, queues.jobsDlq.queueArn],
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'EnqueueChunkJobs',
+        actions: ['sqs:SendMessage'],
         resources: [queues.jobs.queueArn],
       }),
     );
@@ -287,23 +341,37 @@ export class Workers extends Construct {
         resources: [queues.usage.queueArn],
       }),
     );
+    const leadingKeys = (keys: readonly string[]) => ({
+      'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': [...keys] },
+      // ForAllValues holds vacuously for a request without keys: require them.
+      Null: { 'dynamodb:LeadingKeys': 'false' },
+    });
     role.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'BatchRecords',
-        actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem'],
+        sid: 'BatchesFilesAndBudgets',
+        actions: [...WORKER_ITEM_ACTIONS],
         resources: [props.table.tableArn],
+        conditions: leadingKeys(WORKER_PARTITION_KEYS),
       }),
     );
     role.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'ReadModelsAndBatchInputs',
+        sid: 'ReadTenantsAndModels',
+        actions: [...WORKER_READ_ACTIONS],
+        resources: [props.table.tableArn],
+        conditions: leadingKeys(WORKER_READ_PARTITION_KEYS),
+      }),
+    );
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'ReadModelsBatchInputsAndChunkResults',
         actions: ['s3:GetObject'],
         resources: [BUCKET_PREFIXES.models, BUCKET_PREFIXES.files, BUCKET_PREFIXES.batches].map((p) => bucket.arnForObjects(`${p}*`)),
       }),
     );
     role.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'WriteBatchOutputs',
+        sid: 'WriteChunkResultsAndOutputFiles',
         actions: ['s3:PutObject', 's3:AbortMultipartUpload'],
         resources: [BUCKET_PREFIXES.files, BUCKET_PREFIXES.batches].map((p) => bucket.arnForObjects(`${p}*`)),
       }),

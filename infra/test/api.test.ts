@@ -1,4 +1,6 @@
-import { CHAT_TIMEOUT, HEALTH_ROUTE, TENANT_ROUTES } from '../lib/api';
+import * as fs from 'fs';
+import * as path from 'path';
+import { CHAT_TIMEOUT, HEALTH_ROUTE, OPENAPI_ROUTE, OPEN_ROUTES, TENANT_ROUTES } from '../lib/api';
 import { resources, template } from './helpers';
 
 const t = template('dev');
@@ -37,14 +39,27 @@ test('every route exists, behind the REQUEST authorizer, and goes to the api fun
   });
   expect(JSON.stringify(auth.Properties.AuthorizerUri)).toContain(fnId('authorizer'));
   const expected = Object.entries(TENANT_ROUTES).flatMap(([p, ms]) => ms.map((m) => `${m} ${p}`));
-  const got = tenantMethods.filter((m) => m.path !== HEALTH_ROUTE).map((m) => `${m.method} ${m.path}`);
-  expect(got.sort()).toEqual(expected.sort());
-  for (const m of tenantMethods.filter((x) => x.path !== HEALTH_ROUTE)) {
+  const keyed = tenantMethods.filter((m) => !(m.path in OPEN_ROUTES));
+  expect(keyed.map((m) => `${m.method} ${m.path}`).sort()).toEqual(expected.sort());
+  for (const m of keyed) {
     expect(m.props.AuthorizationType).toBe('CUSTOM');
     expect(m.props.AuthorizerId).toEqual({ Ref: authId });
     expect(m.props.Integration.Type).toBe('AWS_PROXY');
     expect(JSON.stringify(m.props.Integration.Uri)).toContain(fnId('api'));
   }
+});
+
+test('the routes are the api router’s (shared/src/http/api.rs): Files and Batch APIs included', () => {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'http', 'api.rs'), 'utf8');
+  const body = src.slice(src.indexOf('pub fn router('), src.indexOf('.layer(middleware::from_fn_with_state'));
+  const rust: string[] = [];
+  for (const part of body.split('.route(').slice(1)) {
+    const p = part.match(/^\s*"([^"]+)"/)![1];
+    for (const m of part.matchAll(/(?:^|[\s(.])(get|post|put|patch|delete)\(/g)) rust.push(`${m[1].toUpperCase()} ${p}`);
+  }
+  const infra = Object.entries(TENANT_ROUTES).flatMap(([p, ms]) => ms.map((m) => `${m} ${p}`));
+  expect(infra.sort()).toEqual(rust.sort());
+  for (const r of ['POST /v1/files', 'GET /v1/files/{id}/content', 'DELETE /v1/files/{id}', 'POST /v1/batches/{id}/cancel']) expect(infra).toContain(r);
 });
 
 test('chat completions streams (InvokeWithResponseStream) with a long timeout', () => {
@@ -59,9 +74,10 @@ test('the api function has one response mode: every route on it streams', () => 
   for (const m of tenantMethods) expect(m.props.Integration.ResponseTransferMode).toBe('STREAM');
 });
 
-test('/health alone is open', () => {
+test('/health and /openapi.json alone are open, and go to the api function', () => {
   const open = tenantMethods.filter((m) => m.props.AuthorizationType === 'NONE');
-  expect(open.map((m) => `${m.method} ${m.path}`)).toEqual([`GET ${HEALTH_ROUTE}`]);
+  expect(open.map((m) => `${m.method} ${m.path}`).sort()).toEqual([`GET ${HEALTH_ROUTE}`, `GET ${OPENAPI_ROUTE}`]);
+  for (const m of open) expect(JSON.stringify(m.props.Integration.Uri)).toContain(fnId('api'));
 });
 
 test('the admin API is IAM-authorized on every method and goes to the admin function', () => {

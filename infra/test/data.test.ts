@@ -1,3 +1,5 @@
+import * as fs from 'fs';
+import * as path from 'path';
 import { Match } from 'aws-cdk-lib/assertions';
 import { resources, template } from './helpers';
 
@@ -80,10 +82,16 @@ describe('buckets', () => {
     expect(data[1].Properties.LoggingConfiguration.DestinationBucketName).toEqual({ Ref: logs[0] });
   });
 
-  test('lifecycle: batch work outputs expire, backups age into archive and expire, noncurrent versions expire', () => {
+  test('lifecycle: files and batch work outputs expire after 31 days, backups age into archive and expire, noncurrent versions expire', () => {
     const rules = data[1].Properties.LifecycleConfiguration.Rules;
     const byId = Object.fromEntries(rules.map((r: any) => [r.Id, r]));
-    expect(byId['expire-batch-work-outputs']).toMatchObject({ Prefix: 'batches/', ExpirationInDays: 30, Status: 'Enabled' });
+    // A day past the longest a file record lives (the Rust code's default and ceiling).
+    const files = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'batch', 'files.rs'), 'utf8');
+    expect(files).toContain('pub const DEFAULT_TTL_SECS: i64 = 30 * 24 * 3600;');
+    expect(files).toContain('pub const TTL_RANGE: std::ops::RangeInclusive<i64> = 3600..=2_592_000;');
+    expect(byId['expire-files']).toMatchObject({ Prefix: 'files/', ExpirationInDays: 31, Status: 'Enabled' });
+    expect(byId['expire-batch-work-outputs']).toMatchObject({ Prefix: 'batches/', ExpirationInDays: 31, Status: 'Enabled' });
+    expect(byId['expire-files'].ExpirationInDays * 24 * 3600).toBeGreaterThan(2_592_000);
     expect(byId['age-backups']).toMatchObject({
       Prefix: 'backups/',
       Status: 'Enabled',
@@ -95,6 +103,9 @@ describe('buckets', () => {
       .find(([, b]) => JSON.stringify(b.Properties.BucketName).includes('-data-'))![1].Properties.LifecycleConfiguration.Rules;
     expect(prodRules.find((r: any) => r.Id === 'age-backups').ExpirationInDays).toBeGreaterThan(12 * 31);
     expect(byId['expire-noncurrent-versions'].NoncurrentVersionExpiration.NoncurrentDays).toBe(30);
+    expect(byId['expire-noncurrent-versions'].ExpiredObjectDeleteMarker).toBe(true);
+    // No rule expires models (the workers and endpoints load them at start).
+    for (const r of rules) expect(r.Prefix ?? '').not.toMatch(/^models/);
     expect(byId['abort-incomplete-uploads'].AbortIncompleteMultipartUpload.DaysAfterInitiation).toBe(2);
   });
 

@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { FUNCTION_NAMES, stageConfig } from '../lib/config';
+import { API_FILE_ACTIONS } from '../lib/functions';
 import { asArray, resources, statementsOf, template } from './helpers';
 
 const dev = template('dev');
@@ -51,6 +52,14 @@ test('the environment names are the ones the Rust code reads', () => {
   expect(env('backup')).toMatchObject({ TENANTAI_BACKUP_KEEP_DAILY: '7', TENANTAI_BACKUP_KEEP_MONTHLY: '3' });
   // The table's name is the prefix, as Resources::named makes it.
   expect(env('api').TENANTAI_TABLE).toEqual({ Ref: expect.stringMatching(/Table/) });
+  // The jobs queue a new batch's validation job goes to: a name ending -jobs (its DLQ
+  // that name with -dlq), as resources_from_env requires.
+  expect(reads(lambda, 'TENANTAI_JOBS_QUEUE')).toBe(true);
+  expect(lambda).toContain(`q.ends_with("-jobs")`);
+  expect(lambda).toContain(`format!("{q}-dlq")`);
+  const [queueId, attr] = env('api').TENANTAI_JOBS_QUEUE['Fn::GetAtt'];
+  expect(attr).toBe('QueueName');
+  expect(dev.toJSON().Resources[queueId].Properties.QueueName).toBe('tenantai-dev-jobs');
 });
 
 test('metering: SQS source with partial batch failures and a batching window', () => {
@@ -76,7 +85,7 @@ test('scheduled functions send failed asynchronous runs to the schedules DLQ', (
 // The actions each function's role may hold, on anything; nothing else.
 const ALLOWED: Record<string, string[]> = {
   api: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem',
-    'sqs:SendMessage', 'sqs:GetQueueUrl', 'sqs:GetQueueAttributes', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload',
+    'sqs:SendMessage', 'sqs:GetQueueUrl', 's3:GetObject', 's3:PutObject', 's3:DeleteObject', 's3:AbortMultipartUpload',
     'sts:AssumeRole', 'sts:TagSession', 'sagemaker:InvokeEndpoint', 'kms:Decrypt', 'kms:GenerateDataKey', 'logs:CreateLogStream', 'logs:PutLogEvents'],
   admin: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query', 'dynamodb:ConditionCheckItem',
     'kms:Decrypt', 'kms:GenerateDataKey', 'logs:CreateLogStream', 'logs:PutLogEvents'],
@@ -137,6 +146,30 @@ describe('least privilege per function role', () => {
   test('the authorizer reads only (GetItem)', () => {
     const ddb = statementsOf(dev, roleOf('authorizer')).flatMap((s) => asArray(s.Action)).filter((a: string) => a.startsWith('dynamodb:'));
     expect(ddb).toEqual(['dynamodb:GetItem']);
+  });
+
+  test('the api: the Files API’s objects under files/ only, with its own role', () => {
+    const s3 = statementsOf(dev, roleOf('api')).filter((s) => asArray(s.Action).some((a: string) => a.startsWith('s3:')));
+    expect(s3).toHaveLength(1);
+    // PutObject covers single PUTs and multipart (create, upload part, complete).
+    expect(asArray(s3[0].Action).sort()).toEqual([...API_FILE_ACTIONS].sort());
+    expect(asArray(s3[0].Action)).not.toContain('s3:ListBucket');
+    const res = asArray(s3[0].Resource).map((r) => JSON.stringify(r));
+    expect(res).toHaveLength(1);
+    expect(res[0]).toMatch(/DataBucket[0-9A-F]{8}","Arn"\]\},"\/files\/\*"/);
+    // With tenant credentials on too: S3 calls never go with the tenant role.
+    const t = template('devTenantCredentials');
+    const id = roleOf('api', t);
+    expect(statementsOf(t, id).filter((s) => asArray(s.Action).some((a: string) => a.startsWith('s3:')))).toEqual(s3);
+  });
+
+  test('the api sends usage events and validation jobs, and nothing to a DLQ', () => {
+    const sqs = statementsOf(dev, roleOf('api')).filter((s) => asArray(s.Action).some((a: string) => a.startsWith('sqs:')));
+    expect(sqs).toHaveLength(1);
+    expect(asArray(sqs[0].Action).sort()).toEqual(['sqs:GetQueueUrl', 'sqs:SendMessage']);
+    const targets = asArray(sqs[0].Resource).map((r: any) => r['Fn::GetAtt'][0]);
+    const names = targets.map((q: string) => dev.toJSON().Resources[q].Properties.QueueName).sort();
+    expect(names).toEqual(['tenantai-dev-jobs', 'tenantai-dev-usage']);
   });
 
   test('the api may invoke this stage’s SageMaker endpoints only', () => {

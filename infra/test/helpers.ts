@@ -6,7 +6,7 @@ import * as path from 'path';
 import { App } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import { FUNCTION_NAMES, recommendedFlags, stageConfig } from '../lib/config';
+import { FUNCTION_NAMES, recommendedFlags, StageConfig, stageConfig } from '../lib/config';
 import { TenantaiStack } from '../lib/tenantai-stack';
 
 let placeholders: string | undefined;
@@ -55,7 +55,10 @@ export function template(variant: Variant): Template {
   return Template.fromJSON(JSON.parse(fs.readFileSync(file, 'utf8')));
 }
 
-export function build(context: Record<string, unknown> = {}, opts: { tenantCredentials?: boolean } = {}): Built {
+export function build(
+  context: Record<string, unknown> = {},
+  opts: { tenantCredentials?: boolean; tweak?: (cfg: StageConfig) => StageConfig } = {},
+): Built {
   const dirs = placeholderDirs();
   const app = new App({
     context: {
@@ -67,7 +70,8 @@ export function build(context: Record<string, unknown> = {}, opts: { tenantCrede
     },
     outdir: fs.mkdtempSync(path.join(os.tmpdir(), 'tenantai-cdkout-')),
   });
-  const cfg = stageConfig((k) => app.node.tryGetContext(k));
+  const read = stageConfig((k) => app.node.tryGetContext(k));
+  const cfg = opts.tweak ? opts.tweak(read) : read;
   const stack = new TenantaiStack(app, `tenantai-${cfg.stage}`, {
     cfg,
     code: (name) => lambda.Code.fromAsset(path.join(dirs, 'lambda', name)),

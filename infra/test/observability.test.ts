@@ -1,5 +1,4 @@
-import { FUNCTION_NAMES } from '../lib/config';
-import { EMF_NAMESPACE } from '../lib/observability';
+import { DEFAULT_EMF_NAMESPACE, FUNCTION_NAMES, METRICS_NAMESPACE_VAR } from '../lib/config';
 import { resources, template } from './helpers';
 
 const t = template('dev');
@@ -20,7 +19,17 @@ test('every alarm notifies the alerts topic when it fires and when it clears', (
   }
 });
 
-test.each(['usage-dlq', 'jobs-dlq', 'schedules-dlq'])('%s: any message at all', (dlq) => {
+test('jobs-dlq: any message waiting or taken by the workers’ dead-letter loop', () => {
+  const a = alarms['jobs-dlq-not-empty'];
+  expect(a).toMatchObject({ Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+  expect(a.Metrics.find((m: any) => m.Expression).Expression).toBe('FILL(visible, 0) + FILL(received, 0)');
+  const [queueId] = resources(t, 'AWS::SQS::Queue').find(([, q]) => q.Properties.QueueName === 'tenantai-dev-jobs-dlq')!;
+  const stats = a.Metrics.filter((m: any) => m.MetricStat).map((m: any) => m.MetricStat);
+  expect(stats.map((m: any) => `${m.Metric.MetricName} ${m.Stat}`).sort()).toEqual(['ApproximateNumberOfMessagesVisible Maximum', 'NumberOfMessagesReceived Sum']);
+  for (const m of stats) expect(m.Metric.Dimensions).toEqual([{ Name: 'QueueName', Value: { 'Fn::GetAtt': [queueId, 'QueueName'] } }]);
+});
+
+test.each(['usage-dlq', 'schedules-dlq'])('%s: any message at all', (dlq) => {
   const a = alarms[`${dlq}-not-empty`];
   expect(a).toMatchObject({ MetricName: 'ApproximateNumberOfMessagesVisible', Namespace: 'AWS/SQS', Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
   const [queueId] = resources(t, 'AWS::SQS::Queue').find(([, q]) => q.Properties.QueueName === `tenantai-dev-${dlq}`)!;
@@ -54,11 +63,26 @@ test('the dashboard shows requests, latency, overhead, cache hit rate, tokens, s
   for (const metric of ['latency_ms', 'overhead_ms', 'cache_hits', 'tokens', 'cost_micros', 'NumberOfMessagesDeleted', 'RunningTaskCount']) {
     expect(body).toContain(metric);
   }
-  expect(body).toContain(`\\"${EMF_NAMESPACE}\\"`);
+  // The stage's own namespace, as every function is told (TENANTAI_METRICS_NAMESPACE).
+  expect(body).toContain('\\"tenantai/dev\\"');
+  expect(body).not.toContain(`\\"${DEFAULT_EMF_NAMESPACE}\\"`);
+  const prodBody = JSON.stringify(resources(template('prod'), 'AWS::CloudWatch::Dashboard')[0][1].Properties.DashboardBody);
+  expect(prodBody).toContain('\\"tenantai/prod\\"');
+  expect(prodBody).not.toContain('\\"tenantai/dev\\"');
 });
 
-test('the EMF namespace and metric names are the ones shared/src/telemetry.rs writes', () => {
-  const src = require('fs').readFileSync(require('path').join(__dirname, '..', '..', 'shared', 'src', 'telemetry.rs'), 'utf8');
-  expect(src).toContain(`"Namespace": "${EMF_NAMESPACE}"`);
-  for (const m of ['latency_ms', 'overhead_ms', 'backend_ms', 'cache_hits', 'tokens', 'inputs']) expect(src).toContain(`{"Name": "${m}"`);
+test('every function writes its EMF metrics to the namespace the dashboard reads', () => {
+  for (const [stage, tpl] of [['dev', t], ['prod', template('prod')]] as const) {
+    for (const [, f] of resources(tpl, 'AWS::Lambda::Function')) {
+      expect(f.Properties.Environment.Variables[METRICS_NAMESPACE_VAR]).toBe(`tenantai/${stage}`);
+    }
+  }
+});
+
+test('the EMF namespace and metric names are the ones shared/src/gateway/telemetry.rs writes', () => {
+  const src = require('fs').readFileSync(require('path').join(__dirname, '..', '..', 'shared', 'src', 'gateway', 'telemetry.rs'), 'utf8');
+  expect(src).toContain(`pub const NAMESPACE_VAR: &str = "${METRICS_NAMESPACE_VAR}"`);
+  expect(src).toContain(`pub const DEFAULT_NAMESPACE: &str = "${DEFAULT_EMF_NAMESPACE}"`);
+  expect(src).toContain('"Namespace": namespace');
+  for (const m of ['latency_ms', 'overhead_ms', 'backend_ms', 'cache_hits', 'tokens', 'inputs', 'cost_micros']) expect(src).toContain(`{"Name": "${m}"`);
 });

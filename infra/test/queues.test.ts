@@ -1,6 +1,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { MAX_RECEIVES, WORK_ITEM_TIMEOUT } from '../lib/queues';
+import { stageConfig } from '../lib/config';
+import { MAX_RECEIVES } from '../lib/queues';
 import { resources, template } from './helpers';
 
 const t = template('dev');
@@ -51,14 +52,19 @@ test('every queue has a policy denying requests without TLS', () => {
   expect([...covered].sort()).toEqual(queues.map(([id]) => id).sort());
 });
 
-test('visibility timeouts are at least 6x the consumer timeout', () => {
+test('the usage queue hides a message 6x the metering timeout', () => {
   const [, usage] = byName('tenantai-dev-usage');
   const [, metering] = resources(t, 'AWS::Lambda::Function').find(([, f]) => f.Properties.FunctionName === 'tenantai-dev-metering')!;
   expect(usage.Properties.VisibilityTimeout).toBeGreaterThanOrEqual(6 * metering.Properties.Timeout);
+});
+
+test('the jobs queue: the worker’s visibility (kept by heartbeat) and long polls of its wait', () => {
+  const { batch } = stageConfig(() => undefined).worker;
   const [, jobs] = byName('tenantai-dev-jobs');
-  expect(jobs.Properties.VisibilityTimeout).toBeGreaterThanOrEqual(6 * WORK_ITEM_TIMEOUT.toSeconds());
-  // SQS's ceiling is 12 hours.
-  expect(jobs.Properties.VisibilityTimeout).toBeLessThanOrEqual(12 * 3600);
+  expect(jobs.Properties.VisibilityTimeout).toBe(batch.visibility.toSeconds());
+  expect(jobs.Properties.VisibilityTimeout).toBe(120);
+  expect(jobs.Properties.ReceiveMessageWaitTimeSeconds).toBe(batch.wait.toSeconds());
+  expect(batch.wait.toSeconds()).toBeLessThanOrEqual(20);
 });
 
 test('messages are kept 14 days (the metering claims outlive them: 30 days)', () => {

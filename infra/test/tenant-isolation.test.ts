@@ -10,12 +10,15 @@ const [apiRoleId] = roles.find(([, r]) => r.Properties.RoleName === 'tenantai-de
 
 const EXPECTED_LEADING_KEYS = [
   'TENANT#${aws:PrincipalTag/TenantId}',
+  'FILE#${aws:PrincipalTag/TenantId}',
+  'BATCH#${aws:PrincipalTag/TenantId}',
   'USAGE#${aws:PrincipalTag/TenantId}',
   'BUDGET#${aws:PrincipalTag/TenantId}',
   'ALERTS#${aws:PrincipalTag/TenantId}',
   'AUDIT#${aws:PrincipalTag/TenantId}',
   'CACHE#${aws:PrincipalTag/TenantId}',
   'RL#tenant:${aws:PrincipalTag/TenantId}',
+  'RL#tenant:${aws:PrincipalTag/TenantId}#key:*',
 ];
 
 test('trust: only the api role, AssumeRole + TagSession, one TenantId tag and no other', () => {
@@ -44,7 +47,9 @@ test('table access: item actions only, no Scan, on the base table, LeadingKeys o
   expect(asArray(st.Resource)).toHaveLength(1);
   expect(JSON.stringify(st.Resource)).toMatch(/Table/);
   expect(JSON.stringify(st.Resource)).not.toMatch(/index/);
-  expect(st.Condition['ForAllValues:StringEquals']['dynamodb:LeadingKeys'].sort()).toEqual([...EXPECTED_LEADING_KEYS].sort());
+  expect(st.Condition['ForAllValues:StringLike']['dynamodb:LeadingKeys'].sort()).toEqual([...EXPECTED_LEADING_KEYS].sort());
+  // A wildcard only after the tenant id and a delimiter: no pattern reaches another tenant's keys.
+  for (const k of EXPECTED_LEADING_KEYS) expect(k.replace(/^[^$]*\$\{aws:PrincipalTag\/TenantId\}/, '')).toMatch(/^(#[a-z]+:\*)?$/);
   expect(st.Condition.Null).toEqual({ 'dynamodb:LeadingKeys': 'false' });
 });
 
@@ -94,6 +99,7 @@ const ONLY_PLATFORM_FUNCTIONS: Record<string, string> = {
   'ADMIN': 'keys.rs: admin tokens (admin)',
   'EVENT#': 'metering.rs: exactly-once claims (metering)',
   'AUDIT#_platform': 'audit.rs: platform audit records (admin)',
+  '_RESTORE': 'backup.rs: restore progress records (the restore CLI, platform credentials)',
 };
 
 function rustPartitionKeyPrefixes(): Set<string> {
@@ -122,7 +128,7 @@ function rustPartitionKeyPrefixes(): Set<string> {
 test('every partition-key format in shared/src is classified', () => {
   const found = rustPartitionKeyPrefixes();
   // The scan itself must work: these are known to exist.
-  for (const known of ['USAGE#', 'BUDGET#', 'TENANT#', 'CACHE#', 'ALERTS#', 'RL#', 'KEY#', 'EVENT#', 'MODELS', 'TENANTS']) {
+  for (const known of ['USAGE#', 'BUDGET#', 'FILE#', 'BATCH#', 'TENANT#', 'CACHE#', 'ALERTS#', 'RL#', 'KEY#', 'EVENT#', 'MODELS', 'TENANTS']) {
     expect(found).toContain(known);
   }
   const classified = [...TENANT_PARTITION_KEYS, ...PLATFORM_PARTITION_KEYS, ...Object.keys(ONLY_PLATFORM_FUNCTIONS)].map((k) =>
@@ -131,4 +137,18 @@ test('every partition-key format in shared/src is classified', () => {
   for (const prefix of found) {
     expect(classified.some((c) => c === prefix || c.startsWith(prefix))).toBe(true);
   }
+});
+
+test('the api sends exactly the tenant partition keys with tenant credentials (shared/src/store/aws/tenant_scoped.rs)', () => {
+  const src = fs.readFileSync(path.join(__dirname, '..', '..', 'shared', 'src', 'store', 'aws', 'tenant_scoped.rs'), 'utf8');
+  const list = src.match(/pub const TENANT_PARTITION_PREFIXES: \[&str; \d+\] = \[([^\]]*)\]/);
+  expect(list).not.toBeNull();
+  const rust = [...list![1].matchAll(/"([^"]+)"/g)].map((m) => m[1]).sort();
+  const infra = [...new Set(TENANT_PARTITION_KEYS.map((k) => k.replace(/<t>.*$/, '')))].sort();
+  expect(rust).toEqual(infra);
+  expect(src).toContain('pub const TENANT_TAG: &str = "TenantId"');
+  // The lookalikes the Rust code keeps on the platform's credentials are platform keys here.
+  for (const k of ['CACHE#shared']) expect(PLATFORM_PARTITION_KEYS).toContain(k);
+  expect(Object.keys(ONLY_PLATFORM_FUNCTIONS)).toContain('AUDIT#_platform');
+  expect(src).toContain('["AUDIT#_platform", "CACHE#shared"]');
 });

@@ -1,6 +1,21 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Duration } from 'aws-cdk-lib';
 import { stageConfig } from '../lib/config';
-import { WORKER_STOP_TIMEOUT } from '../lib/workers';
-import { asArray, resources, statementsOf, template } from './helpers';
+import { HAND_BACK_MARGIN, WORKER_ITEM_ACTIONS, WORKER_PARTITION_KEYS, WORKER_READ_PARTITION_KEYS, WORKER_STOP_TIMEOUT } from '../lib/workers';
+import { asArray, build, resources, statementsOf, template } from './helpers';
+
+const rust = (file: string) => fs.readFileSync(path.join(__dirname, '..', '..', file), 'utf8');
+const rustTree = (dir: string): string =>
+  fs.readdirSync(path.join(__dirname, '..', '..', dir), { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile() && e.name.endsWith('.rs'))
+    .map((e) => fs.readFileSync(path.join(e.parentPath, e.name), 'utf8'))
+    .join('\n');
+const container = (t = dev) => {
+  const [, td] = one(t, 'AWS::ECS::TaskDefinition');
+  return td.Properties.ContainerDefinitions[0];
+};
+const containerEnv = (t = dev): Record<string, any> => Object.fromEntries(container(t).Environment.map((e: any) => [e.Name, e.Value]));
 
 const dev = template('dev');
 const prod = template('prod');
@@ -81,6 +96,47 @@ test('the container: one GPU, `work`, non-root, read-only root, a SIGTERM drain 
   expect(env.TENANTAI_JOBS_QUEUE).toBeDefined();
 });
 
+test('the worker loop’s settings: the config’s, with the grace over before SIGKILL', () => {
+  for (const t of [dev, prod]) {
+    const { batch } = stageConfig(() => undefined).worker;
+    const env = containerEnv(t);
+    expect(env).toMatchObject({
+      TENANTAI_BATCH_WORKERS: String(batch.workers),
+      TENANTAI_BATCH_LINE_CONCURRENCY: String(batch.lineConcurrency),
+      TENANTAI_BATCH_CHUNK_LINES: String(batch.chunkLines),
+      TENANTAI_BATCH_CHUNK_TOKENS: String(batch.chunkTokens),
+      TENANTAI_BATCH_VISIBILITY_SECS: '120',
+      TENANTAI_BATCH_GRACE_SECS: '90',
+      TENANTAI_BATCH_WAIT_SECS: '20',
+      TENANTAI_BATCH_RETRY_SECS: String(batch.retry.toSeconds()),
+    });
+    const stop = container(t).StopTimeout;
+    expect(Number(env.TENANTAI_BATCH_GRACE_SECS) + HAND_BACK_MARGIN.toSeconds()).toBeLessThanOrEqual(stop);
+    // The heartbeat (every third of the visibility) beats well inside it.
+    expect(Number(env.TENANTAI_BATCH_VISIBILITY_SECS)).toBeGreaterThanOrEqual(30);
+    const [jobsId] = container(t).Environment.find((e: any) => e.Name === 'TENANTAI_JOBS_QUEUE').Value['Fn::GetAtt'];
+    expect(t.toJSON().Resources[jobsId].Properties.QueueName).toMatch(/^tenantai-(dev|prod)-jobs$/);
+  }
+});
+
+test('a grace the stop timeout cannot hold fails the synthesis', () => {
+  const tooLong = Duration.seconds(WORKER_STOP_TIMEOUT.toSeconds() - HAND_BACK_MARGIN.toSeconds() + 1);
+  expect(() => build({}, { tweak: (cfg) => ({ ...cfg, worker: { ...cfg.worker, batch: { ...cfg.worker.batch, grace: tooLong } } }) })).toThrow(
+    /grace .* stop timeout/,
+  );
+});
+
+test('every TENANTAI_ variable the worker gets is one the Rust code reads', () => {
+  const src = `${rustTree('gpu-worker/src')}\n${rustTree('shared/src')}`;
+  const names = Object.keys(containerEnv()).filter((n) => n.startsWith('TENANTAI_'));
+  expect(names.length).toBeGreaterThan(10);
+  for (const n of names) expect(`${n}: ${src.includes(`"${n}"`)}`).toBe(`${n}: true`);
+  // The batch settings are WorkerConfig::from_env's, every one of them.
+  const jobs = rust('shared/src/batch/jobs.rs');
+  const read = [...jobs.matchAll(/"(TENANTAI_BATCH_[A-Z_]+)"/g)].map((m) => m[1]).sort();
+  expect(names.filter((n) => n.startsWith('TENANTAI_BATCH_')).sort()).toEqual(read);
+});
+
 test('scaling: step scaling on backlog per task, a metric-math expression over the jobs queue and running tasks', () => {
   const [, target] = one(dev, 'AWS::ApplicationAutoScaling::ScalableTarget');
   expect(target.Properties).toMatchObject({ MinCapacity: 0, MaxCapacity: 2, ScalableDimension: 'ecs:service:DesiredCount' });
@@ -99,16 +155,90 @@ test('scaling: step scaling on backlog per task, a metric-math expression over t
   expect(upper[1].Properties.Threshold).toBe(20);
 });
 
-test('the task role consumes the jobs queue and never scans', () => {
+describe('the task role', () => {
   const [taskRoleId] = resources(dev, 'AWS::IAM::Role').find(([, r]) => r.Properties.RoleName === 'tenantai-dev-worker-task')!;
   const sts = statementsOf(dev, taskRoleId);
-  const actions = sts.flatMap((s) => asArray(s.Action));
-  for (const a of ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility']) expect(actions).toContain(a);
-  expect(actions).not.toContain('dynamodb:Scan');
-  for (const a of actions) expect(a).not.toMatch(/(^\*$|:\*$)/);
-  const consume = sts.find((s) => asArray(s.Action).includes('sqs:ReceiveMessage'));
-  expect(JSON.stringify(consume.Resource)).toMatch(/QueuesJobs[0-9A-F]{8}/);
-  expect(JSON.stringify(consume.Resource)).not.toMatch(/Dlq|Usage/);
+  const queueName = (arn: any) => dev.toJSON().Resources[arn['Fn::GetAtt'][0]].Properties.QueueName;
+  const on = (prefix: string) => sts.filter((s) => asArray(s.Action).some((a: string) => a.startsWith(prefix)));
+
+  test('no wildcard action, no Scan, nothing outside SQS, DynamoDB, S3 and the key', () => {
+    const actions = sts.flatMap((s) => asArray(s.Action));
+    expect(actions).not.toContain('dynamodb:Scan');
+    for (const a of actions) {
+      expect(a).not.toMatch(/(^\*$|:\*$)/);
+      expect(a).toMatch(/^(sqs|dynamodb|s3|kms):/);
+    }
+  });
+
+  test('works the jobs queue and its DLQ, sends chunk jobs to the jobs queue and line usage to the usage queue', () => {
+    const byQueue: Record<string, string[]> = {};
+    for (const s of on('sqs:')) {
+      for (const r of asArray(s.Resource)) (byQueue[queueName(r)] ??= []).push(...asArray(s.Action));
+    }
+    const work = ['sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueUrl', 'sqs:ReceiveMessage'];
+    expect(Object.keys(byQueue).sort()).toEqual(['tenantai-dev-jobs', 'tenantai-dev-jobs-dlq', 'tenantai-dev-usage']);
+    expect(byQueue['tenantai-dev-jobs'].sort()).toEqual([...work, 'sqs:SendMessage'].sort());
+    // Nothing sends to the DLQ (the queue's redrive does).
+    expect(byQueue['tenantai-dev-jobs-dlq'].sort()).toEqual(work);
+    expect(byQueue['tenantai-dev-usage'].sort()).toEqual(['sqs:GetQueueUrl', 'sqs:SendMessage']);
+  });
+
+  test('table items: batches, files and budgets by LeadingKeys; tenants and models read only', () => {
+    const ddb = on('dynamodb:');
+    expect(ddb).toHaveLength(2);
+    for (const s of ddb) {
+      expect(JSON.stringify(s.Resource)).toMatch(/Table/);
+      expect(JSON.stringify(s.Resource)).not.toMatch(/index/);
+      expect(s.Condition.Null).toEqual({ 'dynamodb:LeadingKeys': 'false' });
+    }
+    const keysOf = (s: any) => s.Condition['ForAllValues:StringLike']['dynamodb:LeadingKeys'];
+    const write = ddb.find((s) => asArray(s.Action).includes('dynamodb:PutItem'));
+    const read = ddb.find((s) => !asArray(s.Action).includes('dynamodb:PutItem'));
+    expect(keysOf(write)).toEqual(['BATCH#*', 'FILE#*', 'BUDGET#*']);
+    expect(asArray(write.Action).sort()).toEqual(
+      ['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem'].sort(),
+    );
+    expect(keysOf(read)).toEqual(['TENANTS', 'MODELS']);
+    expect(asArray(read.Action).sort()).toEqual(['dynamodb:GetItem', 'dynamodb:Query']);
+    // Not the request path's items: keys, rate limits, caches, usage, audit, alerts.
+    for (const k of [...keysOf(write), ...keysOf(read)]) expect(k).not.toMatch(/^(TENANT#|KEY#|RL#|CACHE#|USAGE#|AUDIT#|ALERTS#|EVENT#|ADMIN)/);
+  });
+
+  test('the partitions are the ones the Rust code writes', () => {
+    expect(rust('shared/src/batch/batches.rs')).toContain('format!("BATCH#{tenant_id}")');
+    expect(rust('shared/src/batch/files.rs')).toContain('format!("FILE#{tenant_id}")');
+    expect(rust('shared/src/billing/budget.rs')).toContain('format!("BUDGET#{tenant_id}")');
+    expect(rust('shared/src/tenancy/tenants.rs')).toContain('pub const TENANTS_PK: &str = "TENANTS";');
+    expect(rust('shared/src/gateway/models.rs')).toContain('pub const MODELS_PK: &str = "MODELS";');
+    expect(WORKER_PARTITION_KEYS).toEqual(['BATCH#*', 'FILE#*', 'BUDGET#*']);
+    expect(WORKER_READ_PARTITION_KEYS).toEqual(['TENANTS', 'MODELS']);
+    // The adapter's clearing of an expired item before a conditional write is a DeleteItem.
+    expect(rust('shared/src/store/aws/table.rs')).toMatch(/async fn clear_expired[\s\S]*?\.delete_item\(\)/);
+    expect(WORKER_ITEM_ACTIONS).toContain('dynamodb:DeleteItem');
+  });
+
+  test('objects: reads models, inputs and chunk results; writes chunk results and output files; deletes nothing', () => {
+    const s3 = on('s3:');
+    const grants: Record<string, string[]> = {};
+    for (const s of s3) {
+      for (const r of asArray(s.Resource)) {
+        const m = JSON.stringify(r).match(/"\/([a-z]+)\/\*"/);
+        expect(m).not.toBeNull();
+        (grants[m![1]] ??= []).push(...asArray(s.Action));
+      }
+    }
+    expect(Object.keys(grants).sort()).toEqual(['batches', 'files', 'models']);
+    expect(grants.models).toEqual(['s3:GetObject']);
+    for (const p of ['files', 'batches']) expect(grants[p].sort()).toEqual(['s3:AbortMultipartUpload', 's3:GetObject', 's3:PutObject']);
+  });
+
+  test('the key only through SQS, S3 and DynamoDB', () => {
+    const kms = on('kms:');
+    expect(kms).toHaveLength(1);
+    expect(kms[0].Condition.StringEquals['kms:ViaService'].sort()).toEqual(
+      ['dynamodb.eu-west-1.amazonaws.com', 's3.eu-west-1.amazonaws.com', 'sqs.eu-west-1.amazonaws.com'],
+    );
+  });
 });
 
 test('Container Insights on the cluster (the running-task metric comes from it)', () => {

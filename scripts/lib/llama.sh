@@ -69,3 +69,34 @@ llama_python() {
         "$LLAMA_CACHE/src" numpy==2.4.6 || return 1
     touch "$LLAMA_VENV/.py-ok"
 }
+
+# Starts llama-server on MODEL (a GGUF) on a free loopback port with a random API
+# key, for the upstream-provider tests; exports TENANTAI_LLAMA_URL, the key as
+# TENANTAI_TEST_LLAMA_KEY and a wrong one as TENANTAI_TEST_LLAMA_BAD_KEY (for
+# `tenantai dev`, which reads upstream keys from the environment). Stopped on exit.
+llama_server_start() {
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    TENANTAI_TEST_LLAMA_KEY="sk-llama-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+    TENANTAI_TEST_LLAMA_BAD_KEY="sk-wrong-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+    export TENANTAI_TEST_LLAMA_KEY TENANTAI_TEST_LLAMA_BAD_KEY
+    "$LLAMA_SERVER" -m "$1" --host 127.0.0.1 --port "$port" -t 1 --parallel 2 -c 4096 --jinja --no-webui \
+        --api-key "$TENANTAI_TEST_LLAMA_KEY" >"${TMPDIR:-/tmp}/tenantai-llama-server.log" 2>&1 &
+    LLAMA_PID=$!
+    for _ in $(seq 1 240); do
+        if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then
+            export TENANTAI_LLAMA_URL="http://127.0.0.1:$port"
+            echo "==> llama-server on $TENANTAI_LLAMA_URL (pid $LLAMA_PID)"
+            return 0
+        fi
+        kill -0 "$LLAMA_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "llama-server did not start; its log:" >&2
+    cat "${TMPDIR:-/tmp}/tenantai-llama-server.log" >&2
+    return 1
+}
+
+llama_server_stop() {
+    [ -n "${LLAMA_PID:-}" ] && kill "$LLAMA_PID" 2>/dev/null || true
+}

@@ -1,6 +1,7 @@
 -- wrk script for scripts/bench-load.sh: POSTs OpenAI embeddings requests.
 --   BENCH_AUTH      bearer token (optional)
 --   BENCH_BODY      same (one body: cache hits) | unique (a new text per request: misses)
+--   BENCH_RUN       a label for this run, part of every unique text (no run repeats another's)
 --   BENCH_DELAY_MS  pause before each request of a connection (paces the rate)
 --   BENCH_OVERHEAD_HEADER  an answer header holding the server's overhead in ms, collected
 --   BENCH_MAX       most requests per thread (the run also ends at wrk's -d)
@@ -21,6 +22,7 @@ local overhead_header = os.getenv("BENCH_OVERHEAD_HEADER")
 local max_requests = tonumber(os.getenv("BENCH_MAX") or "1000000")
 local auth = os.getenv("BENCH_AUTH")
 local model = os.getenv("BENCH_MODEL") or "all-MiniLM-L6-v2"
+local run = os.getenv("BENCH_RUN") or ""
 local counter = 0
 overheads = {}
 seen = 0
@@ -38,7 +40,7 @@ function request()
   local text = "the quick brown fox jumps over the lazy dog"
   if mode == "unique" then
     counter = counter + 1
-    text = string.format("request %d of connection group %d: the quick brown fox jumps", counter, tid)
+    text = string.format("%s request %d of connection group %d: the quick brown fox jumps", run, counter, tid)
   end
   return wrk.format(nil, nil, nil, '{"model":"' .. model .. '","input":"' .. text .. '"}')
 end

@@ -14,7 +14,7 @@ moto_install() {
     echo "==> installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
     rm -rf "$MOTO_VENV"
     python3 -m venv "$MOTO_VENV"
-    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    timeout 600 "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
     touch "$MOTO_VENV/.moto-$MOTO_VERSION"
 }
 

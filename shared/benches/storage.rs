@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tenantai::metering::{Meter, Record, UsageEvent};
+use tenantai::billing::metering::{Meter, Record, UsageEvent};
 use tenantai::store::{
     aws, Cond, Item, Key, Outgoing, Queue, QueueSpec, Receive, Resources, Storage, Table, Update,
 };
@@ -230,13 +230,16 @@ fn usage_batch(i: usize) -> Vec<Record> {
                 model_version: "1".into(),
                 inputs: 4,
                 tokens: 120,
+                completion_tokens: 0,
                 requests: 1,
                 cache_hit: n % 5 == 0,
                 cache_hits: 0,
                 latency_ms: 3.0,
+                overhead_ms: 0.2,
                 compute_ms: 2,
                 cost_micros: 3,
                 at_ms: 1_795_478_400_000 + (n % 2) as i64 * 86_400_000,
+                batch: false,
             };
             Record {
                 id: format!("m{n}"),

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::Audit;
-use crate::auth::Authenticator;
-use crate::backend::WorkerClient;
-use crate::cache::Cache;
 use crate::error::{ApiError, ApiResult};
-use crate::jwt::{JwtConfig, JwtVerifier};
-use crate::keys::{AdminTokens, Keys};
-use crate::models::Registry;
+use crate::gateway::backend::WorkerClient;
+use crate::gateway::cache::Cache;
+use crate::gateway::models::Registry;
 use crate::store::Storage;
-use crate::tenants::{Tenant, Tenants, Tiers};
+use crate::tenancy::audit::Audit;
+use crate::tenancy::auth::Authenticator;
+use crate::tenancy::jwt::{JwtConfig, JwtVerifier};
+use crate::tenancy::keys::{AdminTokens, Keys};
+use crate::tenancy::tenants::{Tenant, Tenants, Tiers};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -30,15 +30,21 @@ pub struct Config {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// When a backend's circuit opens and for how long.
-    pub breaker: crate::breaker::BreakerConfig,
+    pub breaker: crate::gateway::breaker::BreakerConfig,
     /// How long a usage event waits for others to share its queue message batch.
     pub usage_linger: Duration,
     /// Longest a request body may take to arrive (408 past it).
     pub body_timeout: Duration,
     /// What outbound calls to tenant- or admin-chosen URLs may reach.
-    pub egress: crate::egress::EgressPolicy,
+    pub egress: crate::gateway::egress::EgressPolicy,
     /// The vault that seals secrets at rest (none: setting a webhook fails).
-    pub secrets: crate::secrets::Secrets,
+    pub secrets: crate::tenancy::secrets::Secrets,
+    /// Models this process serves itself (model id -> its worker's base URL):
+    /// batch lines for them run there, whatever backend their version names
+    /// (a batch worker running its own engine).
+    pub local_workers: std::collections::BTreeMap<String, String>,
+    /// Header, connection and in-flight limits (see [`crate::limits`]).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Config {
@@ -51,19 +57,21 @@ impl Default for Config {
             l1_cache_bytes: 256 * 1024 * 1024,
             record_cache_ttl: Duration::from_secs(5),
             max_body_bytes: 6 * 1024 * 1024,
-            breaker: crate::breaker::BreakerConfig::default(),
-            usage_linger: crate::usage::DEFAULT_LINGER,
+            breaker: crate::gateway::breaker::BreakerConfig::default(),
+            usage_linger: crate::billing::usage::DEFAULT_LINGER,
             body_timeout: crate::http::DEFAULT_BODY_TIMEOUT,
-            egress: crate::egress::EgressPolicy::default(),
-            secrets: crate::secrets::Secrets::none(),
+            egress: crate::gateway::egress::EgressPolicy::default(),
+            secrets: crate::tenancy::secrets::Secrets::none(),
+            local_workers: Default::default(),
+            limits: crate::limits::Limits::default(),
         }
     }
 }
 
 impl Config {
     /// What webhooks are set up under: this configuration's egress policy and vault.
-    pub fn webhook_rules(&self) -> crate::webhooks::WebhookRules {
-        crate::webhooks::WebhookRules {
+    pub fn webhook_rules(&self) -> crate::billing::webhooks::WebhookRules {
+        crate::billing::webhooks::WebhookRules {
             egress: self.egress.clone(),
             secrets: self.secrets.clone(),
         }
@@ -90,8 +98,15 @@ impl Config {
                 "TENANTAI_BODY_TIMEOUT_SECS",
                 crate::http::DEFAULT_BODY_TIMEOUT.as_secs(),
             )?,
-            egress: crate::egress::EgressPolicy::from_env(),
-            breaker: crate::breaker::BreakerConfig {
+            max_body_bytes: match std::env::var("TENANTAI_MAX_BODY_BYTES") {
+                Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    "TENANTAI_MAX_BODY_BYTES must be a positive number of bytes".to_string()
+                })?,
+                Err(_) => Config::default().max_body_bytes,
+            },
+            limits: crate::limits::Limits::from_env()?,
+            egress: crate::gateway::egress::EgressPolicy::from_env(),
+            breaker: crate::gateway::breaker::BreakerConfig {
                 failures_to_open: match std::env::var("TENANTAI_BREAKER_FAILURES") {
                     Ok(v) => v
                         .parse()
@@ -114,17 +129,21 @@ pub struct App {
     pub admins: AdminTokens,
     pub registry: Registry,
     pub cache: Cache,
+    /// Deterministic chat completions, cached like embeddings.
+    pub chat_cache: Cache<crate::gateway::chat::Completion>,
     pub audit: Audit,
     pub auth: Authenticator,
     pub worker: WorkerClient,
+    /// Chat backends: workers, upstream providers, SageMaker (through `sagemaker`).
+    pub chat: crate::gateway::upstream::ChatBackends,
     /// SageMaker endpoints, where the deployment has an AWS configuration.
-    pub sagemaker: Option<crate::backend::SagemakerClient>,
-    pub limiter: crate::ratelimit::RateLimiter,
-    pub breakers: crate::breaker::Breakers,
+    pub sagemaker: Option<crate::gateway::backend::SagemakerClient>,
+    pub limiter: crate::gateway::ratelimit::RateLimiter,
+    pub breakers: crate::gateway::breaker::Breakers,
     /// Where usage events leave the request path.
-    pub usage: crate::usage::UsageSink,
-    pub meter: crate::metering::Meter,
-    pub budget: crate::budget::BudgetGate,
+    pub usage: crate::billing::usage::UsageSink,
+    pub meter: crate::billing::metering::Meter,
+    pub budget: crate::billing::budget::BudgetGate,
     tenant_cache: moka::future::Cache<String, Tenant>,
 }
 
@@ -142,14 +161,20 @@ impl App {
             admins: AdminTokens::new(table.clone()),
             registry: Registry::new(table.clone(), config.record_cache_ttl),
             cache: Cache::new(table.clone(), config.l1_cache_bytes, config.cache_ttl),
+            chat_cache: Cache::new(table.clone(), config.l1_cache_bytes / 4, config.cache_ttl),
             audit: Audit::new(table.clone()),
             worker: WorkerClient::new(config.backend_timeout)?,
+            chat: crate::gateway::upstream::ChatBackends::new(
+                config.backend_timeout,
+                &config.egress,
+                crate::gateway::upstream::UpstreamKeys::from_env(),
+            )?,
             sagemaker: None,
-            limiter: crate::ratelimit::RateLimiter::new(table.clone()),
-            breakers: crate::breaker::Breakers::new(config.breaker.clone()),
-            usage: crate::usage::UsageSink::new(usage_queue, config.usage_linger),
-            meter: crate::metering::Meter::new(table.clone()),
-            budget: crate::budget::BudgetGate::new(table.clone()),
+            limiter: crate::gateway::ratelimit::RateLimiter::new(table.clone()),
+            breakers: crate::gateway::breaker::Breakers::new(config.breaker.clone()),
+            usage: crate::billing::usage::UsageSink::new(usage_queue, config.usage_linger),
+            meter: crate::billing::metering::Meter::new(table.clone()),
+            budget: crate::billing::budget::BudgetGate::new(table.clone()),
             tenant_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.record_cache_ttl)
@@ -161,7 +186,8 @@ impl App {
         }))
     }
 
-    /// Serves `sagemaker` model versions through this AWS configuration.
+    /// Serves `sagemaker` model versions through this AWS configuration, and
+    /// reads upstream API keys from its Secrets Manager.
     pub fn with_sagemaker(
         storage: Storage,
         config: Config,
@@ -170,8 +196,21 @@ impl App {
         let timeout = config.backend_timeout;
         let mut app = Arc::try_unwrap(App::new(storage, config)?)
             .map_err(|_| ApiError::Internal("app is shared before it is built".into()))?;
-        app.sagemaker = Some(crate::backend::SagemakerClient::new(aws, timeout));
+        app.sagemaker = Some(crate::gateway::backend::SagemakerClient::new(aws, timeout));
+        app.chat = crate::gateway::upstream::ChatBackends::new(
+            timeout,
+            &app.config.egress,
+            crate::gateway::upstream::UpstreamKeys::secrets_manager(aws),
+        )?;
         Ok(Arc::new(app))
+    }
+
+    /// Files in this deployment's object store (an error where it has none).
+    pub fn files(&self) -> ApiResult<crate::batch::files::Files> {
+        Ok(crate::batch::files::Files::new(
+            self.storage.table.clone(),
+            self.storage.blobs()?.clone(),
+        ))
     }
 
     /// The tenant record for the request path, cached briefly.

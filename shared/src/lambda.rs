@@ -1,20 +1,23 @@
 //! What the Lambda functions share: building the app from the AWS environment,
 //! JSON logs, and the authorizer's context in both directions.
 
+pub mod streaming;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{
-    ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayV2CustomAuthorizerSimpleResponse,
+    ApiGatewayV2CustomAuthorizerV2Request,
 };
 use serde_json::{json, Value};
 
-use crate::alerts::{CostAlerts, Notifier, Retry};
 use crate::app::{App, Config};
-use crate::auth::{bearer, Authenticator, TenantContext};
-use crate::metering::{Meter, Record};
+use crate::billing::alerts::{CostAlerts, Notifier, Retry};
+use crate::billing::metering::{Meter, Record};
 use crate::ops::backup::BackupConfig;
 use crate::store::{aws, Queue, Resources, Storage};
+use crate::tenancy::auth::{bearer, Authenticator, TenantContext};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
 /// JSON logs (CloudWatch) at `RUST_LOG` or `info`. `RUST_LOG` takes levels and
@@ -55,8 +58,10 @@ fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
 }
 
 /// The deployment's resource names: `TENANTAI_RESOURCE_PREFIX` (default
-/// `tenantai`), each overridable (`TENANTAI_TABLE`, `TENANTAI_BUCKET`).
-pub fn resources_from_env() -> Resources {
+/// `tenantai`), each overridable (`TENANTAI_TABLE`, `TENANTAI_BUCKET`,
+/// `TENANTAI_JOBS_QUEUE`: a name ending `-jobs`, its dead-letter queue that
+/// name with `-dlq`).
+pub fn resources_from_env() -> Result<Resources, String> {
     let prefix = std::env::var("TENANTAI_RESOURCE_PREFIX").unwrap_or_else(|_| "tenantai".into());
     let mut res = Resources::named(&prefix);
     if let Ok(t) = std::env::var("TENANTAI_TABLE") {
@@ -65,22 +70,72 @@ pub fn resources_from_env() -> Resources {
     if let Ok(b) = std::env::var("TENANTAI_BUCKET") {
         res.bucket = b;
     }
-    res
+    if let Ok(q) = std::env::var("TENANTAI_JOBS_QUEUE") {
+        if !q.ends_with("-jobs") {
+            return Err(format!("TENANTAI_JOBS_QUEUE ({q}) must end with '-jobs'"));
+        }
+        for spec in res.queues.iter_mut().filter(|s| s.name.ends_with("-jobs")) {
+            spec.name = q.clone();
+            if let Some(d) = spec.dead_letter.as_mut() {
+                d.queue = format!("{q}-dlq");
+            }
+        }
+    }
+    Ok(res)
 }
 
-/// The app on the AWS adapters, configured from the environment. Built once in
-/// `main`, before the runtime starts polling.
+/// The role the api assumes per tenant for that tenant's items, when set.
+pub const TENANT_ROLE_VAR: &str = "TENANTAI_TENANT_ROLE_ARN";
+
+/// The app on the AWS adapters, configured from the environment, without the
+/// object store (the authorizer). Built once in `main`, before the runtime
+/// starts polling. With `TENANTAI_TENANT_ROLE_ARN` set, each tenant's items are
+/// reached with that role assumed for the tenant.
 pub async fn app_from_env() -> Result<Arc<App>, String> {
+    build_app(false, Default::default()).await
+}
+
+/// The api's app: as [`app_from_env`], with the object store (the Files API;
+/// batch workers use it too).
+pub async fn api_app_from_env() -> Result<Arc<App>, String> {
+    build_app(true, Default::default()).await
+}
+
+/// A batch worker's app (`gpu-worker work`): as the api's, with the models it
+/// serves itself (model id -> its own base URL).
+pub async fn worker_app_from_env(
+    local_workers: std::collections::BTreeMap<String, String>,
+) -> Result<Arc<App>, String> {
+    build_app(true, local_workers).await
+}
+
+async fn build_app(
+    objects: bool,
+    local_workers: std::collections::BTreeMap<String, String>,
+) -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
-    let (sdk, storage) = storage_from_env().await?;
+    config.local_workers = local_workers;
+    let (sdk, mut storage) = storage_from_env().await?;
+    if objects {
+        storage = storage.with_blobs(&sdk);
+    }
+    // The api's tenant items with tenant-scoped credentials (the CDK app sets it).
+    if let Some(role) = std::env::var(TENANT_ROLE_VAR)
+        .ok()
+        .filter(|r| !r.is_empty())
+    {
+        storage = storage.with_tenant_credentials(&sdk, &role);
+    }
     config.secrets = secrets_from_env(&sdk)?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }
 
 /// The vault for secrets at rest: the KMS key `TENANTAI_KMS_KEY_ID` (or a key
 /// file, `TENANTAI_SECRETS_KEY_FILE`); without either, setting a webhook fails.
-fn secrets_from_env(sdk: &aws_config::SdkConfig) -> Result<crate::secrets::Secrets, String> {
-    crate::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
+fn secrets_from_env(
+    sdk: &aws_config::SdkConfig,
+) -> Result<crate::tenancy::secrets::Secrets, String> {
+    crate::tenancy::secrets::Secrets::from_env(Some(sdk), None).map_err(|e| e.to_string())
 }
 
 /// The admin app: as [`app_from_env`], with the object store (GDPR exports
@@ -88,18 +143,18 @@ fn secrets_from_env(sdk: &aws_config::SdkConfig) -> Result<crate::secrets::Secre
 pub async fn admin_app_from_env() -> Result<Arc<App>, String> {
     let mut config = Config::from_env()?;
     let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     config.secrets = secrets_from_env(&sdk)?;
     App::with_sagemaker(storage, config, &sdk).map_err(|e| e.to_string())
 }
 
-/// The AWS configuration of the environment and the deployment's storage on it.
+/// The AWS configuration of the environment and the deployment's storage on it,
+/// without the object store (functions that keep no objects carry no S3 client).
 async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> {
     let sdk = aws::sdk_config().await;
-    // Functions that keep no objects carry no S3 client.
-    let storage = Storage::aws_without_blobs(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws_without_blobs(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((sdk, storage))
@@ -111,7 +166,7 @@ async fn storage_from_env() -> Result<(aws_config::SdkConfig, Storage), String> 
 pub async fn backup_from_env() -> Result<(Storage, BackupConfig), String> {
     let config = BackupConfig::from_env()?;
     let sdk = aws::sdk_config().await;
-    let storage = Storage::aws(&sdk, &resources_from_env(), false)
+    let storage = Storage::aws(&sdk, &resources_from_env()?, false)
         .await
         .map_err(|e| e.to_string())?;
     Ok((storage, config))
@@ -150,12 +205,12 @@ const FLUSH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// Registers an internal Lambda extension (INVOKE events) that keeps usage
 /// events from waiting in memory while the environment is frozen: for each
 /// invocation it waits until the api has answered (see
-/// [`crate::usage::UsageSink::request_done`]) and flushes the sink. Lambda
+/// [`crate::billing::usage::UsageSink::request_done`]) and flushes the sink. Lambda
 /// freezes the environment only once every extension has asked for its next
 /// event, so the flush happens after the response is sent and costs the
 /// client nothing. Returns the extension's run loop, to run beside the runtime.
 pub async fn register_usage_flush(
-    sink: crate::usage::UsageSink,
+    sink: crate::billing::usage::UsageSink,
 ) -> Result<
     impl std::future::Future<Output = Result<(), lambda_extension::Error>>,
     lambda_extension::Error,
@@ -215,7 +270,7 @@ pub async fn alerts_from_env() -> Result<CostAlerts, String> {
 pub async fn scheduled_alerts(
     alerts: &CostAlerts,
     event: aws_lambda_events::eventbridge::EventBridgeEvent<Value>,
-) -> crate::error::ApiResult<crate::alerts::RunSummary> {
+) -> crate::error::ApiResult<crate::billing::alerts::RunSummary> {
     let now = event
         .time
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
@@ -287,7 +342,7 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
             text("key_tpm").and_then(|v| v.parse().ok()),
         ) {
             (Some(requests_per_minute), Some(tokens_per_minute)) => {
-                Some(crate::ratelimit::Limits {
+                Some(crate::gateway::ratelimit::Limits {
                     requests_per_minute,
                     tokens_per_minute,
                 })
@@ -302,13 +357,24 @@ pub fn context_from_authorizer(fields: &HashMap<String, Value>) -> Option<Tenant
 pub fn with_tenant_context<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
     use lambda_http::request::RequestContext;
     use lambda_http::RequestExt;
-    let ctx = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(c)) => c
-            .authorizer
-            .as_ref()
-            .and_then(|a| context_from_authorizer(&a.fields)),
-        _ => None,
+    let (ctx, stage) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => (
+            c.authorizer
+                .as_ref()
+                .and_then(|a| context_from_authorizer(&a.fields)),
+            None,
+        ),
+        // A REST API hands the authorizer's context over flat, and lambda_http
+        // puts its stage in front of the path (the routes have none).
+        Some(RequestContext::ApiGatewayV1(c)) => (
+            context_from_authorizer(&c.authorizer.fields),
+            c.stage.clone(),
+        ),
+        _ => (None, None),
     };
+    if let Some(stage) = stage {
+        strip_stage(&mut req, &stage);
+    }
     if let Some(ctx) = ctx {
         req.extensions_mut().insert(ctx);
     }
@@ -351,10 +417,76 @@ pub async fn authorize(
     resp
 }
 
+/// `/{stage}/v1/models?x` -> `/v1/models?x`.
+fn strip_stage<B>(req: &mut axum::http::Request<B>, stage: &str) {
+    let prefix = format!("/{stage}/");
+    let Some(pq) = req.uri().path_and_query() else {
+        return;
+    };
+    let Some(rest) = pq.as_str().strip_prefix(prefix.as_str()) else {
+        return;
+    };
+    if let Ok(uri) = format!("/{rest}").parse() {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// The resource a REST API authorizer's answer allows: every method and path of
+/// the stage the request came through, so the cached answer serves them all.
+fn stage_wildcard(method_arn: &str) -> String {
+    let mut parts = method_arn.splitn(3, '/');
+    match (parts.next(), parts.next()) {
+        (Some(api), Some(stage)) => format!("{api}/{stage}/*"),
+        _ => method_arn.to_string(),
+    }
+}
+
+/// The REST API REQUEST authorizer: a bearer token in; an IAM policy allowing the
+/// stage and the tenant context out. Anything but a valid credential is
+/// `Err("Unauthorized")`, which API Gateway answers with a 401.
+pub async fn authorize_rest(
+    auth: &Authenticator,
+    event: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+) -> Result<Value, &'static str> {
+    let header = event
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let outcome = match bearer(header) {
+        Ok(token) => auth.authenticate(token).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(ctx) => Ok(json!({
+            "principalId": ctx.tenant_id,
+            "policyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Action": "execute-api:Invoke", "Effect": "Allow",
+                "Resource": stage_wildcard(event.method_arn.as_deref().unwrap_or("*")),
+            }]},
+            "context": authorizer_context(&ctx),
+        })),
+        Err(e) => {
+            tracing::info!(reason = %e, path = event.path.as_deref().unwrap_or(""), "request refused");
+            Err("Unauthorized")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::log_filter;
     use tracing::Level;
+
+    #[test]
+    fn a_rest_answer_allows_the_whole_stage() {
+        assert_eq!(
+            super::stage_wildcard(
+                "arn:aws:execute-api:eu-west-1:1:abc/prod/POST/v1/chat/completions"
+            ),
+            "arn:aws:execute-api:eu-west-1:1:abc/prod/*"
+        );
+        assert_eq!(super::stage_wildcard("odd"), "odd");
+    }
 
     #[test]
     fn log_filters_read_levels_and_targets() {

@@ -10,9 +10,9 @@ use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::json;
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
-use tenantai::egress::{blocked, Egress, EgressError, EgressPolicy, GuardedResolver};
-use tenantai::metering::UsageEvent;
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
+use tenantai::billing::metering::UsageEvent;
+use tenantai::gateway::egress::{blocked, Egress, EgressError, EgressPolicy, GuardedResolver};
 
 use crate::harness::Harness;
 use crate::net::recorder;
@@ -173,7 +173,7 @@ async fn names_that_resolve_inside_are_dropped_at_connect_time() {
         .await;
     let err = sent.err().unwrap();
     assert!(
-        tenantai::egress::describe(&err).contains("not reachable"),
+        tenantai::gateway::egress::describe(&err).contains("not reachable"),
         "{err}"
     );
     assert!(
@@ -193,12 +193,15 @@ pub fn spend_event(tenant: &str, cost: u64) -> UsageEvent {
         requests: 1,
         inputs: 1,
         tokens: 1,
+        completion_tokens: 0,
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms: tenantai::store::now_millis(),
+        batch: false,
     }
 }
 

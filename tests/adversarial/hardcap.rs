@@ -4,7 +4,7 @@
 
 use axum::http::Method;
 use serde_json::{json, Value};
-use tenantai::embeddings::EmbeddingRequest;
+use tenantai::gateway::embeddings::EmbeddingRequest;
 
 use crate::harness::Harness;
 use crate::worker;
@@ -97,7 +97,7 @@ async fn no_input_kind_is_served_past_the_hard_cap() {
             .map(|i| reserved_tokens(&request(kind, i)))
             .max()
             .unwrap();
-        let one = tenantai::amounts::cost_micros(most, PRICE).unwrap();
+        let one = tenantai::billing::amounts::cost_micros(most, PRICE).unwrap();
         let cap = one * RESERVATIONS_IN_CAP + one / 2;
         let key = capped_tenant(&h, cap).await;
         let calls = (0..CONCURRENT).map(|i| {

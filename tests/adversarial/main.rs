@@ -11,16 +11,19 @@
 
 mod auth;
 mod egress;
+mod forms;
 mod hardcap;
 #[path = "../api/harness.rs"]
 mod harness;
 mod isolation;
+mod limits;
 mod malformed;
 mod money;
 mod net;
 mod secrets;
 mod text;
 mod timeouts;
+mod tokens;
 #[path = "../common/webhook.rs"]
 mod webhook;
 #[path = "../api/worker.rs"]

@@ -39,6 +39,9 @@ fn routes(t: &Target) -> Vec<(Method, String, String)> {
     let admin = t.h.admin.clone();
     vec![
         (Method::POST, "/v1/embeddings".into(), t.key.clone()),
+        (Method::POST, "/v1/chat/completions".into(), t.key.clone()),
+        (Method::POST, "/v1/batches".into(), t.key.clone()),
+        (Method::POST, "/v1/files".into(), t.key.clone()),
         (Method::POST, "/admin/v1/tenants".into(), admin.clone()),
         (
             Method::PATCH,
@@ -126,6 +129,10 @@ fn near_miss() -> impl Strategy<Value = Value> {
         "price_per_1k_tokens_micros",
         "canary_weight",
         "overlap_secs",
+        "input_file_id",
+        "completion_window",
+        "metadata",
+        "output_expires_after",
     ]);
     prop::collection::btree_map(field, any_json(), 0..5)
         .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
@@ -158,5 +165,70 @@ proptest! {
         let body = json!({"model": "all-MiniLM-L6-v2", "input": input, "truncate": truncate});
         let r = runtime().block_on(t.h.call(Method::POST, "/v1/embeddings", Some(&t.key), Some(body.clone())));
         judge(&r, &body.to_string())?;
+    }
+}
+
+/// One line of a batch input: a good request, a near miss, JSON of any shape,
+/// or bytes.
+fn any_line() -> impl Strategy<Value = String> {
+    let id = prop::sample::select(vec!["a", "b", "c", "", "a"]);
+    prop_oneof![
+        4 => ("\\PC{0,20}", id.clone()).prop_map(|(text, id)| json!({"custom_id": id, "method": "POST",
+            "url": "/v1/embeddings", "body": {"model": "all-MiniLM-L6-v2", "input": text}}).to_string()),
+        2 => (any_json(), id).prop_map(|(body, id)| json!({"custom_id": id, "method": "POST",
+            "url": "/v1/embeddings", "body": body}).to_string()),
+        1 => any_json().prop_map(|v| v.to_string()),
+        1 => prop::collection::vec(any::<u8>(), 0..40).prop_map(|b| String::from_utf8_lossy(&b).replace('\n', " ")),
+    ]
+}
+
+/// A multipart upload of `file` with purpose `batch`.
+fn upload_form(file: &[u8]) -> (String, Vec<u8>) {
+    let b = "fuzz-boundary-7d1";
+    let mut body = format!("--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.jsonl\"\r\n\r\n").into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any JSONL file: the upload, the batch and its jobs never fail with a 5xx
+    /// or a panic, and the batch ends failed (validation) or with every line
+    /// accounted for.
+    #[test]
+    fn any_batch_file_ends_cleanly(lines in prop::collection::vec(any_line(), 1..8)) {
+        let t = target();
+        let (ct, body) = upload_form(lines.join("\n").as_bytes());
+        let up = runtime().block_on(t.h.raw(Method::POST, "/v1/files", Some(&t.key), Body::from(body), &[("content-type", &ct)]));
+        judge(&up, "upload")?;
+        let Some(file_id) = up.body["id"].as_str() else { return Ok(()) };
+        let create = json!({"input_file_id": file_id, "endpoint": "/v1/embeddings", "completion_window": "24h"});
+        let b = runtime().block_on(t.h.call(Method::POST, "/v1/batches", Some(&t.key), Some(create)));
+        judge(&b, "create")?;
+        let Some(id) = b.body["id"].as_str() else { return Ok(()) };
+        runtime().block_on(async {
+            let (queue, _) = tenantai::batch::jobs::queues(&t.h.app.storage).unwrap();
+            let cfg = tenantai::batch::jobs::WorkerConfig { chunk_lines: 3, ..Default::default() };
+            let now = tenantai::store::Receive { max: 10, wait: std::time::Duration::ZERO, visibility: std::time::Duration::from_secs(60) };
+            loop {
+                let got = queue.receive(&now).await.unwrap();
+                if got.is_empty() { break; }
+                for m in got {
+                    let handled = tenantai::batch::jobs::handle(&t.h.app, &cfg, &m.body, false).await;
+                    assert!(handled.is_ok(), "{handled:?}");
+                    queue.delete(&m.receipt).await.unwrap();
+                }
+            }
+        });
+        let got = runtime().block_on(t.h.call(Method::GET, &format!("/v1/batches/{id}"), Some(&t.key), None));
+        judge(&got, "retrieve")?;
+        let status = got.body["status"].as_str().unwrap_or_default().to_string();
+        prop_assert!(status == "failed" || status == "completed", "{}", got.body);
+        if status == "completed" {
+            let n = &got.body["request_counts"];
+            prop_assert_eq!(n["completed"].as_u64().unwrap() + n["failed"].as_u64().unwrap(), n["total"].as_u64().unwrap());
+        }
     }
 }

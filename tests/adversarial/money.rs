@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::http::Method;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tenantai::amounts::{
+use tenantai::billing::amounts::{
     cost_micros, MAX_BUDGET_MICROS, MAX_PRICE_PER_1K_TOKENS_MICROS, MAX_REQUESTS_PER_MINUTE,
     MAX_TOKENS_PER_MINUTE, MAX_UNIX_SECS,
 };
-use tenantai::metering::{Record, UsageEvent};
-use tenantai::ratelimit::{Limits, RateLimiter, Scope};
+use tenantai::billing::metering::{Record, UsageEvent};
+use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
 use tenantai::store::{Receive, Storage};
 
 use crate::harness::Harness;
@@ -243,12 +243,15 @@ fn event(id: &str, tenant: &str, cost: u64, tokens: u64) -> UsageEvent {
         requests: 1,
         inputs: 1,
         tokens,
+        completion_tokens: 0,
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms: 1_795_000_000_000,
+        batch: false,
     }
 }
 

@@ -8,9 +8,11 @@ use std::path::Path;
 
 use axum::http::{Method, StatusCode};
 use serde_json::json;
-use tenantai::alerts::{verify, CostAlerts, Notifier, Retry, REPLAY_WINDOW_SECS, SIGNATURE_HEADER};
-use tenantai::secrets::Secrets;
+use tenantai::billing::alerts::{
+    verify, CostAlerts, Notifier, Retry, REPLAY_WINDOW_SECS, SIGNATURE_HEADER,
+};
 use tenantai::store::{Resources, Storage};
+use tenantai::tenancy::secrets::Secrets;
 
 use crate::egress::spend_event;
 use crate::harness::Harness;

@@ -6,7 +6,7 @@
 use axum::http::Method;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tenantai::text::{escape_html, escape_terminal, forbidden};
+use tenantai::tenancy::text::{escape_html, escape_terminal, forbidden};
 
 use crate::harness::Harness;
 
@@ -171,13 +171,13 @@ proptest! {
 
     #[test]
     fn any_label_with_a_forbidden_character_is_refused(s in with_forbidden()) {
-        prop_assert!(tenantai::text::check_label("name", &s, 200).is_err(), "{:?}", s);
+        prop_assert!(tenantai::tenancy::text::check_label("name", &s, 200).is_err(), "{:?}", s);
         prop_assert!(!escape_terminal(&s).chars().any(|c| forbidden(c).is_some()));
     }
 
     #[test]
     fn what_a_label_keeps_never_holds_a_forbidden_character(s in any::<String>()) {
-        if let Ok(kept) = tenantai::text::check_label("name", &s, 200) {
+        if let Ok(kept) = tenantai::tenancy::text::check_label("name", &s, 200) {
             prop_assert!(!kept.chars().any(|c| forbidden(c).is_some()), "{:?}", kept);
         }
     }
@@ -187,7 +187,7 @@ proptest! {
         let trimmed = s.trim();
         prop_assume!(!trimmed.is_empty());
         prop_assume!(!trimmed.chars().any(|c| forbidden(c).is_some()));
-        prop_assert_eq!(tenantai::text::check_label("name", &s, 200).unwrap(), trimmed);
+        prop_assert_eq!(tenantai::tenancy::text::check_label("name", &s, 200).unwrap(), trimmed);
     }
 
     #[test]

@@ -20,7 +20,10 @@ async fn server(h: &Harness) -> std::net::SocketAddr {
     serve(tenantai::http::host_with(
         tenantai::http::api::router(h.app.clone())
             .merge(tenantai::http::admin::router(h.app.clone())),
-        DEADLINE,
+        &tenantai::app::Config {
+            body_timeout: DEADLINE,
+            ..tenantai::app::Config::default()
+        },
     ))
     .await
 }
@@ -160,6 +163,15 @@ async fn slow_and_endless_bodies_are_cut_off_with_a_408() {
             b"{",
             None,
         ),
+        // An upload whose file trickles: a 408, not the store's failure.
+        (
+            "upload, trickled file",
+            format!(
+                "POST /v1/files HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: 100000\r\n\r\n"
+            ),
+            b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.jsonl\"\r\n\r\n{",
+            Some(b" "),
+        ),
     ];
     for (name, head, first, drip) in cases {
         let answer = send(addr, head, first, drip).await;
@@ -171,6 +183,14 @@ async fn slow_and_endless_bodies_are_cut_off_with_a_408() {
         .admin(axum::http::Method::GET, "/tenants?limit=100", None)
         .await;
     assert_eq!(tenants.ok()["data"].as_array().unwrap().len(), 1);
+    let files = h
+        .call(axum::http::Method::GET, "/v1/files", Some(&key), None)
+        .await;
+    assert_eq!(
+        files.ok()["data"],
+        json!([]),
+        "a broken-off upload left a file"
+    );
     let prompt = send(
         addr,
         head(

@@ -28,6 +28,51 @@ async fn admin_calls_need_an_admin_token() {
 }
 
 #[tokio::test]
+async fn the_admin_token_header_serves_beside_an_aws_signature() {
+    let h = Harness::new().await;
+    let sigv4 = "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE/20261124/us-east-1/execute-api/aws4_request, SignedHeaders=host, Signature=00";
+    let get = |headers: Vec<(&'static str, String)>| {
+        let h = &h;
+        async move {
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            h.raw(
+                Method::GET,
+                "/admin/v1/tenants",
+                None,
+                axum::body::Body::empty(),
+                &pairs,
+            )
+            .await
+        }
+    };
+    let ok = get(vec![
+        ("authorization", sigv4.to_string()),
+        ("x-tenantai-admin-token", h.admin.clone()),
+    ])
+    .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    // The header alone is enough; a wrong one is refused even beside a good bearer.
+    assert_eq!(
+        get(vec![("x-tenantai-admin-token", h.admin.clone())])
+            .await
+            .status,
+        200
+    );
+    get(vec![
+        ("authorization", format!("Bearer {}", h.admin)),
+        (
+            "x-tenantai-admin-token",
+            "tadm_forged000000000000000000000000000000000000".into(),
+        ),
+    ])
+    .await
+    .error(401);
+    get(vec![("authorization", sigv4.to_string())])
+        .await
+        .error(401);
+}
+
+#[tokio::test]
 async fn tenant_lifecycle_is_audited() {
     let h = Harness::new().await;
     let id = h.tenant("Acme", "free").await;
@@ -154,7 +199,7 @@ async fn keys_are_shown_once_and_stored_hashed() {
         "the secret must never be listed"
     );
     assert!(
-        !text.contains(&tenantai::keys::hash_secret(&secret)),
+        !text.contains(&tenantai::tenancy::keys::hash_secret(&secret)),
         "nor its hash"
     );
     assert_eq!(listed.body["data"][0]["scopes"], json!(["embeddings"]));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::Method;
 use serde_json::json;
 use tenantai::app::Config;
-use tenantai::breaker::BreakerConfig;
+use tenantai::gateway::breaker::BreakerConfig;
 
 use crate::harness::Harness;
 use crate::worker;

@@ -86,6 +86,45 @@ async fn api_events() {
         let (got, body) = handle(&s, name).await;
         assert_eq!(got, want, "{name}: {body}");
     }
+    // The REST API's unauthenticated liveness probe, stage and all.
+    let (status, body) = handle(&s, "api/rest-health.json").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn batch_events() {
+    let mut s = seed().await;
+    let (status, file) = handle(&s, "api/files-upload.json").await;
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(
+        (file["purpose"].as_str(), file["filename"].as_str()),
+        (Some("batch"), Some("events.jsonl"))
+    );
+    s.vars
+        .insert("FILE_ID", file["id"].as_str().unwrap().to_string());
+    let (status, batch) = handle(&s, "api/batches-create.json").await;
+    assert_eq!(
+        (status, batch["status"].as_str()),
+        (200, Some("validating")),
+        "{batch}"
+    );
+    assert_eq!(batch["request_counts"]["total"], 1);
+    let (again, same) = handle(&s, "api/batches-create.json").await;
+    assert_eq!(
+        (again, &same["id"]),
+        (200, &batch["id"]),
+        "the idempotency key holds"
+    );
+    let (status, list) = handle(&s, "api/batches-list.json").await;
+    assert_eq!(
+        (status, list["data"][0]["id"].as_str()),
+        (200, batch["id"].as_str())
+    );
+    let (status, body) = handle(&s, "api/batches-unknown.json").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("batch_not_found"))
+    );
 }
 
 #[tokio::test]
@@ -107,6 +146,23 @@ async fn admin_events() {
             && actions.contains(&"tenant.update".to_string()),
         "{actions:?}"
     );
+    // The REST API request through IAM auth: the token came in x-tenantai-admin-token
+    // (Authorization held a signature), and the entry names the IAM caller.
+    let by_iam: Vec<_> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["caller_arn"] == "arn:aws:iam::123456789012:user/ops-alice")
+        .collect();
+    assert_eq!(by_iam.len(), 1, "{audit}");
+    assert_eq!(by_iam[0]["action"], "tenant.update");
+    assert_eq!(by_iam[0]["after"]["monthly_budget_micros"], 3_000_000);
+    assert!(audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "tenant.create")
+        .all(|r| r.get("caller_arn").is_none()));
     let (_, verdict) = handle(&s, "admin/audit-verify.json").await;
     assert_eq!(verdict["ok"], true, "{verdict}");
     for (name, status) in expected_events::ADMIN_ERASE {
@@ -138,17 +194,45 @@ async fn authorizer_events() {
     assert_eq!(ok.context["tenant_id"], s.vars["TENANT_ID"].as_str());
     assert_eq!(ok.context["key_id"], s.vars["KEY_ID"].as_str());
     assert_eq!(ok.context["tier"], "pro");
-    assert_eq!(ok.context["scopes"], "embeddings models usage batches");
+    assert_eq!(ok.context["scopes"], "embeddings chat models usage batches");
     for name in expected_events::AUTHORIZER_REFUSED {
         let resp = run(name).await;
         assert!(!resp.is_authorized, "{name}");
         assert_eq!(resp.context, json!({}), "{name}");
     }
+    // The REST API's REQUEST authorizer: a policy allowing the stage, and the context.
+    let rest = |name: &'static str| {
+        let text = load_event(name, &s.vars);
+        let auth = auth.clone();
+        async move {
+            let event = serde_json::from_str(&text).unwrap();
+            tenantai::lambda::authorize_rest(&auth, &event).await
+        }
+    };
+    let ok = rest("authorizer/rest-valid-key.json").await.unwrap();
+    assert_eq!(ok["principalId"], s.vars["TENANT_ID"].as_str());
+    let statement = &ok["policyDocument"]["Statement"][0];
+    assert_eq!(
+        (statement["Effect"].as_str(), statement["Action"].as_str()),
+        (Some("Allow"), Some("execute-api:Invoke"))
+    );
+    assert_eq!(
+        statement["Resource"],
+        "arn:aws:execute-api:us-east-1:123456789012:tenantai/prod/*"
+    );
+    assert_eq!(ok["context"]["key_id"], s.vars["KEY_ID"].as_str());
+    assert_eq!(
+        ok["context"]["scopes"],
+        "embeddings chat models usage batches"
+    );
+    for name in expected_events::REST_AUTHORIZER_REFUSED {
+        assert_eq!(rest(name).await, Err("Unauthorized"), "{name}");
+    }
 }
 
 #[tokio::test]
 async fn metering_and_cost_alert_events() {
-    use tenantai::alerts::{CostAlerts, Notifier, Retry};
+    use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
     use tenantai::lambda::{scheduled_alerts, sqs_batch};
     use tenantai::store::Receive;
 

@@ -76,14 +76,41 @@ impl Harness {
 
     /// An instance on `config`; secrets are sealed with a key file in its data
     /// directory unless `config` names a vault.
-    pub async fn with_config(mut config: Config) -> Harness {
+    pub async fn with_config(config: Config) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::embedded(dir.path(), &Resources::named("test"))
             .await
             .unwrap();
+        Self::on(storage, config, dir).await
+    }
+
+    /// An instance on the AWS adapters, on the emulator at `AWS_ENDPOINT_URL`
+    /// (fresh resources of its own); `None`, said loudly, without one (under
+    /// `./scripts/test.sh` the emulator is promised and its absence fails).
+    #[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
+    pub async fn on_aws(config: Config) -> Option<Harness> {
+        let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
+            assert!(
+                std::env::var_os("TENANTAI_TEST_AWS").is_none(),
+                "AWS_ENDPOINT_URL is not set but the emulator was promised"
+            );
+            eprintln!("SKIPPED: needs the AWS emulator (run ./scripts/test.sh)");
+            return None;
+        };
+        assert!(endpoint.starts_with("http://127.") || endpoint.starts_with("http://localhost"));
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let sdk = tenantai::store::aws::sdk_config().await;
+        let storage = Storage::aws(&sdk, &Resources::named(&prefix), true)
+            .await
+            .unwrap();
+        Some(Self::on(storage, config, tempfile::tempdir().unwrap()).await)
+    }
+
+    async fn on(storage: Storage, mut config: Config, dir: tempfile::TempDir) -> Harness {
         if config.secrets.kind().is_none() {
             config.secrets =
-                tenantai::secrets::Secrets::local(&dir.path().join("secrets.key")).unwrap();
+                tenantai::tenancy::secrets::Secrets::local(&dir.path().join("secrets.key"))
+                    .unwrap();
         }
         let app = App::new(storage, config).unwrap();
         let admin = app.admins.create("test-admin").await.unwrap();
@@ -107,10 +134,13 @@ impl Harness {
         body: Body,
         headers: &[(&str, &str)],
     ) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json");
+        let mut req = Request::builder().method(method).uri(uri);
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("content-type", "application/json");
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -190,6 +220,28 @@ impl Harness {
             .unwrap()
             > 0
         {}
+    }
+
+    /// The usage events emitted so far, as they left for the queue (taken off it,
+    /// not folded).
+    #[allow(dead_code)] // the api tests use it; the adversarial suite shares this file
+    pub async fn usage_events(&self) -> Vec<tenantai::billing::metering::UsageEvent> {
+        self.app.usage.flush().await;
+        let (queue, _) = self.app.storage.usage_queues().unwrap();
+        let now = tenantai::store::Receive {
+            wait: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        loop {
+            let got = queue.receive(&now).await.unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            for m in got {
+                out.push(tenantai::billing::metering::parse_event(&m.body).unwrap());
+            }
+        }
     }
 
     /// A new tenant of this tier; returns its id.

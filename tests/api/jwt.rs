@@ -7,8 +7,8 @@ use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tenantai::app::Config;
-use tenantai::jwt::JwtConfig;
 use tenantai::store::now_secs;
+use tenantai::tenancy::jwt::JwtConfig;
 
 use crate::harness::Harness;
 

@@ -5,12 +5,16 @@
 
 mod admin;
 mod auth;
+mod batches;
 mod breaker;
+mod chat;
+mod console;
 mod embeddings;
 mod events;
 mod harness;
 mod isolation;
 mod jwt;
+mod limits;
 mod malformed;
 mod metering;
 mod ops;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::Method;
 use serde_json::{json, Value};
 use tenantai::app::Config;
-use tenantai::tenants::{Tier, Tiers};
+use tenantai::tenancy::tenants::{Tier, Tiers};
 
 use crate::harness::{Harness, Reply};
 use crate::worker;
@@ -167,12 +167,12 @@ async fn usage_pages_with_a_cursor() {
         .iter()
         .enumerate()
     {
-        let at = tenantai::metering::parse_day(day)
+        let at = tenantai::billing::metering::parse_day(day)
             .unwrap()
             .midnight()
             .assume_utc();
         meter
-            .fold(&tenantai::metering::UsageEvent {
+            .fold(&tenantai::billing::metering::UsageEvent {
                 event_id: format!("page-{i}"),
                 tenant_id: t.clone(),
                 key_id: key_id.clone(),
@@ -180,13 +180,16 @@ async fn usage_pages_with_a_cursor() {
                 model_version: "1".into(),
                 inputs: 1,
                 tokens: 10 + i as u64,
+                completion_tokens: 0,
                 requests: 1,
                 cache_hit: false,
                 cache_hits: 0,
                 latency_ms: 2.0,
+                overhead_ms: 0.25,
                 compute_ms: 1,
                 cost_micros: 1,
                 at_ms: at.unix_timestamp() * 1000 + 5,
+                batch: false,
             })
             .await
             .unwrap();
@@ -211,7 +214,7 @@ async fn usage_pages_with_a_cursor() {
     assert_eq!(days, ["2026-10-30", "2026-10-31", "2026-11-01"]);
 }
 
-fn capped_config(budget: u64) -> Config {
+pub(crate) fn capped_config(budget: u64) -> Config {
     let capped = Tier {
         requests_per_minute: 100_000,
         tokens_per_minute: 1_000_000_000,
@@ -219,6 +222,7 @@ fn capped_config(budget: u64) -> Config {
         monthly_budget_micros: budget,
         shared_cache_allowed: false,
         hard_cap: true,
+        batch: Default::default(),
     };
     let mut tiers = Tiers::default();
     tiers.0.insert("capped".into(), capped);
@@ -279,7 +283,7 @@ async fn a_hard_cap_holds_under_32_concurrent_clients() {
 
     // Settlements land off the response path: the committed spend converges
     // on exactly what was served.
-    let month = &tenantai::metering::month_of(tenantai::store::now_millis());
+    let month = &tenantai::billing::metering::month_of(tenantai::store::now_millis());
     let mut committed = 0;
     for _ in 0..100 {
         committed = h.app.budget.committed(&t, month).await.unwrap();

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::app::{App, Config};
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
 use tenantai::ops::backup::{self, BackupConfig, Retention};
 use tenantai::ops::kinds::Refs;
 use tenantai::ops::restore::{restore, RestoreOptions};
@@ -285,6 +285,7 @@ async fn an_export_holds_everything_about_the_tenant_and_no_secrets() {
     };
     assert_eq!(count("tenant"), 1);
     assert_eq!(count("api_keys"), 2);
+    assert_eq!(count("key_use"), 1, "the live key was used");
     assert!(count("usage") >= 2, "a day aggregate and a month total");
     assert!(count("alerts") >= 1);
     assert!(count("audit") >= 5);
@@ -528,13 +529,13 @@ async fn the_audit_trail_filters_exports_and_verifies_its_chain() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let lines: Vec<tenantai::audit::AuditRecord> = String::from_utf8(body)
+    let lines: Vec<tenantai::tenancy::audit::AuditRecord> = String::from_utf8(body)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 16);
-    assert!(tenantai::audit::verify("export", lines.clone(), None).ok);
+    assert!(tenantai::tenancy::audit::verify("export", lines.clone(), None).ok);
     let (_, only_keys) = raw(
         &h,
         Method::GET,

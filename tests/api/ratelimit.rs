@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::http::Method;
 use serde_json::json;
 use tenantai::app::Config;
-use tenantai::tenants::{Tier, Tiers};
+use tenantai::tenancy::tenants::{Tier, Tiers};
 
 use crate::harness::Harness;
 use crate::worker;
@@ -19,6 +19,7 @@ async fn setup() -> Harness {
         monthly_budget_micros: 1_000_000,
         shared_cache_allowed: false,
         hard_cap: false,
+        batch: Default::default(),
     };
     let config = Config {
         tiers: Tiers(BTreeMap::from([("tiny".to_string(), tiny)])),

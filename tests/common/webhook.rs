@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use tenantai::alerts::{verify, ALERT_ID_HEADER, REPLAY_WINDOW_SECS, SIGNATURE_HEADER};
+use tenantai::billing::alerts::{verify, ALERT_ID_HEADER, REPLAY_WINDOW_SECS, SIGNATURE_HEADER};
 
 #[derive(Default)]
 struct Inbox {

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tenantai::alerts::{due, month_of, CostAlerts, Notifier, Retry};
-use tenantai::egress::EgressPolicy;
-use tenantai::metering::{Meter, UsageEvent};
-use tenantai::tenants::{TenantPatch, Tenants, Tiers};
-use tenantai::webhooks::WebhookRules;
+use tenantai::billing::alerts::{due, month_of, CostAlerts, Notifier, Retry};
+use tenantai::billing::metering::{Meter, UsageEvent};
+use tenantai::billing::webhooks::WebhookRules;
+use tenantai::gateway::egress::EgressPolicy;
+use tenantai::tenancy::tenants::{TenantPatch, Tenants, Tiers};
 
 use crate::env::Env;
 use crate::webhook::Webhook;
@@ -22,13 +22,16 @@ fn spend_event(tenant: &str, id: &str, cost: u64, at_ms: i64) -> UsageEvent {
         model_version: "1".into(),
         inputs: 1,
         tokens: 10,
+        completion_tokens: 0,
         requests: 1,
         cache_hit: false,
         cache_hits: 0,
         latency_ms: 1.0,
+        overhead_ms: 0.25,
         compute_ms: 1,
         cost_micros: cost,
         at_ms,
+        batch: false,
     }
 }
 

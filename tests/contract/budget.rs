@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use tenantai::budget::BudgetGate;
+use tenantai::billing::budget::BudgetGate;
 use tenantai::error::ApiError;
-use tenantai::tenants::Budget;
+use tenantai::tenancy::tenants::Budget;
 
 use crate::env::Env;
 

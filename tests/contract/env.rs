@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use tenantai::secrets::Secrets;
 use tenantai::store::{aws, Blobs, DeadLetter, Queue, QueueSpec, Resources, Storage, Table};
+use tenantai::tenancy::secrets::Secrets;
 
 /// A new symmetric KMS key on the emulator; returns its id.
 pub async fn kms_key(sdk: &aws_config::SdkConfig) -> String {

@@ -16,6 +16,7 @@ mod secrets;
 mod table;
 #[path = "../common/tables.rs"]
 mod tables;
+mod tenant_scoped;
 #[path = "../common/webhook.rs"]
 mod webhook;
 
@@ -71,14 +72,27 @@ contract! {
     ratelimit::admitted_requests_never_exceed_the_limit,
     ratelimit::hosts_leasing_tickets_never_exceed_the_limit,
     ratelimit::token_limits_refuse_and_settle,
+    ratelimit::a_burst_on_an_empty_lease_costs_a_few_claims,
+    ratelimit::busy_leases_claim_ahead_for_the_next_window,
     metering::usage_folds_exactly_once,
     metering::batches_dead_letter_malformed_events_only,
     budget::hard_cap_holds_under_concurrent_reservations,
     alerts::alerts_fire_once_under_concurrent_runs,
     secrets::sealed_secrets_open_only_in_their_context,
+    secrets::upstream_keys_are_read_from_their_secret,
     ops::backup_and_restore_round_trip,
     ops::corrupt_or_missing_parts_are_refused_before_writing,
     ops::interrupted_restore_resumes,
     ops::retention_keeps_daily_and_monthly,
     ops::erasure_leaves_nothing_naming_the_tenant,
+}
+
+/// Tenant-scoped credentials (STS AssumeRole per tenant) exist on the AWS adapters only.
+mod aws_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tenant_items_travel_with_the_tenants_session() {
+        if let Some(env) = crate::env::aws().await {
+            crate::tenant_scoped::tenant_items_travel_with_the_tenants_session(&env).await;
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tenantai::metering::{parse_day, Folded, Meter, Record, UsageEvent, COUNTERS};
+use tenantai::billing::metering::{parse_day, Folded, Meter, Record, UsageEvent, COUNTERS};
 use tenantai::store::{Outgoing, Receive};
 
 use crate::env::Env;
@@ -38,6 +38,7 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                 model_version: "1".into(),
                 inputs: 1 + rng.next(8),
                 tokens,
+                completion_tokens: rng.next(3) * rng.next(200),
                 requests,
                 cache_hit: requests == 1 && rng.next(4) == 0,
                 cache_hits: if requests > 1 {
@@ -46,15 +47,17 @@ fn events(n: usize, rng: &mut Lcg) -> Vec<UsageEvent> {
                     0
                 },
                 latency_ms: 3.5,
+                overhead_ms: 0.25,
                 compute_ms: rng.next(40),
-                cost_micros: tenantai::metering::cost_micros(tokens, 20).unwrap(),
+                cost_micros: tenantai::billing::metering::cost_micros(tokens, 20).unwrap(),
                 at_ms: base + (rng.next(3) as i64) * day_ms + rng.next(day_ms as u64) as i64,
+                batch: false,
             }
         })
         .collect()
 }
 
-type Truth = BTreeMap<(String, String, String), [u64; 6]>;
+type Truth = BTreeMap<(String, String, String), [u64; 7]>;
 
 fn truth(events: &[UsageEvent]) -> Truth {
     let mut t = Truth::new();
@@ -65,9 +68,10 @@ fn truth(events: &[UsageEvent]) -> Truth {
         c[0] += e.requests;
         c[1] += e.inputs;
         c[2] += e.tokens;
-        c[3] += e.hits();
-        c[4] += e.cost_micros;
-        c[5] += e.compute_ms;
+        c[3] += e.completion_tokens;
+        c[4] += e.hits();
+        c[5] += e.cost_micros;
+        c[6] += e.compute_ms;
     }
     t
 }

@@ -7,21 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tenantai::alerts::{CostAlerts, Notifier, Retry};
-use tenantai::audit::Audit;
-use tenantai::cache::Cache;
-use tenantai::embeddings::Embeddings;
-use tenantai::keys::Keys;
-use tenantai::metering::{Meter, UsageEvent};
-use tenantai::models::{ModelVersion, Registry};
+use tenantai::billing::alerts::{CostAlerts, Notifier, Retry};
+use tenantai::billing::metering::{Meter, UsageEvent};
+use tenantai::gateway::cache::Cache;
+use tenantai::gateway::embeddings::Embeddings;
+use tenantai::gateway::models::{ModelVersion, Registry};
+use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
 use tenantai::ops::backup::{self, BackupConfig, Retention};
 use tenantai::ops::erase::{Eraser, Outcome, JOBS_PK};
 use tenantai::ops::kinds::{Refs, ERASED_USAGE_PK};
 use tenantai::ops::restore::{restore, RestoreOptions};
 use tenantai::ops::{OpsError, Progress, Quiet};
-use tenantai::ratelimit::{Limits, RateLimiter, Scope};
 use tenantai::store::{now_millis, now_secs, Item, Key};
-use tenantai::tenants::{TenantPatch, Tenants, Tiers};
+use tenantai::tenancy::audit::Audit;
+use tenantai::tenancy::keys::Keys;
+use tenantai::tenancy::tenants::{TenantPatch, Tenants, Tiers};
 
 use crate::env::Env;
 
@@ -46,13 +46,16 @@ fn event(tenant: &str, key: &str, i: usize, cost: u64) -> UsageEvent {
         model_version: "1".into(),
         inputs: 2,
         tokens: 40 + i as u64,
+        completion_tokens: 0,
         requests: 1,
         cache_hit: i % 3 == 0,
         cache_hits: 0,
         latency_ms: 2.0,
+        overhead_ms: 0.25,
         compute_ms: 3,
         cost_micros: cost,
         at_ms: now_millis() - (i as i64 % 3) * 86_400_000,
+        batch: false,
     }
 }
 
@@ -63,12 +66,13 @@ pub async fn populate(env: &Env) -> (String, String) {
     let tiers = Tiers::default();
     // The webhook below is on loopback: private egress is opened, as for local testing.
     let key_dir = tempfile::tempdir().unwrap();
-    let rules = tenantai::webhooks::WebhookRules {
-        egress: tenantai::egress::EgressPolicy {
+    let rules = tenantai::billing::webhooks::WebhookRules {
+        egress: tenantai::gateway::egress::EgressPolicy {
             allow_private: true,
             ..Default::default()
         },
-        secrets: tenantai::secrets::Secrets::local(&key_dir.path().join("secrets.key")).unwrap(),
+        secrets: tenantai::tenancy::secrets::Secrets::local(&key_dir.path().join("secrets.key"))
+            .unwrap(),
     };
     let tenants = Tenants::new(table.clone()).with_webhooks(rules.clone());
     let keys = Keys::new(table.clone());
@@ -129,14 +133,8 @@ pub async fn populate(env: &Env) -> (String, String) {
             tokens_per_minute: 10_000,
         };
         let scopes = [
-            Scope {
-                id: format!("tenant:{}", t.id),
-                limits,
-            },
-            Scope {
-                id: format!("key:{}", live.key.key_id),
-                limits,
-            },
+            Scope::tenant(&t.id, limits),
+            Scope::key(&t.id, &live.key.key_id, limits),
         ];
         limiter.admit(&scopes, 10, now_millis(), 0).await.unwrap();
         let mut own =
@@ -583,7 +581,7 @@ pub async fn erasure_leaves_nothing_naming_the_tenant(env: &Env) {
         .get(&format!("erasures/{a}.json"))
         .await
         .unwrap();
-    let kept: tenantai::audit::AuditRecord = serde_json::from_slice(&kept).unwrap();
+    let kept: tenantai::tenancy::audit::AuditRecord = serde_json::from_slice(&kept).unwrap();
     assert_eq!(kept, receipt);
 
     // The other tenant is untouched; the platform keeps the spend, anonymised.

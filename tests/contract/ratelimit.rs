@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tenantai::error::ApiError;
-use tenantai::ratelimit::{Limits, RateLimiter, Scope};
+use tenantai::gateway::ratelimit::{Limits, RateLimiter, Scope};
+use tenantai::store::counting::CountingTable;
+use tenantai::store::Key;
 
 use crate::env::Env;
 
@@ -169,4 +171,71 @@ pub async fn token_limits_refuse_and_settle(env: &Env) {
     assert_eq!(second.standing.remaining_tokens, 20);
     // A new window starts from zero.
     assert!(limiter.admit(&s, 90, now + 60_000, 0).await.is_ok());
+}
+
+/// A window's start, one second in: every test instant below stays inside the
+/// window of the real clock's minute (so its counters outlive the test).
+fn window_start_ms() -> i64 {
+    now_ms().div_euclid(60_000) * 60_000
+}
+
+/// 32 requests on an empty lease at once: one claim is in flight per counter
+/// and the others wait for it, so the table sees a handful of writes, not one
+/// or more per request.
+pub async fn a_burst_on_an_empty_lease_costs_a_few_claims(env: &Env) {
+    let table = CountingTable::new(env.table().clone());
+    let limiter = RateLimiter::new(table.clone());
+    let now = window_start_ms() + 1_000;
+    let (admitted, refused) = hammer(
+        limiter,
+        vec![scope("tenant:burst", 400, 10_000_000)],
+        1,
+        now,
+    )
+    .await;
+    assert_eq!((admitted, refused), (32, 0));
+    let writes = table.writes();
+    assert!(
+        (2..=16).contains(&writes),
+        "32 admissions on an empty lease took {writes} table writes"
+    );
+}
+
+/// Near a window's end a busy lease claims for the next window (that those
+/// claims serve the next window's first requests from memory is a unit test
+/// of the limiter), and each window still admits exactly its limit on one host.
+pub async fn busy_leases_claim_ahead_for_the_next_window(env: &Env) {
+    let limiter = RateLimiter::new(env.table().clone());
+    let end = window_start_ms() + 60_000;
+    let busy = vec![scope("tenant:ahead", 400, 10_000_000)];
+    for _ in 0..64 {
+        limiter.admit(&busy, 10, end - 2_000, 0).await.unwrap();
+    }
+    // The claims ahead run in the background: wait (bounded) until both landed.
+    let next = (end / 60_000).to_string();
+    let keys = [
+        Key::new("RL#tenant:ahead", format!("{next}#r0")),
+        Key::new("RL#tenant:ahead", format!("{next}#t")),
+    ];
+    let landed = async {
+        loop {
+            let (r, t) = (
+                env.table().get(&keys[0]).await,
+                env.table().get(&keys[1]).await,
+            );
+            if let (Ok(Some(_)), Ok(Some(_))) = (r, t) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), landed)
+        .await
+        .expect("the claims ahead never reached the table");
+    // Exactly the limit in the ending window and in the next one.
+    let tight = vec![scope("tenant:edge", 100, 10_000_000)];
+    let limiter = RateLimiter::new(env.table().clone());
+    let first = hammer(limiter.clone(), tight.clone(), 5, end - 1_000).await;
+    let second = hammer(limiter, tight, 5, end + 1_000).await;
+    assert_eq!((first, second), ((100, 60), (100, 60)));
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tenantai::app::{App, Config};
-use tenantai::models::ModelVersion;
+use tenantai::gateway::models::ModelVersion;
 use tenantai::store::{aws, Resources, Storage};
 
 #[path = "../common/expected_events.rs"]
@@ -65,6 +65,10 @@ fn start_worker() -> (Killed, String) {
     let bin = root().join("target/debug/gpu-worker");
     let model = std::env::var("TENANTAI_MODEL_DIR")
         .unwrap_or_else(|_| root().join("models/all-MiniLM-L6-v2").display().to_string());
+    let chat = root()
+        .join("models/SmolLM2-135M-Instruct")
+        .display()
+        .to_string();
     let mut child = Command::new(&bin)
         .args([
             "serve",
@@ -74,6 +78,10 @@ fn start_worker() -> (Killed, String) {
             &port.to_string(),
             "--model",
             &model,
+            "--chat-model",
+            &chat,
+            "--chat-model-id",
+            "SmolLM2-135M-Instruct",
         ])
         .stdout(Stdio::null())
         .spawn()
@@ -82,18 +90,24 @@ fn start_worker() -> (Killed, String) {
     (Killed(child), format!("http://127.0.0.1:{port}"))
 }
 
-fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> Value {
+/// The sample event `event` with the seeded values in place of its placeholders.
+fn event_text(event: &str, vars: &HashMap<&str, String>) -> String {
     let mut text = std::fs::read_to_string(root().join("events").join(event)).unwrap();
     for (k, v) in vars {
         text = text.replace(&format!("${{{k}}}"), v);
     }
-    invoke_text(port, function, event, &text)
+    text
 }
 
-fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
+fn invoke(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> Value {
+    invoke_text(port, function, event, &event_text(event, vars))
+}
+
+/// `cargo lambda invoke FUNCTION --data-file` with `text` as the event.
+fn run_invoke(port: u16, function: &str, text: &str) -> std::process::Output {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
-    let out = Command::new("cargo")
+    Command::new("cargo")
         .args([
             "lambda",
             "invoke",
@@ -107,7 +121,21 @@ fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
         .arg(file.path())
         .current_dir(root())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// What `cargo lambda invoke` prints (both streams), whether or not the function failed.
+fn invoke_output(port: u16, function: &str, event: &str, vars: &HashMap<&str, String>) -> String {
+    let out = run_invoke(port, function, &event_text(event, vars));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn invoke_text(port: u16, function: &str, event: &str, text: &str) -> Value {
+    let out = run_invoke(port, function, text);
     assert!(
         out.status.success(),
         "invoke {function} {event}: {}",
@@ -133,6 +161,119 @@ async fn receive(queue: &dyn tenantai::store::Queue, want: usize) -> Vec<tenanta
         got.extend(batch);
     }
     got
+}
+
+/// A streamed invocation's answer: the status and headers of its metadata
+/// prelude, and the body as it streamed.
+struct Streamed {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Streamed {
+    fn json(&self) -> (u16, Value) {
+        (
+            self.status,
+            serde_json::from_slice(&self.body).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Invokes the api through `cargo lambda watch`'s invoke endpoint, the one
+/// `cargo lambda invoke` calls: the runtime emulator turns the streamed
+/// response's prelude into the status and headers.
+async fn invoke_api(port: u16, event: &str, vars: &HashMap<&str, String>) -> Streamed {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/api/invocations"
+        ))
+        .body(event_text(event, vars))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["lambda-runtime-function-response-mode"],
+        "streaming",
+        "{event}"
+    );
+    Streamed {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.unwrap(),
+    }
+}
+
+async fn batch_through_the_api(
+    port: u16,
+    app: &std::sync::Arc<tenantai::app::App>,
+    vars: &mut HashMap<&str, String>,
+) {
+    let (status, file) = invoke_api(port, "api/files-upload.json", vars).await.json();
+    assert_eq!(status, 200, "{file}");
+    vars.insert("FILE_ID", file["id"].as_str().unwrap().to_string());
+    let (status, batch) = invoke_api(port, "api/batches-create.json", vars)
+        .await
+        .json();
+    assert_eq!(
+        (status, batch["status"].as_str()),
+        (200, Some("validating")),
+        "{batch}"
+    );
+    let (jobs, _) = tenantai::batch::jobs::queues(&app.storage).unwrap();
+    let cfg = tenantai::batch::jobs::WorkerConfig::default();
+    for _ in 0..2 {
+        // The validation, then its one chunk.
+        let got = receive(jobs.as_ref(), 1).await;
+        assert_eq!(got.len(), 1);
+        let handled = tenantai::batch::jobs::handle(app, &cfg, &got[0].body, false)
+            .await
+            .unwrap();
+        assert_eq!(handled, tenantai::batch::jobs::Handled::Done);
+        jobs.delete(&got[0].receipt).await.unwrap();
+    }
+    let (status, list) = invoke_api(port, "api/batches-list.json", vars).await.json();
+    assert_eq!(status, 200, "{list}");
+    let done = &list["data"][0];
+    assert_eq!(
+        (done["id"].as_str(), done["status"].as_str()),
+        (batch["id"].as_str(), Some("completed")),
+        "{list}"
+    );
+    assert_eq!(done["request_counts"]["completed"], 1);
+    let (status, _) = invoke_api(port, "api/batches-unknown.json", vars)
+        .await
+        .json();
+    assert_eq!(status, 404);
+}
+
+/// A streamed chat answer: server-sent events, chunk by chunk, with the usage
+/// chunk asked for, then `[DONE]`.
+async fn chat_stream_through_the_runtime(port: u16, vars: &HashMap<&str, String>) {
+    let got = invoke_api(port, "api/chat-stream.json", vars).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.headers["content-type"], "text/event-stream");
+    let text = std::str::from_utf8(&got.body).unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!content.is_empty(), "{text}");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(
+        (1..=6).contains(&usage["completion_tokens"].as_u64().unwrap()),
+        "{text}"
+    );
+    assert!(chunks.len() >= 3, "streamed as one chunk per token: {text}");
 }
 
 fn status_and_body(resp: &Value) -> (u64, Value) {
@@ -171,7 +312,7 @@ async fn functions_through_cargo_lambda() {
         .to_string();
     let mut config = Config::default();
     config.egress.allow_private = true;
-    config.secrets = tenantai::secrets::Secrets::kms(&sdk, kms_key_id.clone());
+    config.secrets = tenantai::tenancy::secrets::Secrets::kms(&sdk, kms_key_id.clone());
     let app = App::new(storage, config).unwrap();
     let admin = app.admins.create("lambda-test").await.unwrap();
     let tenant = app
@@ -202,9 +343,13 @@ async fn functions_through_cargo_lambda() {
         ))
         .await
         .unwrap();
+    let mut chat_model = ModelVersion::live_worker("SmolLM2-135M-Instruct", "1", &worker_url, 150);
+    chat_model.kind = tenantai::gateway::models::ModelKind::Chat;
+    chat_model.price_per_1k_completion_tokens_micros = 600;
+    app.registry.register(chat_model).await.unwrap();
     // Cost alerts: a small budget, a webhook that checks signatures, an SNS topic.
     let hook = webhook::Webhook::start(0).await;
-    let patch = tenantai::tenants::TenantPatch {
+    let patch = tenantai::tenancy::tenants::TenantPatch {
         monthly_budget_micros: Some(100),
         alert_webhook_url: Some(hook.url.clone()),
         ..Default::default()
@@ -224,7 +369,7 @@ async fn functions_through_cargo_lambda() {
         .topic_arn()
         .unwrap()
         .to_string();
-    let vars = HashMap::from([
+    let mut vars = HashMap::from([
         ("TENANT_ID", tenant.id.clone()),
         ("KEY_ID", key.key.key_id.clone()),
         ("API_KEY", key.secret.clone()),
@@ -261,7 +406,10 @@ async fn functions_through_cargo_lambda() {
     let ok = invoke(port, "authorizer", "authorizer/valid-key.json", &vars);
     assert_eq!(ok["isAuthorized"], true, "{ok}");
     assert_eq!(ok["context"]["tenant_id"], tenant.id.as_str());
-    assert_eq!(ok["context"]["scopes"], "embeddings models usage batches");
+    assert_eq!(
+        ok["context"]["scopes"],
+        "embeddings chat models usage batches"
+    );
     for event in expected_events::AUTHORIZER_REFUSED {
         assert_eq!(
             invoke(port, "authorizer", event, &vars)["isAuthorized"],
@@ -270,27 +418,66 @@ async fn functions_through_cargo_lambda() {
         );
     }
 
-    // The api: real embeddings from the worker, through the authorizer's context.
-    let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings.json", &vars));
+    // The REST API's REQUEST authorizer.
+    let rest = invoke(port, "authorizer", "authorizer/rest-valid-key.json", &vars);
+    assert_eq!(rest["principalId"], tenant.id.as_str(), "{rest}");
+    assert_eq!(rest["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    assert_eq!(rest["context"]["key_id"], key.key.key_id.as_str());
+    for event in expected_events::REST_AUTHORIZER_REFUSED {
+        let out = invoke_output(port, "authorizer", event, &vars);
+        assert!(
+            out.contains("Unauthorized") && !out.contains("principalId"),
+            "{event}: {out}"
+        );
+    }
+
+    // The api (a streaming function): real embeddings and chat from the worker,
+    // through the REST authorizer's context.
+    let (status, body) = invoke_api(port, "api/embeddings.json", &vars).await.json();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
-    let (status, body) = status_and_body(&invoke(port, "api", "api/embeddings-base64.json", &vars));
+    let (status, body) = invoke_api(port, "api/embeddings-base64.json", &vars)
+        .await
+        .json();
     assert_eq!(status, 200, "{body}");
     assert!(body["data"][0]["embedding"].is_string());
+    let (status, body) = invoke_api(port, "api/chat-completions.json", &vars)
+        .await
+        .json();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "SmolLM2-135M-Instruct");
+    assert!(!body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    assert!((1..=6).contains(&body["usage"]["completion_tokens"].as_u64().unwrap()));
+    chat_stream_through_the_runtime(port, &vars).await;
     for (event, want) in expected_events::API {
-        let (status, body) = status_and_body(&invoke(port, "api", event, &vars));
-        assert_eq!(status, u64::from(want), "{event}: {body}");
+        let (status, body) = invoke_api(port, event, &vars).await.json();
+        assert_eq!(status, want, "{event}: {body}");
     }
+    // `cargo lambda invoke` prints a streamed answer's body (the prelude it keeps).
+    let printed = invoke_text(
+        port,
+        "api",
+        "api/models.json",
+        &event_text("api/models.json", &vars),
+    );
+    assert_eq!(printed["object"], "list", "{printed}");
 
     // The api's usage events reach the usage queue once its invocations end
     // (flushed by its extension while the environment is still running).
     let (usage_queue, dlq) = app.storage.usage_queues().unwrap();
-    let emitted = receive(usage_queue.as_ref(), 2).await;
-    assert_eq!(emitted.len(), 2, "one usage event per embeddings call");
+    let emitted = receive(usage_queue.as_ref(), 4).await;
+    assert_eq!(
+        emitted.len(),
+        4,
+        "one usage event per embeddings or chat call, streamed or not"
+    );
     for m in &emitted {
-        let e = tenantai::metering::parse_event(&m.body).unwrap();
+        let e = tenantai::billing::metering::parse_event(&m.body).unwrap();
         assert_eq!(e.tenant_id, tenant.id);
         assert_eq!(e.key_id, key.key.key_id);
     }
@@ -305,7 +492,7 @@ async fn functions_through_cargo_lambda() {
     let live = serde_json::json!({ "Records": records }).to_string();
     let resp = invoke_text(port, "metering", "live usage batch", &live);
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
-    let meter = tenantai::metering::Meter::new(app.storage.table.clone());
+    let meter = tenantai::billing::metering::Meter::new(app.storage.table.clone());
     let today = time::OffsetDateTime::now_utc().date();
     let folded: u64 = meter
         .aggregates(&tenant.id, today.previous_day().unwrap(), today)
@@ -314,7 +501,12 @@ async fn functions_through_cargo_lambda() {
         .iter()
         .map(|a| a.counters["requests"])
         .sum();
-    assert_eq!(folded, 2);
+    assert_eq!(folded, 4);
+
+    // A batch: uploaded and created through the api function, run by a worker
+    // on the same deployment (here, the jobs handler in this process), read back
+    // through the api function.
+    batch_through_the_api(port, &app, &mut vars).await;
 
     // The sample batches: folded once however often delivered; the malformed
     // record is dead-lettered without failing its neighbour.
@@ -324,7 +516,7 @@ async fn functions_through_cargo_lambda() {
     }
     let resp = invoke(port, "metering", "metering/sqs-malformed.json", &vars);
     assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{resp}");
-    let sample_day = tenantai::metering::parse_day("2026-11-24").unwrap();
+    let sample_day = tenantai::billing::metering::parse_day("2026-11-24").unwrap();
     let sample = meter
         .aggregates(&tenant.id, sample_day, sample_day)
         .await
@@ -395,8 +587,8 @@ async fn functions_through_cargo_lambda() {
         tenant_id: tenant.id.clone(),
         key_ids: vec![key.key.key_id.clone(), revoked.key.key_id.clone()],
         key_hashes: vec![
-            tenantai::keys::hash_secret(&key.secret),
-            tenantai::keys::hash_secret(&revoked.secret),
+            tenantai::tenancy::keys::hash_secret(&key.secret),
+            tenantai::tenancy::keys::hash_secret(&revoked.secret),
         ],
     };
     let naming: Vec<_> = tables::snapshot(app.storage.table.as_ref())

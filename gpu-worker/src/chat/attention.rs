@@ -7,6 +7,10 @@
 //! query head) on a thread pool, each query head reading the KV head its group
 //! shares. The inner loops (dot products, weighted sums) use SIMD chosen at run
 //! time (`pulp`), so one build runs at the best width each CPU has.
+//!
+//! Keys and values enter the cache rounded to f16 (kept as f32 for the loops), as
+//! llama.cpp's default f16 cache holds them: the reference the engine is tested
+//! against.
 
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -87,6 +91,11 @@ pub struct Span<'a> {
     pub cache: &'a mut SeqCache,
 }
 
+/// `x` rounded to the nearest f16 value.
+fn as_f16(x: &f32) -> f32 {
+    half::f16::from_f32(*x).to_f32()
+}
+
 /// Appends the step's keys and values to each sequence's cache for `layer` and
 /// computes attention for every new token. `q` is `[token][head][dim]`, `k` and `v`
 /// `[token][kv_head][dim]` (packed over spans, RoPE applied); the answer is
@@ -121,8 +130,9 @@ pub fn attend(
         let kv = &mut span.cache.layers[layer];
         kv.k.truncate(start * row);
         kv.v.truncate(start * row);
-        kv.k.extend_from_slice(&k[span.offset * row..(span.offset + span.len) * row]);
-        kv.v.extend_from_slice(&v[span.offset * row..(span.offset + span.len) * row]);
+        let new = span.offset * row..(span.offset + span.len) * row;
+        kv.k.extend(k[new.clone()].iter().map(as_f16));
+        kv.v.extend(v[new].iter().map(as_f16));
     }
     let mut out = vec![0f32; q.len()];
     let scale = 1.0 / (head_dim as f32).sqrt();

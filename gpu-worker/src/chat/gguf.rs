@@ -233,6 +233,7 @@ impl GgufFile {
             source,
         })?;
         let mut reader = BufReader::new(file);
+        super::gguf_align::check(&mut reader).map_err(bad)?;
         let content =
             Content::read(&mut reader).map_err(|e| bad(format!("not a readable GGUF: {e}")))?;
         let meta = Meta(&content.metadata);
@@ -254,6 +255,16 @@ impl GgufFile {
         name: &str,
         shape: &[usize],
     ) -> Result<candle_core::quantized::QTensor, ArtifactError> {
+        // The declared shape first: candle sizes the read from it unchecked.
+        match self.content.tensor_infos.get(name) {
+            Some(info) if info.shape.dims() != shape => {
+                return Err(bad(format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    info.shape.dims()
+                )))
+            }
+            _ => {}
+        }
         let t = self
             .content
             .tensor(&mut self.reader, name, &candle_core::Device::Cpu)

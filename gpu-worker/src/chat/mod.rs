@@ -7,7 +7,11 @@
 //! matmuls and the attention pool use `threads` cores each step.
 
 pub mod attention;
+mod candle_forward;
+mod cpu_forward;
 pub mod gguf;
+mod gguf_align;
+pub mod kernels;
 pub mod llama;
 pub mod metrics;
 mod runner;

@@ -110,6 +110,10 @@ pub fn router(state: AppState) -> Router {
             "/endpoints/{name}/invocations",
             post(sagemaker::runtime_invocations),
         )
+        .route(
+            "/endpoints/{name}/invocations-response-stream",
+            post(sagemaker::runtime_invocations_stream),
+        )
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -130,6 +134,9 @@ async fn record(State(state): State<AppState>, request: Request, next: Next) -> 
         Some("/v1/chat/completions") => "/v1/chat/completions",
         Some("/invocations") => "/invocations",
         Some("/endpoints/{name}/invocations") => "/endpoints/{name}/invocations",
+        Some("/endpoints/{name}/invocations-response-stream") => {
+            "/endpoints/{name}/invocations-response-stream"
+        }
         Some("/ping") => "/ping",
         Some("/health") => "/health",
         Some("/metrics") => "/metrics",

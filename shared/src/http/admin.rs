@@ -1,30 +1,36 @@
-//! The admin API under `/admin/v1`: tenants, keys, models, overrides; the audit
-//! trail, export and erasure routes are in [`super::ops`].
+//! The admin API under `/admin/v1`: tenants, keys, overrides; the model registry
+//! is in [`super::registry`], the audit trail, export and erasure routes in
+//! [`super::ops`], the console's reads (a tenant's charts, batches, alerts) and
+//! the console page in [`super::console`].
 //! Every call needs an admin bearer token; every change writes an audit record.
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{list_body, parse_json, read_body, PageParams};
+use super::{list_body, parse_json, read_body, ListPage, PageParams};
 use crate::app::App;
-use crate::auth::bearer;
-use crate::error::{ApiError, ApiResult};
-use crate::keys::KeyRequest;
-use crate::models::{ModelVersion, VersionStatus};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::Page;
-use crate::tenants::{Tenant, TenantPatch, TenantUpdate};
+use crate::tenancy::auth::bearer;
+use crate::tenancy::keys::{ApiKey, KeyRequest, NewKey};
+use crate::tenancy::tenants::{Tenant, TenantPatch, TenantUpdate, TenantView};
 
-/// The admin making the call (the token's name), for the audit log.
-#[derive(Clone, Debug)]
-pub struct Actor(pub String);
+/// The admin making the call (the token's name, and the IAM caller), for the audit log.
+pub use crate::tenancy::audit::Actor;
+
+/// The header that carries the admin token where `Authorization` holds an AWS
+/// signature (the admin API behind IAM auth).
+pub const ADMIN_TOKEN_HEADER: &str = "x-tenantai-admin-token";
 
 /// The admin routes (host them with [`super::host`]).
 pub fn router(app: Arc<App>) -> Router {
@@ -51,53 +57,75 @@ pub fn router(app: Arc<App>) -> Router {
             "/tenants/{id}/model-overrides/{model}",
             put(set_override).delete(clear_override),
         )
-        .route("/models", post(register_model).get(list_models))
-        .route(
-            "/models/{model}/versions/{version}",
-            get(get_version).patch(update_version),
-        )
-        .route("/models/{model}/versions/{version}/promote", post(promote))
-        .route("/models/{model}/rollback", post(rollback))
-        .merge(super::ops::routes());
+        .merge(super::registry::routes())
+        .merge(super::ops::routes())
+        .merge(super::console::admin_routes());
     Router::new()
         .nest("/admin/v1", v1)
         .layer(middleware::from_fn_with_state(app.clone(), admin_auth))
+        // The console's own files hold no data: served without credentials.
+        .merge(super::console::routes())
+        // The admin API's description holds no data: served without credentials.
+        .route("/admin/v1/openapi.json", get(super::openapi::admin_json))
         .with_state(app)
 }
 
 async fn admin_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let actor = match bearer(header) {
-        Ok(token) => app.admins.verify(token).await,
-        Err(_) => Err(ApiError::Unauthenticated(
-            "an admin bearer token is required".into(),
-        )),
+    let actor = match admin_token(req.headers()) {
+        Some(token) => app.admins.verify(token).await,
+        None => Err(ApiError::Unauthenticated(format!(
+            "an admin token is required (`Authorization: Bearer ...` or `{ADMIN_TOKEN_HEADER}`)"
+        ))),
     };
     match actor {
         Ok(name) => {
-            req.extensions_mut().insert(Actor(name));
+            let iam_arn = iam_caller(&req);
+            req.extensions_mut().insert(Actor { name, iam_arn });
             next.run(req).await
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(body: axum::body::Body) -> ApiResult<T> {
-    parse_json(&read_body(body, 1024 * 1024).await?)
+/// The admin token: `x-tenantai-admin-token` when present (then `Authorization`
+/// may hold a SigV4 signature), else the `Authorization` bearer token.
+fn admin_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    match headers.get(ADMIN_TOKEN_HEADER) {
+        Some(v) => v.to_str().ok().map(str::trim).filter(|t| !t.is_empty()),
+        None => bearer(headers.get("authorization").and_then(|v| v.to_str().ok())).ok(),
+    }
 }
 
-fn value<T: serde::Serialize>(v: &T) -> Value {
+/// The IAM caller API Gateway authenticated (a REST API with IAM auth), if any.
+fn iam_caller(req: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(c)) => c.identity.user_arn.clone().filter(|arn| {
+            arn.starts_with("arn:")
+                && crate::tenancy::text::check_label("userArn", arn, 2048).is_ok()
+        }),
+        _ => None,
+    }
+}
+
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> ApiResult<T> {
+    parse_json(&read_body(body, crate::limits::ADMIN_BODY_BYTES).await?)
+}
+
+pub(crate) fn value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-#[derive(Deserialize)]
+/// A new tenant: its name and tier (default `free`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTenant {
+pub struct NewTenant {
     name: String,
     #[serde(default = "default_tier")]
+    #[schema(example = "free")]
     tier: String,
 }
 
@@ -105,9 +133,18 @@ fn default_tier() -> String {
     "free".into()
 }
 
-async fn create_tenant(
+/// Creates a tenant.
+#[utoipa::path(
+    post, path = "/admin/v1/tenants", operation_id = "create_tenant", tag = "tenants",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "The tenant", body = TenantView),
+        (status = 400, description = "A bad name or an unknown tier", body = ErrorBody),
+    ),
+)]
+pub async fn create_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let req: NewTenant = body_json(body).await?;
@@ -122,16 +159,26 @@ async fn create_tenant(
             Some(&tenant.id),
             &tenant.id,
             Value::Null,
-            tenant.view(),
+            value(&tenant.view()),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(tenant.view())).into_response())
 }
 
-async fn list_tenants(
+/// Lists the tenants.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants", operation_id = "list_tenants", tag = "tenants",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of tenants", body = ListPage<TenantView>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
+pub async fn list_tenants(
     State(app): State<Arc<App>>,
-    Query(p): Query<PageParams>,
-) -> ApiResult<Json<Value>> {
+    p: Result<Query<PageParams>, QueryRejection>,
+) -> ApiResult<Json<ListPage<TenantView>>> {
+    let p = super::ops::query(p)?;
     let page = app.tenants.list(p.after.clone(), p.limit()?).await?;
     Ok(Json(list_body(Page {
         items: page.items.iter().map(Tenant::view).collect(),
@@ -139,36 +186,74 @@ async fn list_tenants(
     })))
 }
 
-async fn get_tenant(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+/// Retrieves a tenant.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}", operation_id = "retrieve_tenant", tag = "tenants",
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn get_tenant(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TenantView>> {
     Ok(Json(app.tenants.get(&id).await?.view()))
 }
 
-async fn update_tenant(
+/// Changes a tenant: name, tier, status, budget, limits, cache scope, alerts.
+/// Setting `alert_webhook_url` answers the new signing secret, this once.
+#[utoipa::path(
+    patch, path = "/admin/v1/tenants/{id}", operation_id = "update_tenant", tag = "tenants",
+    params(("id" = String, Path, description = "The tenant's id")),
+    request_body = TenantPatch,
+    responses(
+        (status = 200, description = "The tenant as it now is", body = TenantView),
+        (status = 400, description = "A bad field", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; retry", body = ErrorBody),
+    ),
+)]
+pub async fn update_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let patch: TenantPatch = body_json(body).await?;
     let update = app.tenants.update(&id, &patch, &app.config.tiers).await?;
     audit_update(&app, &actor, "tenant.update", &update).await
 }
 
-#[derive(Default, Deserialize)]
+/// How long the previous secret keeps signing (an empty body: the default).
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateBody {
+pub struct RotateBody {
+    /// Seconds (default 86400, at most 604800).
+    #[schema(maximum = 604800)]
     overlap_secs: Option<u64>,
 }
 
 /// A new webhook signing secret, shown this once; the previous one keeps
 /// signing for `overlap_secs` (default a day, at most a week).
-async fn rotate_webhook_secret(
+#[utoipa::path(
+    post, path = "/admin/v1/tenants/{id}/alert-webhook/rotate-secret", operation_id = "rotate_webhook_secret", tag = "tenants",
+    params(("id" = String, Path, description = "The tenant's id")),
+    request_body(content = Option<RotateBody>, description = "May be empty"),
+    responses(
+        (status = 200, description = "The tenant, its webhook with the new `secret`", body = TenantView),
+        (status = 400, description = "A bad field, or no webhook to rotate", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn rotate_webhook_secret(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
-) -> ApiResult<Json<Value>> {
-    let bytes = read_body(body, 64 * 1024).await?;
+) -> ApiResult<Json<TenantView>> {
+    let bytes = read_body(body, crate::limits::SMALL_BODY_BYTES).await?;
     let req: RotateBody = if bytes.is_empty() {
         RotateBody::default()
     } else {
@@ -176,7 +261,7 @@ async fn rotate_webhook_secret(
     };
     let overlap = req
         .overlap_secs
-        .unwrap_or(crate::webhooks::DEFAULT_OVERLAP_SECS);
+        .unwrap_or(crate::billing::webhooks::DEFAULT_OVERLAP_SECS);
     let update = app.tenants.rotate_webhook_secret(&id, overlap).await?;
     audit_update(&app, &actor, "tenant.webhook.rotate", &update).await
 }
@@ -185,10 +270,10 @@ async fn rotate_webhook_secret(
 /// secret the change made (the only time it is shown).
 async fn audit_update(
     app: &App,
-    actor: &str,
+    actor: &Actor,
     action: &str,
     update: &TenantUpdate,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let id = &update.after.id;
     app.forget_tenant(id);
     app.audit
@@ -197,24 +282,35 @@ async fn audit_update(
             action,
             Some(id),
             id,
-            update.before.view(),
-            update.after.view(),
+            value(&update.before.view()),
+            value(&update.after.view()),
         )
         .await?;
     let mut answer = update.after.view();
-    if let (Some(secret), Some(hook)) = (&update.new_secret, answer.get_mut("alert_webhook")) {
-        hook["secret"] = Value::from(secret.as_str());
+    if let (Some(secret), Some(hook)) = (&update.new_secret, answer.alert_webhook.as_mut()) {
+        hook.secret = Some(secret.clone());
     }
     Ok(Json(answer))
 }
 
-async fn create_key(
+/// Creates an API key for a tenant; the answer holds its secret, this once.
+#[utoipa::path(
+    post, path = "/admin/v1/tenants/{id}/keys", operation_id = "create_key", tag = "keys",
+    params(("id" = String, Path, description = "The tenant's id")),
+    request_body(content = Option<KeyRequest>, description = "May be empty: a key with every scope"),
+    responses(
+        (status = 201, description = "The key and its secret", body = NewKey),
+        (status = 400, description = "A bad field", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn create_key(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, crate::limits::SMALL_BODY_BYTES).await?;
     let req: KeyRequest = if bytes.is_empty() {
         KeyRequest::default()
     } else {
@@ -235,22 +331,63 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(new)).into_response())
 }
 
-async fn list_keys(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Query(p): Query<PageParams>,
-) -> ApiResult<Json<Value>> {
-    app.tenants.get(&id).await?;
-    Ok(Json(list_body(
-        app.keys.list(&id, p.after.clone(), p.limit()?).await?,
-    )))
+/// A key as listed: with when it last authenticated a request.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct KeyView {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// Unix seconds (to the minute), or null if never used.
+    #[schema(required = true)]
+    pub last_used_at: Option<i64>,
 }
 
-async fn revoke_key(
+/// Lists a tenant's keys (never their secrets).
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/keys", operation_id = "list_keys", tag = "keys",
+    params(("id" = String, Path, description = "The tenant's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of keys", body = ListPage<KeyView>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn list_keys(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Path(id): Path<String>,
+    p: Result<Query<PageParams>, QueryRejection>,
+) -> ApiResult<Json<ListPage<KeyView>>> {
+    let p = super::ops::query(p)?;
+    app.tenants.get(&id).await?;
+    let page = app.keys.list(&id, p.after.clone(), p.limit()?).await?;
+    let used = app.keys.last_used(&id).await?;
+    let items = page
+        .items
+        .iter()
+        .map(|k| KeyView {
+            key: k.clone(),
+            last_used_at: used.get(&k.key_id).copied(),
+        })
+        .collect();
+    Ok(Json(list_body(Page {
+        items,
+        next: page.next,
+    })))
+}
+
+/// Revokes a key: it authenticates nothing from now on.
+#[utoipa::path(
+    delete, path = "/admin/v1/tenants/{id}/keys/{key_id}", operation_id = "revoke_key", tag = "keys",
+    params(("id" = String, Path, description = "The tenant's id"), ("key_id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The revoked key", body = ApiKey),
+        (status = 404, description = "No such key of this tenant", body = ErrorBody),
+    ),
+)]
+pub async fn revoke_key(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
     Path((id, key_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ApiKey>> {
     let (before, after) = app.keys.revoke(&id, &key_id).await?;
     app.audit
         .record(
@@ -262,21 +399,33 @@ async fn revoke_key(
             value(&after),
         )
         .await?;
-    Ok(Json(value(&after)))
+    Ok(Json(after))
 }
 
-#[derive(Deserialize)]
+/// The model to serve instead.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OverrideBody {
+pub struct OverrideBody {
     target: String,
 }
 
-async fn set_override(
+/// Serves `target` whenever the tenant asks for `model`.
+#[utoipa::path(
+    put, path = "/admin/v1/tenants/{id}/model-overrides/{model}", operation_id = "set_model_override", tag = "tenants",
+    params(("id" = String, Path, description = "The tenant's id"), ("model" = String, Path, description = "The model id the tenant asks for")),
+    request_body = OverrideBody,
+    responses(
+        (status = 200, description = "The tenant as it now is", body = TenantView),
+        (status = 400, description = "No such target this tenant may use", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn set_override(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((id, model)): Path<(String, String)>,
     body: axum::body::Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let req: OverrideBody = body_json(body).await?;
     let versions = app.registry.all().await?;
     let tenant = app.tenants.get(&id).await?;
@@ -295,11 +444,20 @@ async fn set_override(
     .await
 }
 
-async fn clear_override(
+/// Serves `model` itself again.
+#[utoipa::path(
+    delete, path = "/admin/v1/tenants/{id}/model-overrides/{model}", operation_id = "clear_model_override", tag = "tenants",
+    params(("id" = String, Path, description = "The tenant's id"), ("model" = String, Path, description = "The model id the tenant asks for")),
+    responses(
+        (status = 200, description = "The tenant as it now is", body = TenantView),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn clear_override(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path((id, model)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     change_override(&app, &actor, &id, "tenant.override.clear", |t| {
         t.model_overrides.remove(&model);
     })
@@ -309,11 +467,11 @@ async fn clear_override(
 /// Changes a tenant's model overrides and audits the change.
 async fn change_override(
     app: &App,
-    actor: &str,
+    actor: &Actor,
     id: &str,
     action: &str,
-    change: impl Fn(&mut crate::tenants::Tenant),
-) -> ApiResult<Json<Value>> {
+    change: impl Fn(&mut crate::tenancy::tenants::Tenant),
+) -> ApiResult<Json<TenantView>> {
     let (before, after) = app
         .tenants
         .modify(id, |t| {
@@ -334,140 +492,4 @@ async fn change_override(
         )
         .await?;
     Ok(Json(after.view()))
-}
-
-async fn register_model(
-    State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
-    body: axum::body::Body,
-) -> ApiResult<Response> {
-    let v: ModelVersion = body_json(body).await?;
-    if let Some(owner) = &v.owner_tenant {
-        app.tenants.get(owner).await?;
-    }
-    if let Some(tier) = &v.tier {
-        app.config.tiers.get(tier)?;
-    }
-    let v = app.registry.register(v).await?;
-    let target = format!("{}@{}", v.model, v.version);
-    app.audit
-        .record(
-            &actor,
-            "model.register",
-            v.owner_tenant.as_deref(),
-            &target,
-            Value::Null,
-            value(&v),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(v)).into_response())
-}
-
-async fn list_models(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    app.registry.invalidate();
-    let all = app.registry.all().await?;
-    Ok(Json(
-        json!({"object": "list", "data": &*all, "has_more": false}),
-    ))
-}
-
-async fn get_version(
-    State(app): State<Arc<App>>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(value(&app.registry.get(&model, &version).await?)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionPatch {
-    status: Option<VersionStatus>,
-    canary_weight: Option<u8>,
-    endpoint: Option<String>,
-    price_per_1k_tokens_micros: Option<u64>,
-}
-
-async fn update_version(
-    State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
-    Path((model, version)): Path<(String, String)>,
-    body: axum::body::Body,
-) -> ApiResult<Json<Value>> {
-    let patch: VersionPatch = body_json(body).await?;
-    if patch.status == Some(VersionStatus::Live) {
-        return Err(ApiError::invalid_param(
-            "status",
-            "use the promote action to make a version live",
-        ));
-    }
-    let before = app.registry.get(&model, &version).await?;
-    let mut after = before.clone();
-    if let Some(s) = patch.status {
-        after.status = s;
-    }
-    if let Some(w) = patch.canary_weight {
-        after.canary_weight = w;
-    }
-    if let Some(e) = patch.endpoint {
-        after.endpoint = e;
-    }
-    if let Some(p) = patch.price_per_1k_tokens_micros {
-        after.price_per_1k_tokens_micros = p;
-    }
-    app.registry.update(&after).await?;
-    app.audit
-        .record(
-            &actor,
-            "model.update",
-            after.owner_tenant.as_deref(),
-            &format!("{model}@{version}"),
-            value(&before),
-            value(&after),
-        )
-        .await?;
-    Ok(Json(value(&after)))
-}
-
-async fn record_changes(
-    app: &App,
-    actor: &str,
-    action: &str,
-    changes: &[(ModelVersion, ModelVersion)],
-) -> ApiResult<Value> {
-    for (before, after) in changes {
-        let target = format!("{}@{}", after.model, after.version);
-        app.audit
-            .record(
-                actor,
-                action,
-                after.owner_tenant.as_deref(),
-                &target,
-                value(before),
-                value(after),
-            )
-            .await?;
-    }
-    Ok(json!({"object": "list", "data": changes.iter().map(|(_, a)| a).collect::<Vec<_>>()}))
-}
-
-async fn promote(
-    State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let changes = app.registry.promote(&model, &version).await?;
-    Ok(Json(
-        record_changes(&app, &actor, "model.promote", &changes).await?,
-    ))
-}
-
-async fn rollback(
-    State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
-    Path(model): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let changes = app.registry.rollback(&model).await?;
-    Ok(Json(
-        record_changes(&app, &actor, "model.rollback", &changes).await?,
-    ))
 }

@@ -3,7 +3,15 @@
 
 pub mod admin;
 pub mod api;
+pub mod batches;
+pub mod chat;
+pub mod console;
+pub mod files;
+pub mod limits;
+pub mod openapi;
 pub mod ops;
+pub mod registry;
+pub mod serve;
 pub mod usage;
 
 use std::future::Future;
@@ -114,6 +122,22 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     false
 }
 
+/// The 408 or 413 a failed body read stands for, when it is either (the
+/// body's deadline passed, or its route's limit).
+pub(crate) fn body_refusal(err: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    if caused_by::<BodyTimedOut>(err) {
+        Some(ApiError::RequestTimeout(
+            "the request body did not arrive in time; send it whole and promptly".into(),
+        ))
+    } else if caused_by::<http_body_util::LengthLimitError>(err) {
+        Some(ApiError::PayloadTooLarge(
+            "the request body exceeds this route's limit".into(),
+        ))
+    } else {
+        None
+    }
+}
+
 /// Reads a body up to `limit` bytes (413 beyond; 408 past the host's deadline;
 /// 400 for a body the client broke off).
 pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
@@ -133,12 +157,17 @@ pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 
 /// Parses a JSON body into `T`, every failure a 400 saying why.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    crate::limits::check_json_depth(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
+    /// Where the previous page ended (its `next`, or its last id).
     pub after: Option<String>,
 }
 
@@ -155,27 +184,82 @@ impl PageParams {
     }
 }
 
-/// A page as the API lists it.
-pub fn list_body<T: serde::Serialize>(page: Page<T>) -> Value {
-    json!({"object": "list", "data": page.items, "has_more": page.next.is_some(), "next": page.next})
+/// A page as the admin API lists it: `next` is the cursor of the page after.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ListPage<T> {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    pub data: Vec<T>,
+    pub has_more: bool,
+    #[schema(required = true)]
+    pub next: Option<String>,
 }
 
-/// Hosts routes with the default body deadline (see [`host_with`]).
+/// A page as the API lists it.
+pub fn list_body<T>(page: Page<T>) -> ListPage<T> {
+    ListPage {
+        object: "list",
+        has_more: page.next.is_some(),
+        data: page.items,
+        next: page.next,
+    }
+}
+
+/// Hosts routes under the default configuration (see [`host_with`]).
 pub fn host(routes: axum::Router) -> axum::Router {
-    host_with(routes, DEFAULT_BODY_TIMEOUT)
+    host_with(routes, &crate::app::Config::default())
 }
 
 /// Hosts routes: `GET /health` answers without credentials, unknown URLs
-/// answer 404 in the OpenAI error shape, every request body must arrive within
-/// `body_timeout`, and every response carries `x-request-id`.
-pub fn host_with(routes: axum::Router, body_timeout: Duration) -> axum::Router {
+/// answer 404 in the OpenAI error shape, every request's head and body are
+/// held to `config`'s limits ([`limits`]), every request body must arrive
+/// within `config.body_timeout`, and every response carries `x-request-id`.
+pub fn host_with(routes: axum::Router, config: &crate::app::Config) -> axum::Router {
+    let body_timeout = config.body_timeout;
+    let request_limits = limits::RequestLimits::new(config);
     routes
         .route("/health", axum::routing::get(health))
         .fallback(no_route)
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| body_deadline(body_timeout, req, next),
         ))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| limits::enforce(request_limits.clone(), req, next),
+        ))
+        .layer(axum::middleware::from_fn(error_shape))
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// What axum answers itself (an unreadable query string or path, a method a
+/// route does not take) is plain text or empty: it gets the OpenAI error shape.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let kind = resp.headers().get(axum::http::header::CONTENT_TYPE);
+    let plain = kind.is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !plain {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("Bad request")
+            .to_string();
+    }
+    let body = json!({"error": {"message": message, "type": "invalid_request_error",
+                                "param": null, "code": null}});
+    let mut shaped = (status, axum::Json(body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
 }
 
 /// The health route: the process is up and serving.

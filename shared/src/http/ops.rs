@@ -12,17 +12,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
+use utoipa::{IntoParams, ToSchema};
 
 use super::admin::Actor;
-use super::{list_body, PageParams};
+use super::{list_body, ListPage, PageParams};
 use crate::app::App;
-use crate::audit::Filter;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ops::erase::{Eraser, ErasureJob, Outcome};
+use crate::ops::export::Index;
 use crate::store::BlobReader;
+use crate::tenancy::audit::{AuditRecord, Filter, Verdict};
 
 /// The operations routes, nested under `/admin/v1` by the admin router.
 pub fn routes() -> Router<Arc<App>> {
@@ -35,19 +37,28 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/tenants/{id}/erasure", get(erasure_status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// The tenant's chain (default: the platform's chain).
     tenant_id: Option<String>,
+    /// Unix seconds, or a day (YYYY-MM-DD, from its first second).
     from: Option<String>,
+    /// Unix seconds, or a day (YYYY-MM-DD, to its last second).
     to: Option<String>,
+    /// Only entries by this admin.
     actor: Option<String>,
+    /// Only entries of this action (`tenant.create`, `key.revoke`, ...).
     action: Option<String>,
+    /// 1 to 100 (default 20); not for the export.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
+    /// The previous page's `next`; not for the export.
     after: Option<String>,
 }
 
 /// Query parameters, a malformed query string answering 400 in the OpenAI shape.
-fn query<T>(p: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(crate) fn query<T>(p: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     p.map(|Query(p)| p)
         .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
 }
@@ -59,7 +70,7 @@ fn bound(param: &'static str, value: Option<&str>, end_of_day: bool) -> ApiResul
     if let Ok(secs) = v.parse::<i64>() {
         return Ok(Some(secs));
     }
-    let day = crate::metering::parse_day(v).ok_or_else(|| {
+    let day = crate::billing::metering::parse_day(v).ok_or_else(|| {
         ApiError::invalid_param(param, format!("{param} must be Unix seconds or YYYY-MM-DD"))
     })?;
     let start = day.midnight().assume_utc().unix_timestamp();
@@ -83,10 +94,19 @@ impl AuditParams {
     }
 }
 
-async fn list_audit(
+/// Lists audit entries, newest first, with filters.
+#[utoipa::path(
+    get, path = "/admin/v1/audit", operation_id = "list_audit", tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of entries", body = ListPage<AuditRecord>),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
+pub async fn list_audit(
     State(app): State<Arc<App>>,
     p: Result<Query<AuditParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ListPage<AuditRecord>>> {
     let p = query(p)?;
     let limit = PageParams {
         limit: p.limit,
@@ -102,7 +122,15 @@ async fn list_audit(
 }
 
 /// The matching entries of one chain, oldest first, one JSON object per line.
-async fn export_audit(
+#[utoipa::path(
+    get, path = "/admin/v1/audit/export", operation_id = "export_audit", tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "JSON Lines, one entry each", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
+pub async fn export_audit(
     State(app): State<Arc<App>>,
     p: Result<Query<AuditParams>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -151,23 +179,57 @@ async fn export_audit(
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct ChainParams {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChainParams {
+    /// The tenant's chain (default: the platform's chain).
     tenant_id: Option<String>,
 }
 
-async fn verify_audit(
+/// Walks a chain and says whether every entry and link holds.
+#[utoipa::path(
+    get, path = "/admin/v1/audit/verify", operation_id = "verify_audit", tag = "audit",
+    params(ChainParams),
+    responses(
+        (status = 200, description = "The verdict", body = Verdict),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
+pub async fn verify_audit(
     State(app): State<Arc<App>>,
     p: Result<Query<ChainParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Verdict>> {
     let p = query(p)?;
-    let verdict = app.audit.verify(p.tenant_id.as_deref()).await?;
-    Ok(Json(serde_json::to_value(verdict).unwrap_or(Value::Null)))
+    Ok(Json(app.audit.verify(p.tenant_id.as_deref()).await?))
 }
 
-async fn export_tenant(
+/// A finished export: its archive's size, digest, index and download path.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct TenantExport {
+    #[schema(example = "tenant.export")]
+    pub object: &'static str,
+    pub id: String,
+    pub tenant_id: String,
+    pub bytes: u64,
+    /// SHA-256 (hex) of the archive.
+    pub sha256: String,
+    pub index: Index,
+    /// Where to download the archive (`GET`, with the admin token).
+    pub download: String,
+}
+
+/// Exports everything held about a tenant (GDPR access) as a tar.gz archive.
+#[utoipa::path(
+    post, path = "/admin/v1/tenants/{id}/export", operation_id = "export_tenant", tag = "gdpr",
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 201, description = "The archive is written", body = TenantExport),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
+pub async fn export_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let blobs = app.storage.blobs()?.clone();
@@ -187,15 +249,15 @@ async fn export_tenant(
             summary,
         )
         .await?;
-    let body = json!({
-        "object": "tenant.export",
-        "id": export.export_id,
-        "tenant_id": id,
-        "bytes": export.bytes,
-        "sha256": export.sha256,
-        "index": export.index,
-        "download": download,
-    });
+    let body = TenantExport {
+        object: "tenant.export",
+        id: export.export_id,
+        tenant_id: id,
+        bytes: export.bytes,
+        sha256: export.sha256,
+        index: export.index,
+        download,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -216,7 +278,16 @@ fn stream_body(reader: BlobReader) -> Body {
     Body::from_stream(stream)
 }
 
-async fn download_export(
+/// Downloads an export's archive.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/exports/{export_id}", operation_id = "download_tenant_export", tag = "gdpr",
+    params(("id" = String, Path, description = "The tenant's id"), ("export_id" = String, Path, description = "The export's id (`exp_...`)")),
+    responses(
+        (status = 200, description = "The archive", content_type = "application/gzip", body = inline(super::openapi::Binary)),
+        (status = 404, description = "No such export of this tenant", body = ErrorBody),
+    ),
+)]
+pub async fn download_export(
     State(app): State<Arc<App>>,
     Path((id, export_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
@@ -234,8 +305,11 @@ async fn download_export(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EraseParams {
+    /// Must be `true`: tenants are never simply deleted, only erased.
+    #[param(required = true, example = "true")]
     erase: Option<String>,
 }
 
@@ -252,43 +326,83 @@ fn erase_budget() -> Duration {
     })
 }
 
-/// What the API shows of a running job (never the key hashes it holds).
-fn job_view(job: &ErasureJob) -> Value {
-    json!({
-        "object": "tenant.erasure",
-        "status": "in_progress",
-        "tenant_id": job.tenant_id,
-        "requested_by": job.requested_by,
-        "requested_at": job.requested_at,
-        "keys_revoked": job.keys_revoked,
-        "kinds_done": job.kinds_done,
-        "sweep_segments_done": job.sweep.iter().filter(|s| s.done).count(),
-        "sweep_segments": job.sweep.len(),
-        "objects_done": job.objects_done,
-        "counts": job.counts,
-    })
+/// A running erasure as the API shows it (never the key hashes it holds).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ErasureRunning {
+    #[schema(example = "tenant.erasure")]
+    pub object: &'static str,
+    #[schema(example = "in_progress")]
+    pub status: &'static str,
+    pub tenant_id: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub keys_revoked: bool,
+    pub kinds_done: Vec<String>,
+    pub sweep_segments_done: usize,
+    pub sweep_segments: usize,
+    pub objects_done: bool,
+    /// Items and objects removed (or anonymised) so far, by kind.
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A finished erasure: its receipt in the platform's audit chain.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ErasureDone {
+    #[schema(example = "tenant.erasure")]
+    pub object: &'static str,
+    #[schema(example = "completed")]
+    pub status: &'static str,
+    pub tenant_id: String,
+    pub receipt: AuditRecord,
+}
+
+fn job_view(job: &ErasureJob) -> ErasureRunning {
+    ErasureRunning {
+        object: "tenant.erasure",
+        status: "in_progress",
+        tenant_id: job.tenant_id.clone(),
+        requested_by: job.requested_by.clone(),
+        requested_at: job.requested_at,
+        keys_revoked: job.keys_revoked,
+        kinds_done: job.kinds_done.clone(),
+        sweep_segments_done: job.sweep.iter().filter(|s| s.done).count(),
+        sweep_segments: job.sweep.len(),
+        objects_done: job.objects_done,
+        counts: job.counts.clone(),
+    }
 }
 
 fn outcome_response(outcome: Outcome) -> Response {
     match outcome {
         Outcome::Erased(receipt) => (
             StatusCode::OK,
-            Json(json!({
-                "object": "tenant.erasure",
-                "status": "completed",
-                "tenant_id": receipt.target,
-                "receipt": receipt,
-            })),
+            Json(ErasureDone {
+                object: "tenant.erasure",
+                status: "completed",
+                tenant_id: receipt.target.clone(),
+                receipt,
+            }),
         )
             .into_response(),
         Outcome::Running(job) => (StatusCode::ACCEPTED, Json(job_view(&job))).into_response(),
     }
 }
 
-/// `DELETE /admin/v1/tenants/{id}?erase=true`: starts or continues the erasure.
+/// Erases everything held about a tenant (GDPR erasure): starts the erasure,
+/// or goes on with it; call again while it answers 202.
+#[utoipa::path(
+    delete, path = "/admin/v1/tenants/{id}", operation_id = "erase_tenant", tag = "gdpr",
+    params(("id" = String, Path, description = "The tenant's id"), EraseParams),
+    responses(
+        (status = 200, description = "Erased: the receipt", body = ErasureDone),
+        (status = 202, description = "Under way: call again to go on", body = ErasureRunning),
+        (status = 400, description = "`erase=true` is missing", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
 pub async fn erase_tenant(
     State(app): State<Arc<App>>,
-    Extension(Actor(actor)): Extension<Actor>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     p: Result<Query<EraseParams>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -300,12 +414,22 @@ pub async fn erase_tenant(
         ));
     }
     let eraser = Eraser::new(&app.storage)?;
-    let outcome = eraser.erase(&id, &actor, erase_budget()).await?;
+    let outcome = eraser.erase(&id, &actor.name, erase_budget()).await?;
     app.forget_tenant(&id);
     Ok(outcome_response(outcome))
 }
 
-async fn erasure_status(
+/// How a tenant's erasure stands: under way (202) or its receipt (200).
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/erasure", operation_id = "get_erasure", tag = "gdpr",
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 200, description = "Erased: the receipt", body = ErasureDone),
+        (status = 202, description = "Under way", body = ErasureRunning),
+        (status = 404, description = "No erasure of this tenant", body = ErrorBody),
+    ),
+)]
+pub async fn erasure_status(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {

@@ -10,29 +10,109 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use time::{Date, Duration as Days, OffsetDateTime};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
-use crate::auth::TenantContext;
-use crate::error::{ApiError, ApiResult};
-use crate::metering::{format_day, month_of, parse_day, Aggregate, COUNTERS};
+use crate::billing::metering::{
+    format_day, month_of, parse_day, Aggregate, BATCH_COUNTERS, COUNTERS,
+};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::store::{decode_token, encode_token};
-use crate::tenants::Tenant;
+use crate::tenancy::auth::TenantContext;
+use crate::tenancy::tenants::Tenant;
 
 /// The longest range one report covers.
 pub const MAX_DAYS: i64 = 366;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// First day, YYYY-MM-DD (default: the first of this month, UTC).
+    #[param(format = Date)]
     pub from: Option<String>,
+    /// Last day, YYYY-MM-DD (default: today, UTC); at most 366 days after `from`.
+    #[param(format = Date)]
     pub to: Option<String>,
+    /// Comma-separated dimensions: `day`, `model` (and `tenant` across tenants).
+    #[param(example = "day,model")]
     pub group_by: Option<String>,
+    /// Buckets per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The previous page's `next`.
     pub after: Option<String>,
+}
+
+/// A usage report: buckets of the range by the asked dimensions, their totals,
+/// and (for one tenant) its budget.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct UsageReport {
+    #[schema(example = "list")]
+    pub object: &'static str,
+    #[schema(format = Date)]
+    pub from: String,
+    #[schema(format = Date)]
+    pub to: String,
+    /// The dimensions, in their fixed order (`tenant_id`, `day`, `model`).
+    pub group_by: Vec<&'static str>,
+    pub data: Vec<UsageBucket>,
+    pub totals: Counters,
+    pub has_more: bool,
+    /// The cursor of the next page (`after`), if one follows.
+    #[schema(required = true)]
+    pub next: Option<String>,
+    /// The tenant's budget and month so far (reports of one tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<UsageBudget>,
+}
+
+/// One group's counters; its dimensions are named as `group_by` lists them.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct UsageBucket {
+    #[schema(example = "usage.bucket")]
+    pub object: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = Date)]
+    pub day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+/// The metered counters: direct use, and batch lines apart (`batch_*`).
+/// `prompt_tokens` are the stored `tokens`; `tokens` is prompt plus completion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Counters {
+    pub requests: u64,
+    pub inputs: u64,
+    pub tokens: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cache_hits: u64,
+    pub cost_micros: u64,
+    pub compute_ms: u64,
+    pub batch_requests: u64,
+    pub batch_tokens: u64,
+    pub batch_completion_tokens: u64,
+    pub batch_cost_micros: u64,
+}
+
+/// The tenant's budget and its month so far.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct UsageBudget {
+    /// YYYY-MM (UTC).
+    pub month: String,
+    pub monthly_budget_micros: u64,
+    pub hard_cap: bool,
+    pub alert_thresholds: Vec<u16>,
+    pub month_to_date_cost_micros: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,20 +229,46 @@ impl UsageQuery {
 }
 
 fn zero() -> BTreeMap<String, u64> {
-    COUNTERS.iter().map(|c| (c.to_string(), 0)).collect()
+    COUNTERS
+        .iter()
+        .chain(BATCH_COUNTERS.iter())
+        .map(|c| (c.to_string(), 0))
+        .collect()
 }
 
 fn add(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) -> ApiResult<()> {
     for (k, v) in from {
         let sum = into.entry(k.clone()).or_default();
-        *sum = crate::amounts::add(*sum, *v, "a usage total")
+        *sum = crate::billing::amounts::add(*sum, *v, "a usage total")
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     Ok(())
 }
 
+/// A bucket's counters as reported: the stored `tokens` (prompt tokens) appear as
+/// `prompt_tokens`, beside `completion_tokens`; `tokens` is their sum.
+fn token_kinds(counters: &BTreeMap<String, u64>) -> Counters {
+    let n = |c: &str| counters.get(c).copied().unwrap_or(0);
+    let prompt = n("tokens");
+    let completion = n("completion_tokens");
+    Counters {
+        requests: n("requests"),
+        inputs: n("inputs"),
+        tokens: prompt.saturating_add(completion),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cache_hits: n("cache_hits"),
+        cost_micros: n("cost_micros"),
+        compute_ms: n("compute_ms"),
+        batch_requests: n("batch_requests"),
+        batch_tokens: n("batch_tokens"),
+        batch_completion_tokens: n("batch_completion_tokens"),
+        batch_cost_micros: n("batch_cost_micros"),
+    }
+}
+
 /// Groups `(tenant, aggregate)` rows and cuts the page after the cursor.
-pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<Value> {
+pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<UsageReport> {
     let mut groups: BTreeMap<Vec<String>, BTreeMap<String, u64>> = BTreeMap::new();
     let mut totals = zero();
     for (tenant, agg) in rows {
@@ -197,27 +303,35 @@ pub fn report(rows: &[(String, Aggregate)], q: &UsageQuery) -> ApiResult<Value> 
     let data = data
         .into_iter()
         .map(|(key, counters)| {
-            let mut bucket = Map::new();
-            bucket.insert("object".into(), "usage.bucket".into());
+            let mut bucket = UsageBucket {
+                object: "usage.bucket",
+                tenant_id: None,
+                day: None,
+                model: None,
+                counters: token_kinds(counters),
+            };
             for (d, v) in q.group_by.iter().zip(key) {
-                bucket.insert(d.name().into(), v.clone().into());
+                let slot = match d {
+                    Dimension::Tenant => &mut bucket.tenant_id,
+                    Dimension::Day => &mut bucket.day,
+                    Dimension::Model => &mut bucket.model,
+                };
+                *slot = Some(v.clone());
             }
-            for (c, v) in counters {
-                bucket.insert(c.clone(), (*v).into());
-            }
-            Value::Object(bucket)
+            bucket
         })
         .collect::<Vec<_>>();
-    Ok(json!({
-        "object": "list",
-        "from": format_day(q.from),
-        "to": format_day(q.to),
-        "group_by": q.group_by.iter().map(|d| d.name()).collect::<Vec<_>>(),
-        "data": data,
-        "totals": totals,
-        "has_more": next.is_some(),
-        "next": next,
-    }))
+    Ok(UsageReport {
+        object: "list",
+        from: format_day(q.from),
+        to: format_day(q.to),
+        group_by: q.group_by.iter().map(|d| d.name()).collect(),
+        data,
+        totals: token_kinds(&totals),
+        has_more: next.is_some(),
+        next,
+        budget: None,
+    })
 }
 
 fn today() -> Date {
@@ -244,54 +358,79 @@ async fn tenant_rows(
 }
 
 /// The tenant's budget and its month so far, beside its report.
-async fn budget_block(app: &App, tenant: &Tenant) -> ApiResult<Value> {
+async fn budget_block(app: &App, tenant: &Tenant) -> ApiResult<UsageBudget> {
     let budget = tenant.budget(app.config.tiers.get(&tenant.tier)?);
     let month = month_of(crate::store::now_millis());
     let spent = app.meter.month_spend(&tenant.id, &month).await?;
-    Ok(json!({
-        "month": month,
-        "monthly_budget_micros": budget.monthly_micros,
-        "hard_cap": budget.hard_cap,
-        "alert_thresholds": budget.thresholds,
-        "month_to_date_cost_micros": spent,
-    }))
+    Ok(UsageBudget {
+        month,
+        monthly_budget_micros: budget.monthly_micros,
+        hard_cap: budget.hard_cap,
+        alert_thresholds: budget.thresholds,
+        month_to_date_cost_micros: spent,
+    })
 }
 
-async fn tenant_report(app: &App, tenant: &Tenant, p: &UsageParams) -> ApiResult<Value> {
+async fn tenant_report(app: &App, tenant: &Tenant, p: &UsageParams) -> ApiResult<UsageReport> {
     let q = UsageQuery::parse(p, today(), false, "day")?;
     let mut body = report(&tenant_rows(app, &tenant.id, &q).await?, &q)?;
-    body["budget"] = budget_block(app, tenant).await?;
+    body.budget = Some(budget_block(app, tenant).await?);
     Ok(body)
 }
 
-/// `GET /v1/usage`: the calling tenant's usage (scope `usage`).
+/// The calling tenant's usage by day and model, with its budget (scope `usage`).
+#[utoipa::path(
+    get, path = "/v1/usage", operation_id = "get_usage", tag = "usage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The report", body = UsageReport),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
 pub async fn own_usage(
     State(app): State<Arc<App>>,
     Extension(ctx): Extension<TenantContext>,
     p: Result<Query<UsageParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<UsageReport>> {
     ctx.require("usage")?;
     let p = params(p)?;
     let tenant = app.tenant(&ctx.tenant_id).await?;
     Ok(Json(tenant_report(&app, &tenant, &p).await?))
 }
 
-/// `GET /admin/v1/tenants/{id}/usage`.
+/// One tenant's usage, with its budget.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{id}/usage", operation_id = "get_tenant_usage", tag = "usage",
+    params(("id" = String, Path, description = "The tenant's id"), UsageParams),
+    responses(
+        (status = 200, description = "The report", body = UsageReport),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+)]
 pub async fn tenant_usage(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     p: Result<Query<UsageParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<UsageReport>> {
     let p = params(p)?;
     let tenant = app.tenants.get(&id).await?;
     Ok(Json(tenant_report(&app, &tenant, &p).await?))
 }
 
-/// `GET /admin/v1/usage`: every tenant's usage, grouped by tenant by default.
+/// Every tenant's usage, grouped by tenant by default.
+#[utoipa::path(
+    get, path = "/admin/v1/usage", operation_id = "get_all_usage", tag = "usage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The report", body = UsageReport),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+    ),
+)]
 pub async fn all_usage(
     State(app): State<Arc<App>>,
     p: Result<Query<UsageParams>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<UsageReport>> {
     let q = UsageQuery::parse(&params(p)?, today(), true, "tenant")?;
     let mut rows = Vec::new();
     for tenant in app.tenants.all().await? {
@@ -333,7 +472,7 @@ mod tests {
             ("t1".to_string(), agg("2026-11-02", "b", 7)),
             ("t2".to_string(), agg("2026-11-03", "a", 11)),
         ];
-        let by_model = report(&rows, &query("model", "10")).unwrap();
+        let by_model = serde_json::to_value(report(&rows, &query("model", "10")).unwrap()).unwrap();
         assert_eq!(by_model["data"].as_array().unwrap().len(), 2);
         assert_eq!(by_model["data"][0]["model"], "a");
         assert_eq!(by_model["data"][0]["tokens"], 16);
@@ -347,7 +486,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         loop {
-            let page = report(&rows, &q).unwrap();
+            let page = serde_json::to_value(report(&rows, &q).unwrap()).unwrap();
             assert_eq!(page["totals"]["tokens"], 23);
             seen.extend(
                 page["data"]

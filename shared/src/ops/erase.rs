@@ -26,14 +26,14 @@ use tokio::sync::Mutex;
 
 use super::kinds::{items_page, Erase, Place, Refs, ERASED_USAGE_PK, KINDS};
 use super::{OpsError, OpsResult};
-use crate::audit::{Audit, AuditRecord, Filter};
 use crate::error::ApiError;
-use crate::keys::Keys;
 use crate::records::{from_item, to_attrs};
 use crate::store::{
     now_secs, Blobs, Cond, Item, Key, Scan, Storage, StoreError, Table, TxOp, Update, Write,
 };
-use crate::tenants::{TenantStatus, Tenants};
+use crate::tenancy::audit::{Audit, AuditRecord, Filter};
+use crate::tenancy::keys::Keys;
+use crate::tenancy::tenants::{TenantStatus, Tenants};
 
 pub const JOBS_PK: &str = "OPS#ERASURE";
 const SWEEP_SEGMENTS: usize = 4;
@@ -475,8 +475,8 @@ impl Eraser {
         total: u32,
         deadline: Instant,
     ) -> OpsResult<Result<bool, LostLease>> {
-        let own_chain = crate::audit::chain_pk(Some(&refs.tenant_id));
-        let own_usage = crate::metering::usage_pk(&refs.tenant_id);
+        let own_chain = crate::tenancy::audit::chain_pk(Some(&refs.tenant_id));
+        let own_usage = crate::billing::metering::usage_pk(&refs.tenant_id);
         loop {
             let state = shared.lock().await.sweep[segment as usize].clone();
             if state.done {
@@ -621,7 +621,7 @@ pub async fn reapply(table: &Arc<dyn Table>, blobs: &Arc<dyn Blobs>) -> OpsResul
             };
             let restored = table
                 .get(&Key::new(
-                    crate::tenants::TENANTS_PK,
+                    crate::tenancy::tenants::TENANTS_PK,
                     format!("T#{tenant_id}"),
                 ))
                 .await?

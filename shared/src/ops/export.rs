@@ -22,7 +22,7 @@ pub const PREFIX: &str = "exports/";
 pub const FORMAT: &str = "tenantai-tenant-export";
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IndexObject {
     /// The object's key in the deployment's bucket.
     pub key: String,
@@ -31,7 +31,7 @@ pub struct IndexObject {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IndexKind {
     pub name: String,
     pub description: String,
@@ -41,7 +41,7 @@ pub struct IndexKind {
     pub objects: Vec<IndexObject>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Index {
     pub format: String,
     pub format_version: u32,
@@ -75,7 +75,7 @@ pub async fn export(
     blobs: &Arc<dyn Blobs>,
     tenant_id: &str,
 ) -> OpsResult<Export> {
-    crate::tenants::Tenants::new(table.clone())
+    crate::tenancy::tenants::Tenants::new(table.clone())
         .get(tenant_id)
         .await?;
     let refs = Refs::load(table.as_ref(), tenant_id).await?;

@@ -116,7 +116,7 @@ fn keep(_: &mut Attrs) {}
 
 fn no_secrets(attrs: &mut Attrs) {
     let mut v = Value::Object(std::mem::take(attrs));
-    crate::audit::redact(&mut v);
+    crate::tenancy::audit::redact(&mut v);
     if let Value::Object(m) = v {
         *attrs = m;
     }
@@ -137,7 +137,7 @@ pub static KINDS: &[Kind] = &[
         description: "the tenant record: name, tier, status, budgets, limits, overrides (webhook secret redacted)",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![Place::Item(Key::new(crate::tenants::TENANTS_PK, format!("T#{}", r.tenant_id)))],
+        places: |r| vec![Place::Item(Key::new(crate::tenancy::tenants::TENANTS_PK, format!("T#{}", r.tenant_id)))],
         redact: no_secrets,
     },
     Kind {
@@ -147,6 +147,14 @@ pub static KINDS: &[Kind] = &[
         erase: Erase::Delete,
         places: |r| vec![partition(format!("TENANT#{}", r.tenant_id), "KEY#")],
         redact: no_hash,
+    },
+    Kind {
+        name: "key_use",
+        description: "when each API key was last used (from its metered calls)",
+        exported: true,
+        erase: Erase::Delete,
+        places: |r| vec![partition(format!("TENANT#{}", r.tenant_id), crate::tenancy::keys::KEY_USE_PREFIX)],
+        redact: keep,
     },
     Kind {
         name: "key_lookups",
@@ -166,7 +174,7 @@ pub static KINDS: &[Kind] = &[
         description: "usage aggregates by day and model, and month totals",
         exported: true,
         erase: Erase::FoldIntoAnonymous,
-        places: |r| vec![partition(crate::metering::usage_pk(&r.tenant_id), "")],
+        places: |r| vec![partition(crate::billing::metering::usage_pk(&r.tenant_id), "")],
         redact: keep,
     },
     Kind {
@@ -190,7 +198,7 @@ pub static KINDS: &[Kind] = &[
         description: "the audit trail of admin actions on the tenant (its own hash chain)",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![partition(crate::audit::chain_pk(Some(&r.tenant_id)), "")],
+        places: |r| vec![partition(crate::tenancy::audit::chain_pk(Some(&r.tenant_id)), "")],
         redact: keep,
     },
     Kind {
@@ -206,8 +214,15 @@ pub static KINDS: &[Kind] = &[
         description: "rate-limit counters of the current windows, of the tenant and of each key",
         exported: true,
         erase: Erase::Delete,
+        // Key counters live under the tenant's (`RL#tenant:<t>#key:<k>`); those of
+        // releases before that were `RL#key:<k>` (a minute's window, kept in case).
         places: |r| {
             std::iter::once(format!("RL#tenant:{}", r.tenant_id))
+                .chain(
+                    r.key_ids
+                        .iter()
+                        .map(|k| format!("RL#tenant:{}#key:{k}", r.tenant_id)),
+                )
                 .chain(r.key_ids.iter().map(|k| format!("RL#key:{k}")))
                 .map(|pk| partition(pk, ""))
                 .collect()
@@ -221,7 +236,7 @@ pub static KINDS: &[Kind] = &[
         erase: Erase::Delete,
         places: |_| {
             vec![Place::Owned {
-                pk: crate::models::MODELS_PK.into(),
+                pk: crate::gateway::models::MODELS_PK.into(),
                 sk_prefix: "M#".into(),
                 attr: "owner_tenant",
             }]
@@ -243,10 +258,15 @@ pub static KINDS: &[Kind] = &[
     },
     Kind {
         name: "batches",
-        description: "batch jobs: their records and progress",
+        description: "batch jobs: their records, progress and chunk results",
         exported: true,
         erase: Erase::Delete,
-        places: |r| vec![partition(format!("BATCH#{}", r.tenant_id), "")],
+        places: |r| {
+            vec![
+                partition(format!("BATCH#{}", r.tenant_id), ""),
+                Place::Objects(format!("batches/{}/", r.tenant_id)),
+            ]
+        },
         redact: keep,
     },
     Kind {
@@ -333,6 +353,9 @@ mod tests {
         no_hash(&mut attrs);
         no_secrets(&mut attrs);
         assert!(!attrs.contains_key("hash"));
-        assert_eq!(attrs["alert_webhook"]["secret"], crate::audit::REDACTED);
+        assert_eq!(
+            attrs["alert_webhook"]["secret"],
+            crate::tenancy::audit::REDACTED
+        );
     }
 }

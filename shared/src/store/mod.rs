@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod blobs;
+pub mod counting;
 pub mod embedded;
 mod error;
 pub mod queue;

@@ -82,6 +82,24 @@ impl Storage {
         })
     }
 
+    /// The same storage with the deployment's bucket as its object store.
+    pub fn with_blobs(mut self, config: &SdkConfig) -> Storage {
+        self.blobs = Some(Arc::new(S3Blobs::new(
+            aws::s3_client(config),
+            &self.resources.bucket,
+        )));
+        self
+    }
+
+    /// The same storage with each tenant's table items reached with credentials of
+    /// `role_arn` assumed for that tenant (session tag `TenantId`), and platform items
+    /// with this process's own (see [`aws::tenant_scoped`]).
+    pub fn with_tenant_credentials(mut self, config: &SdkConfig, role_arn: &str) -> Storage {
+        let sessions = aws::TenantSessions::new(config, role_arn, &self.resources.table);
+        self.table = Arc::new(aws::TenantScopedTable::new(self.table, sessions));
+        self
+    }
+
     /// The names of the deployment's resources.
     pub fn resources(&self) -> &Resources {
         &self.resources
@@ -96,13 +114,18 @@ impl Storage {
 
     /// The usage queue and its dead-letter queue.
     pub fn usage_queues(&self) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
+        self.queue_pair(USAGE_SUFFIX)
+    }
+
+    /// The queue whose name ends with `suffix`, and its dead-letter queue.
+    pub fn queue_pair(&self, suffix: &str) -> StoreResult<(Arc<dyn Queue>, Arc<dyn Queue>)> {
         let spec = self
             .resources
             .queues
             .iter()
-            .find(|q| q.name.ends_with(USAGE_SUFFIX))
+            .find(|q| q.name.ends_with(suffix))
             .ok_or_else(|| {
-                StoreError::NotFound(format!("no '*{USAGE_SUFFIX}' queue in this deployment"))
+                StoreError::NotFound(format!("no '*{suffix}' queue in this deployment"))
             })?;
         let dlq = spec.dead_letter.as_ref().ok_or_else(|| {
             StoreError::NotFound(format!("queue '{}' has no dead-letter queue", spec.name))

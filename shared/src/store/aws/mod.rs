@@ -6,10 +6,12 @@
 mod blobs;
 mod queue;
 mod table;
+pub mod tenant_scoped;
 
 pub use blobs::S3Blobs;
 pub use queue::SqsQueue;
 pub use table::DynamoTable;
+pub use tenant_scoped::{TenantScopedTable, TenantSessions};
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
