@@ -1,12 +1,13 @@
 //! Self-attention over packed tokens, one sequence at a time: no padding, no mask.
 //!
-//! For each sequence and head the keys are transposed once (head size x length,
-//! the length rounded up to [`LANES`] with zeros), so a query's scores are
-//! `head size` vector multiply-adds over the keys, its softmax runs over the
-//! real length only, and its output is the probability-weighted sum of the value
-//! rows. The 1/sqrt(head size) scale is already in the query weights.
+//! For each sequence and head, two matrix products on gemmkit over strided views of
+//! the fused projections (no copies): the scores `Q·Kᵀ` (length x length), a
+//! softmax per row, then `P·V` written straight into the head's columns of the
+//! output. The 1/sqrt(head size) scale is already in the query weights.
 
-use super::ops::{softmax, LANES};
+use gemmkit::{MatMut, MatRef, Parallelism};
+
+use super::ops::softmax_rows;
 
 /// Attention of the fused projections `qkv` (`tokens x 3·hidden`: queries, keys,
 /// values, each `heads x head_size`) into `out` (`tokens x hidden`), for the
@@ -15,55 +16,44 @@ pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: 
     let hidden = heads * head_size;
     let stride = 3 * hidden;
     let longest = lens.iter().copied().max().unwrap_or(0);
-    let padded = longest.next_multiple_of(LANES);
-    let mut keys_t = vec![0f32; head_size * padded];
-    let mut scores = vec![0f32; padded];
-    let mut acc = vec![0f32; head_size];
-    pulp::Arch::new().dispatch(|| {
-        let mut start = 0;
-        for &len in lens {
-            let width = len.next_multiple_of(LANES);
-            let seq = &qkv[start * stride..(start + len) * stride];
-            for h in 0..heads {
-                let (q_at, k_at, v_at) = (
-                    h * head_size,
-                    hidden + h * head_size,
-                    2 * hidden + h * head_size,
-                );
-                // Keys transposed: keys_t[c][j] = k[j][c]; columns past `len` stay 0.
-                let kt = &mut keys_t[..head_size * width];
-                kt.fill(0.0);
-                for (j, row) in seq.chunks_exact(stride).enumerate() {
-                    for (c, &k) in row[k_at..k_at + head_size].iter().enumerate() {
-                        kt[c * width + j] = k;
-                    }
-                }
-                for (i, row) in seq.chunks_exact(stride).enumerate() {
-                    let s = &mut scores[..width];
-                    s.fill(0.0);
-                    for (c, &q) in row[q_at..q_at + head_size].iter().enumerate() {
-                        let kc = &kt[c * width..(c + 1) * width];
-                        for (sv, kv) in s.chunks_exact_mut(LANES).zip(kc.chunks_exact(LANES)) {
-                            for l in 0..LANES {
-                                sv[l] = q.mul_add(kv[l], sv[l]);
-                            }
-                        }
-                    }
-                    let p = &mut scores[..len];
-                    softmax(p);
-                    acc.fill(0.0);
-                    for (&pj, vrow) in p.iter().zip(seq.chunks_exact(stride)) {
-                        for (a, v) in acc.iter_mut().zip(&vrow[v_at..v_at + head_size]) {
-                            *a = pj.mul_add(*v, *a);
-                        }
-                    }
-                    let o = (start + i) * hidden + h * head_size;
-                    out[o..o + head_size].copy_from_slice(&acc);
-                }
-            }
-            start += len;
+    let mut scores = vec![0f32; longest * longest];
+    let mut start = 0;
+    for &len in lens {
+        if len == 0 {
+            continue;
         }
-    })
+        let seq = &qkv[start * stride..(start + len) * stride];
+        let s = &mut scores[..len * len];
+        for h in 0..heads {
+            let (q_at, k_at, v_at) = (
+                h * head_size,
+                hidden + h * head_size,
+                2 * hidden + h * head_size,
+            );
+            let rows = |at: usize| &seq[at..];
+            // scores = Q (len x d, row stride 3·hidden) · Kᵀ (d x len).
+            gemmkit::gemm(
+                1.0,
+                MatRef::new(rows(q_at), len, head_size, stride as isize, 1),
+                MatRef::new(rows(k_at), head_size, len, 1, stride as isize),
+                0.0,
+                MatMut::from_row_major(s, len, len),
+                Parallelism::Serial,
+            );
+            softmax_rows(s, len);
+            // out[head columns] = P (len x len) · V (len x d).
+            let o = &mut out[start * hidden + h * head_size..(start + len) * hidden];
+            gemmkit::gemm(
+                1.0,
+                MatRef::from_row_major(s, len, len),
+                MatRef::new(rows(v_at), len, head_size, stride as isize, 1),
+                0.0,
+                MatMut::new(o, len, head_size, hidden as isize, 1),
+                Parallelism::Serial,
+            );
+        }
+        start += len;
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,18 @@ pub fn gelu(xs: &mut [f32]) {
     })
 }
 
+/// Softmax of every row of `width` values of `rows`, in place.
+pub fn softmax_rows(rows: &mut [f32], width: usize) {
+    if width == 0 {
+        return;
+    }
+    pulp::Arch::new().dispatch(|| {
+        for row in rows.chunks_exact_mut(width) {
+            softmax(row);
+        }
+    })
+}
+
 /// Softmax of `xs` in place (max subtracted first); returns nothing when empty.
 #[inline(always)]
 pub fn softmax(xs: &mut [f32]) {
