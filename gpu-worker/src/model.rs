@@ -1,7 +1,8 @@
 //! A sentence-transformers BERT model: the transformer forward pass, mean pooling
 //! over each input's tokens and L2 normalisation. On a CPU it runs the packed-token
-//! encoder of [`crate::cpu`] in f32 (one copy of the weights, shared by every model
-//! thread); on a GPU, candle's tensors (f32, padded batches).
+//! encoder of [`crate::cpu`] at the chosen precision (f32, bf16 or int8; one copy of
+//! the weights, shared by every model thread); on a GPU, candle's tensors (f32 only,
+//! padded batches).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ModelInfo {
     pub dimension: usize,
     pub max_seq_length: usize,
     pub vocab_size: usize,
+    /// The dense layers' number format.
+    pub precision: Precision,
 }
 
 /// The model as one model thread runs it.
@@ -70,7 +73,7 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, file: &str) -> Result<T
     })
 }
 
-/// Verifies the model directory's manifest, then loads the tokenizer and one
+/// Verifies the model directory's manifest, then loads the tokenizer and one f32
 /// [`Embedder`] per model thread (`copies`; on a CPU they share one copy of the
 /// weights).
 pub fn load(
@@ -78,6 +81,23 @@ pub fn load(
     device: &Device,
     copies: usize,
 ) -> Result<(TextEncoder, Vec<Embedder>), ArtifactError> {
+    load_at(dir, device, copies, Precision::F32)
+}
+
+/// [`load`] at a precision: bf16 and int8 run on a CPU only (the weights are
+/// converted at load from the checkpoint's f32).
+pub fn load_at(
+    dir: &Path,
+    device: &Device,
+    copies: usize,
+    precision: Precision,
+) -> Result<(TextEncoder, Vec<Embedder>), ArtifactError> {
+    if precision != Precision::F32 && !device.is_cpu() {
+        return Err(ArtifactError::Device {
+            device: crate::device::describe(device),
+            reason: format!("precision {precision} runs on a CPU only; use f32 on a GPU"),
+        });
+    }
     verify_dir(dir)?;
     let sentence: SentenceConfig = read_json(dir, "sentence_bert_config.json")?;
     let pooling: PoolingConfig = read_json(dir, "1_Pooling/config.json")?;
@@ -118,9 +138,10 @@ pub fn load(
         dimension: config.hidden_size,
         max_seq_length: max_len,
         vocab_size: config.vocab_size,
+        precision,
     };
     let embedders = if device.is_cpu() {
-        let Some(encoder) = crate::cpu::encoder::load(&vb, &config, &[Precision::F32])?
+        let Some(encoder) = crate::cpu::encoder::load(&vb, &config, &[precision])?
             .into_iter()
             .next()
         else {
