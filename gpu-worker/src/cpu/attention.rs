@@ -1,13 +1,19 @@
 //! Self-attention over packed tokens, one sequence at a time: no padding, no mask.
 //!
-//! For each sequence and head, two matrix products on gemmkit over strided views of
-//! the fused projections (no copies): the scores `Q·Kᵀ` (length x length), a
-//! softmax per row, then `P·V` written straight into the head's columns of the
-//! output. The 1/sqrt(head size) scale is already in the query weights.
+//! For each sequence and head of at least [`GEMM_FROM`] tokens, two matrix products
+//! on gemmkit over strided views of the fused projections (no copies): the scores
+//! `Q·Kᵀ` (length x length), a softmax per row, then `P·V` written straight into
+//! the head's columns of the output. Shorter sequences (where a product's set-up
+//! costs more than its arithmetic) take direct vectorised loops. The
+//! 1/sqrt(head size) scale is already in the query weights.
 
 use gemmkit::{MatMut, MatRef, Parallelism};
+use pulp::{Simd, WithSimd};
 
-use super::ops::softmax_rows;
+use super::ops::{softmax, softmax_rows, LANES};
+
+/// Sequences at least this long use gemmkit's products.
+const GEMM_FROM: usize = 48;
 
 /// Attention of the fused projections `qkv` (`tokens x 3·hidden`: queries, keys,
 /// values, each `heads x head_size`) into `out` (`tokens x hidden`), for the
@@ -24,6 +30,18 @@ pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: 
         }
         let seq = &qkv[start * stride..(start + len) * stride];
         let s = &mut scores[..len * len];
+        if len < GEMM_FROM {
+            let o = &mut out[start * hidden..(start + len) * hidden];
+            pulp::Arch::new().dispatch(Direct {
+                seq,
+                heads,
+                head_size,
+                scores: s,
+                out: o,
+            });
+            start += len;
+            continue;
+        }
         for h in 0..heads {
             let (q_at, k_at, v_at) = (
                 h * head_size,
@@ -40,7 +58,10 @@ pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: 
                 MatMut::from_row_major(s, len, len),
                 Parallelism::Serial,
             );
-            softmax_rows(s, len);
+            {
+                let _span = tracing::trace_span!("softmax").entered();
+                softmax_rows(s, len);
+            }
             // out[head columns] = P (len x len) · V (len x d).
             let o = &mut out[start * hidden + h * head_size..(start + len) * hidden];
             gemmkit::gemm(
@@ -56,6 +77,74 @@ pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: 
     }
 }
 
+/// Attention of one short sequence, every head, by direct loops.
+struct Direct<'a> {
+    seq: &'a [f32],
+    heads: usize,
+    head_size: usize,
+    scores: &'a mut [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Direct<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Direct {
+            seq,
+            heads,
+            head_size,
+            scores,
+            out,
+        } = self;
+        let hidden = heads * head_size;
+        let stride = 3 * hidden;
+        let len = seq.len() / stride;
+        let p = &mut scores[..len];
+        for h in 0..heads {
+            let (q_at, k_at, v_at) = (
+                h * head_size,
+                hidden + h * head_size,
+                2 * hidden + h * head_size,
+            );
+            for (i, row) in seq.chunks_exact(stride).enumerate() {
+                let q = &row[q_at..q_at + head_size];
+                for (pj, krow) in p.iter_mut().zip(seq.chunks_exact(stride)) {
+                    *pj = dot(q, &krow[k_at..k_at + head_size]);
+                }
+                softmax(p);
+                let o = &mut out[i * hidden + h * head_size..i * hidden + (h + 1) * head_size];
+                o.fill(0.0);
+                for (&pj, vrow) in p.iter().zip(seq.chunks_exact(stride)) {
+                    for (a, v) in o.iter_mut().zip(&vrow[v_at..v_at + head_size]) {
+                        *a = pj.mul_add(*v, *a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with [`LANES`] partial sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,7 +153,7 @@ mod tests {
     fn matches_a_direct_computation_per_sequence() {
         let (heads, d) = (3, 8);
         let hidden = heads * d;
-        let lens = [5usize, 1, 19];
+        let lens = [5usize, 1, 19, GEMM_FROM + 3];
         let tokens: usize = lens.iter().sum();
         let qkv: Vec<f32> = (0..tokens * 3 * hidden)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
