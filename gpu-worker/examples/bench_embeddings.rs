@@ -138,9 +138,9 @@ fn model_only(embedder: &Embedder, seqs: &[Vec<u32>], config: &BatchConfig, roun
 
 async fn bench(device_choice: DeviceChoice, model_threads: usize, precision: Precision) {
     let args: Vec<String> = std::env::args().collect();
-    let model = args
-        .get(1)
-        .expect("usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only] [--vectors]");
+    let model = args.get(1).expect(
+        "usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only] [--vectors]",
+    );
     let model = std::path::Path::new(model);
     let workloads: BTreeMap<String, Workload> =
         serde_json::from_slice(&std::fs::read(args.get(2).expect("WORKLOADS_JSON")).unwrap())

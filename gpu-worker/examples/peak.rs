@@ -41,9 +41,7 @@ impl WithSimd for FmaLoop {
                 *x = simd.mul_add_e_f32s(*x, a, b);
             }
         }
-        let total = acc
-            .iter()
-            .fold(0.0, |t, &x| t + simd.reduce_sum_f32s(x));
+        let total = acc.iter().fold(0.0, |t, &x| t + simd.reduce_sum_f32s(x));
         let flops = 2.0 * (lanes * ACCUMULATORS * self.iterations) as f64;
         (flops, total)
     }
@@ -130,7 +128,12 @@ fn main() {
         .map_or(2, |n| n.parse().unwrap());
     let arch = pulp::Arch::new();
     println!("{arch:?}; GFLOP/s (int8: GOP/s), best of 5, summed over threads");
-    println!("{:<26} {:>10} {:>12}", "kernel", "1 thread", format!("{threads} threads"));
+    println!(
+        "{:<26} {:>10} {:>12}",
+        "kernel",
+        "1 thread",
+        format!("{threads} threads")
+    );
     let fma = || {
         let (flops, keep) = arch.dispatch(FmaLoop {
             iterations: 50_000_000,

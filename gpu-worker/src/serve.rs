@@ -132,15 +132,14 @@ pub async fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
     let mut state = None;
     if let Some(uri) = &config.model {
         let dir = resolve(&ModelSource::parse(uri)?, &config.cache_dir).await?;
-        let (engine, handles) =
-            load_embeddings(
-                dir,
-                device.clone(),
-                config.batch,
-                config.precision,
-                metrics.clone(),
-            )
-            .await?;
+        let (engine, handles) = load_embeddings(
+            dir,
+            device.clone(),
+            config.batch,
+            config.precision,
+            metrics.clone(),
+        )
+        .await?;
         threads.extend(handles);
         state = Some(AppState::embeddings(
             engine,
@@ -186,8 +185,8 @@ async fn load_embeddings(
     let (engine, handles) = tokio::task::spawn_blocking(move || {
         Engine::load_at(&dir, &device, batch, precision, metrics)
     })
-            .await
-            .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
+    .await
+    .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
     if let Err(e) = engine
         .embed(vec![crate::RawInput::Text("warm up".into())], false)
         .await

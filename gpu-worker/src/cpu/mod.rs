@@ -2,10 +2,8 @@
 //! dense layers on gemmkit (see [`dense`]), attention per sequence
 //! ([`attention`]), and fused, vectorised element-wise work ([`ops`]).
 //!
-//! The worker serves the f32 encoder. The bf16 and int8 encoders are built and
-//! unit-tested here, but not served: they are to become versions of the model
-//! behind a validation gate (vectors and retrieval against the f32 version) that
-//! does not exist yet.
+//! `gpu-worker serve --precision f32|bf16|int8` picks the encoder's precision;
+//! each reduced one is meant to be registered as its own version of the model.
 
 pub mod attention;
 pub mod dense;

@@ -39,7 +39,9 @@ fn max(xs: &[f32]) -> f32 {
             *a = if x > *a { x } else { *a };
         }
     }
-    acc.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+    acc.iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 /// Sum of squared deviations from `mean`, as [`sum`].
