@@ -14,9 +14,11 @@
 //! vectors), so what the engine adds shows as the difference.
 //!
 //! env: TENANTAI_DEVICE (cpu, cuda:N; default cpu), TENANTAI_MODEL_THREADS (default:
-//!      as `gpu-worker serve`), TENANTAI_TF32 (true: TF32 matmuls on a GPU)
+//!      as `gpu-worker serve`), TENANTAI_TF32 (true: TF32 matmuls on a GPU),
+//!      TENANTAI_PRECISION (f32, bf16, int8; default f32). With `--vectors` each
+//!      workload's entry also holds the vectors of its last round.
 //!
-//! usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only]
+//! usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only] [--vectors]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool: failing loudly is right
 
 use std::cell::RefCell;
@@ -26,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gpu_worker::batcher::BatchConfig;
+use gpu_worker::cpu::Precision;
 use gpu_worker::device::{allow_tf32, configure_cpu_threads, DeviceChoice};
 use gpu_worker::grouping::plan_groups;
 use gpu_worker::metrics::Metrics;
@@ -103,7 +106,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(bench(device, model_threads));
+    let precision: Precision = env_or("TENANTAI_PRECISION", Precision::F32);
+    runtime.block_on(bench(device, model_threads, precision));
 }
 
 /// The model alone over the forward passes the engine would plan: seconds per round.
@@ -132,17 +136,18 @@ fn model_only(embedder: &Embedder, seqs: &[Vec<u32>], config: &BatchConfig, roun
     median(times)
 }
 
-async fn bench(device_choice: DeviceChoice, model_threads: usize) {
+async fn bench(device_choice: DeviceChoice, model_threads: usize, precision: Precision) {
     let args: Vec<String> = std::env::args().collect();
-    let model = args
-        .get(1)
-        .expect("usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only]");
+    let model = args.get(1).expect(
+        "usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only] [--vectors]",
+    );
     let model = std::path::Path::new(model);
     let workloads: BTreeMap<String, Workload> =
         serde_json::from_slice(&std::fs::read(args.get(2).expect("WORKLOADS_JSON")).unwrap())
             .unwrap();
     let profile = args.iter().any(|a| a == "--profile");
     let model_only_too = args.iter().any(|a| a == "--model-only");
+    let with_vectors = args.iter().any(|a| a == "--vectors");
     let spans = Profile::default();
     if profile {
         // Before the model loads: candle's spans are created (enabled or not) at load.
@@ -151,7 +156,7 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize) {
     }
     let device = device_choice.open().unwrap();
     let embedder = model_only_too.then(|| {
-        gpu_worker::model::load(model, &device, 1)
+        gpu_worker::model::load_at(model, &device, 1, precision)
             .unwrap()
             .1
             .remove(0)
@@ -172,7 +177,8 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize) {
             ..defaults
         };
         let metrics = Arc::new(Metrics::default());
-        let (engine, threads) = Engine::load(model, &device, config, metrics.clone()).unwrap();
+        let (engine, threads) =
+            Engine::load_at(model, &device, config, precision, metrics.clone()).unwrap();
         let texts = &workload.texts;
         let rounds = workload.rounds.max(1);
         let inputs: Vec<RawInput> = texts.iter().cloned().map(RawInput::Text).collect();
@@ -185,11 +191,13 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize) {
         );
         let mut rates = Vec::new();
         let mut elapsed = Duration::ZERO;
+        let mut last = Vec::new();
         for _ in 0..rounds {
             let start = Instant::now();
             let out = engine.embed(inputs.clone(), false).await.unwrap();
             let took = start.elapsed();
             assert_eq!(out.vectors.len(), texts.len());
+            last = out.vectors;
             elapsed += took;
             rates.push(texts.len() as f64 / took.as_secs_f64());
         }
@@ -206,6 +214,7 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize) {
         let tokenize_s = start.elapsed().as_secs_f64();
         let mut entry = json!({
             "device": engine.device(),
+            "precision": precision.as_str(),
             "model_threads": model_threads,
             "matmul_threads": candle_core::utils::get_num_threads(),
             "max_batch_size": config.max_batch_size,
@@ -220,6 +229,9 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize) {
             "forward_passes_per_round": passes as f64 / rounds as f64,
             "tokenize_seconds_per_round": tokenize_s,
         });
+        if with_vectors {
+            entry["vectors"] = json!(last);
+        }
         if profile {
             let map = spans.0.lock().unwrap();
             let per_round: serde_json::Map<String, Value> = map

@@ -1,9 +1,11 @@
 //! Dynamic batching. Requests put their inputs (already tokenised) on one bounded
-//! queue; dedicated model threads take what is waiting, sort it by length, split
-//! it into forward passes bounded by `max_batch_tokens` (padded) and
-//! `max_batch_size`, and sends every input its own vector. A full queue refuses a
-//! request whole (503 + Retry-After); a forward pass that fails is retried input by
-//! input, so one bad input fails only its own request.
+//! queue; dedicated model threads take what is waiting, sort it by length, split it
+//! into forward passes bounded by `max_batch_tokens` and `max_batch_size`, and send
+//! every input its own vector. A model that pads its inputs is planned against padding
+//! ([`plan_groups`]); one that packs them end to end, into passes of equal cost
+//! ([`plan_packed`]). A full queue refuses a request whole (503 + Retry-After); a
+//! forward pass that fails is retried input by input, so one bad input fails only
+//! its own request.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,18 +17,28 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::error::EmbedError;
-use crate::grouping::{plan_groups, split_for_workers};
+use crate::grouping::{plan_groups, plan_packed, split_for_workers};
 use crate::metrics::Metrics;
 use crate::model::Embedder;
 
-/// The model side of the batcher: one padded forward pass over token sequences.
+/// The model side of the batcher: one forward pass over token sequences.
 pub trait Forward: Send + 'static {
     fn forward(&mut self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, String>;
+
+    /// Whether a pass lays its inputs end to end (no padding), so that grouping
+    /// need not weigh padding.
+    fn packs_tokens(&self) -> bool {
+        false
+    }
 }
 
 impl Forward for Embedder {
     fn forward(&mut self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
-        self.embed(seqs).map_err(|e| e.to_string())
+        self.embed(seqs)
+    }
+
+    fn packs_tokens(&self) -> bool {
+        Embedder::packs_tokens(self)
     }
 }
 
@@ -36,7 +48,8 @@ pub struct BatchConfig {
     /// Model threads, each with its own copy of the model, taking forward passes
     /// from the same queue (on a CPU: one per core, each single-threaded).
     pub model_threads: usize,
-    /// Most padded tokens (inputs x longest input) in one forward pass.
+    /// Most tokens in one forward pass (padded ones included when the model pads:
+    /// inputs x longest input).
     pub max_batch_tokens: usize,
     /// Most inputs in one forward pass.
     pub max_batch_size: usize,
@@ -202,16 +215,17 @@ impl Batcher {
     }
 
     fn run<F: Forward>(self, mut model: F) {
-        while let Some(group) = self.next_group() {
+        let packed = model.packs_tokens();
+        while let Some(group) = self.next_group(packed) {
             self.run_group(&mut model, group);
         }
         tracing::info!("model thread stopped");
     }
 
     /// Waits for work and returns the next forward pass; `None` once shut down and
-    /// drained. When nothing is planned, takes a window of the queue (oldest first),
-    /// sorts it by length and plans its forward passes.
-    fn next_group(&self) -> Option<Vec<Job>> {
+    /// drained. When nothing is planned, takes a window of the queue (oldest first)
+    /// and plans its forward passes.
+    fn next_group(&self, packed: bool) -> Option<Vec<Job>> {
         let mut state = self.shared.lock();
         loop {
             if let Some(group) = state.planned.pop_front() {
@@ -223,17 +237,7 @@ impl Batcher {
             }
             if !state.queue.is_empty() {
                 let window = self.take_window(&mut state);
-                let lengths: Vec<usize> = window.iter().map(|j| j.ids.len()).collect();
-                let groups = plan_groups(
-                    &lengths,
-                    self.config.max_batch_tokens,
-                    self.config.max_batch_size,
-                    self.config.pass_overhead_tokens,
-                );
-                let groups = split_for_workers(groups, &lengths, self.config.model_threads);
-                let mut slots: Vec<Option<Job>> = window.into_iter().map(Some).collect();
-                for group in groups {
-                    let jobs: Vec<Job> = group.iter().filter_map(|&i| slots[i].take()).collect();
+                for jobs in self.plan(window, packed) {
                     state.planned.push_back(jobs);
                 }
                 continue;
@@ -247,6 +251,27 @@ impl Batcher {
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Splits a window of jobs into forward passes.
+    fn plan(&self, jobs: Vec<Job>, packed: bool) -> Vec<Vec<Job>> {
+        let lengths: Vec<usize> = jobs.iter().map(|j| j.ids.len()).collect();
+        let (tokens, size, workers) = (
+            self.config.max_batch_tokens,
+            self.config.max_batch_size,
+            self.config.model_threads,
+        );
+        let groups = if packed {
+            plan_packed(&lengths, tokens, size, workers)
+        } else {
+            let groups = plan_groups(&lengths, tokens, size, self.config.pass_overhead_tokens);
+            split_for_workers(groups, &lengths, workers)
+        };
+        let mut slots: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+        groups
+            .iter()
+            .map(|group| group.iter().filter_map(|&i| slots[i].take()).collect())
+            .collect()
     }
 
     fn take_window(&self, state: &mut State) -> Vec<Job> {
@@ -267,6 +292,7 @@ impl Batcher {
     }
 
     fn run_group<F: Forward>(&self, model: &mut F, jobs: Vec<Job>) {
+        let packed = model.packs_tokens();
         // Inputs whose caller went away are not computed.
         let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if jobs.is_empty() {
@@ -278,7 +304,7 @@ impl Batcher {
                 .queue_wait
                 .observe(start.duration_since(job.enqueued).as_secs_f64());
         }
-        match self.forward(model, &jobs) {
+        match self.forward(model, &jobs, packed) {
             Ok(vectors) => {
                 for (job, vector) in jobs.into_iter().zip(vectors) {
                     let _ = job.reply.send(Ok(vector));
@@ -300,7 +326,12 @@ impl Batcher {
         }
     }
 
-    fn forward<F: Forward>(&self, model: &mut F, jobs: &[Job]) -> Result<Vec<Vec<f32>>, String> {
+    fn forward<F: Forward>(
+        &self,
+        model: &mut F,
+        jobs: &[Job],
+        packed: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let seqs: Vec<&[u32]> = jobs.iter().map(|j| j.ids.as_slice()).collect();
         let start = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| model.forward(&seqs)))
@@ -313,7 +344,11 @@ impl Batcher {
             ));
         }
         let tokens: usize = seqs.iter().map(|s| s.len()).sum();
-        let padded = seqs.len() * seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let padded = if packed {
+            tokens
+        } else {
+            seqs.len() * seqs.iter().map(|s| s.len()).max().unwrap_or(0)
+        };
         self.metrics
             .record_batch(seqs.len(), tokens, padded, start.elapsed().as_secs_f64());
         Ok(result)

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use candle_core::Device;
 
 use crate::batcher::{BatchConfig, Batcher};
+use crate::cpu::Precision;
 use crate::error::{ArtifactError, EmbedError};
 use crate::metrics::Metrics;
 use crate::model::{self, ModelInfo};
@@ -47,7 +48,18 @@ impl Engine {
         config: BatchConfig,
         metrics: Arc<Metrics>,
     ) -> Result<(Engine, Vec<JoinHandle<()>>), ArtifactError> {
-        let (encoder, embedders) = model::load(dir, device, config.model_threads)?;
+        Self::load_at(dir, device, config, Precision::F32, metrics)
+    }
+
+    /// [`Engine::load`] at a precision of the dense layers (bf16 and int8: CPU only).
+    pub fn load_at(
+        dir: &Path,
+        device: &Device,
+        config: BatchConfig,
+        precision: Precision,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Engine, Vec<JoinHandle<()>>), ArtifactError> {
+        let (encoder, embedders) = model::load_at(dir, device, config.model_threads, precision)?;
         let Some(info) = embedders.first().map(|e| e.info.clone()) else {
             return Err(ArtifactError::BadFile {
                 file: "model_threads".into(),

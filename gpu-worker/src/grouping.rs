@@ -1,6 +1,8 @@
 //! Splitting a window of waiting inputs into forward passes. Inputs are sorted by
-//! length and cut into consecutive groups that minimise an estimated cost, so short
-//! inputs are not padded to the length of long ones.
+//! length and cut into consecutive groups: for a model that pads, groups that
+//! minimise an estimated cost, so short inputs are not padded to the length of long
+//! ones ([`plan_groups`]); for one that packs inputs end to end, groups of about
+//! equal cost, at least one per model thread ([`plan_packed`]).
 
 /// Estimated fixed cost of one forward pass on a CPU, in token-equivalents
 /// (small-matrix inefficiency). On a GPU a pass costs its kernel launches, worth far
@@ -62,6 +64,60 @@ pub fn plan_groups(
         end = start;
     }
     groups.reverse();
+    groups
+}
+
+/// The cost of one input in a packed pass: its tokens, plus attention's share.
+fn packed_cost(len: usize) -> usize {
+    len + len * len / ATTENTION_SCALE
+}
+
+/// Groups `lengths` (by index) for a model that packs its inputs (no padding):
+/// sorted by length, cut into the fewest groups that keep each within `max_tokens`
+/// real tokens and `max_size` inputs, but at least `workers` (so every model thread
+/// gets a share of one big request), of about equal cost each. Every index appears
+/// exactly once; a single input always fits on its own; groups come shortest first.
+pub fn plan_packed(
+    lengths: &[usize],
+    max_tokens: usize,
+    max_size: usize,
+    workers: usize,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let n = order.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (max_tokens, max_size) = (max_tokens.max(1), max_size.max(1));
+    let tokens: usize = lengths.iter().sum();
+    let count = tokens
+        .div_ceil(max_tokens)
+        .max(n.div_ceil(max_size))
+        .max(workers.min(n))
+        .max(1);
+    let total: usize = lengths.iter().map(|&l| packed_cost(l)).sum();
+    let share = (total as f64 / count as f64).max(1.0);
+    let mut groups: Vec<Vec<usize>> = Vec::with_capacity(count);
+    let (mut done, mut group_tokens, mut target) = (0usize, 0usize, 0usize);
+    for i in order {
+        let (len, cost) = (lengths[i], packed_cost(lengths[i]));
+        // The group this input's midpoint falls in, by cumulative cost.
+        let wanted = (((done as f64 + cost as f64 / 2.0) / share) as usize).min(count - 1);
+        let full = groups
+            .last()
+            .is_some_and(|g| g.len() >= max_size || group_tokens + len > max_tokens);
+        if groups.is_empty() || wanted > target || full {
+            groups.push(Vec::new());
+            group_tokens = 0;
+            target = target.max(wanted);
+        }
+        if let Some(group) = groups.last_mut() {
+            group.push(i);
+        }
+        group_tokens += len;
+        done += cost;
+    }
     groups
 }
 
@@ -147,6 +203,30 @@ mod tests {
         );
         let single = split_for_workers(plan_groups(&[4], 16384, 256, CPU_PASS_OVERHEAD), &[4], 4);
         assert_eq!(single, vec![vec![0]]);
+    }
+
+    #[test]
+    fn packed_groups_balance_cost_over_workers_within_the_limits() {
+        let lengths: Vec<usize> = (0..128).map(|i| 3 + i * 247 / 127).collect();
+        let groups = plan_packed(&lengths, 16384, 256, 2);
+        assert_eq!(groups.len(), 2);
+        let cost = |g: &Vec<usize>| g.iter().map(|&i| packed_cost(lengths[i])).sum::<usize>();
+        let (a, b) = (cost(&groups[0]), cost(&groups[1]));
+        assert!(a.abs_diff(b) <= packed_cost(250), "{a} vs {b}");
+        // Short inputs: one group per worker, none per input.
+        assert_eq!(plan_packed(&[15; 64], 16384, 256, 2).len(), 2);
+        for (max_tokens, max_size) in [(1000, 256), (100, 7), (1, 1)] {
+            let groups = plan_packed(&lengths, max_tokens, max_size, 2);
+            let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+            for g in &groups {
+                let tokens: usize = g.iter().map(|&i| lengths[i]).sum();
+                assert!(g.len() <= max_size && (g.len() == 1 || tokens <= max_tokens));
+            }
+        }
+        assert!(plan_packed(&[], 100, 4, 2).is_empty());
+        assert_eq!(plan_packed(&[5], 100, 4, 2), vec![vec![0]]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod batcher;
 pub mod bert;
 pub mod chat;
+pub mod cpu;
 pub mod device;
 pub mod engine;
 pub mod error;

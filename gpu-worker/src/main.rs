@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpu_worker::batcher::BatchConfig;
 use gpu_worker::chat::{ChatConfig, SchedulerConfig};
+use gpu_worker::cpu::Precision;
 use gpu_worker::device::{allow_tf32, configure_cpu_threads, DeviceChoice};
 use gpu_worker::http::Limits;
 use gpu_worker::serve::{run, ServeConfig};
@@ -118,6 +119,12 @@ struct ServeArgs {
     /// Device: auto, cpu or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, env = "TENANTAI_DEVICE", default_value = "auto")]
     device: DeviceChoice,
+    /// The embedding model's dense layers: f32 (the checkpoint), bf16 (bf16 inputs
+    /// and weights, f32 accumulation) or int8 (per-channel int8 weights, per-token
+    /// dynamic int8 activations). bf16 and int8 run on a CPU only; each is meant to
+    /// be registered as its own version of the model.
+    #[arg(long, env = "TENANTAI_PRECISION", default_value = "f32")]
+    precision: Precision,
     /// On a GPU, run f32 matmuls in TF32 on the tensor cores (faster; vectors move
     /// by about 1e-4 in cosine).
     #[arg(long, env = "TENANTAI_TF32")]
@@ -126,7 +133,8 @@ struct ServeArgs {
     /// CPU, one on a GPU). With several on a CPU, RAYON_NUM_THREADS defaults to 1.
     #[arg(long, env = "TENANTAI_MODEL_THREADS", default_value_t = 0)]
     model_threads: usize,
-    /// Most padded tokens (inputs x longest input) in one forward pass.
+    /// Most tokens in one forward pass (on a GPU, padded ones included: inputs x
+    /// longest input).
     #[arg(long, env = "TENANTAI_MAX_BATCH_TOKENS", default_value_t = 16384)]
     max_batch_tokens: usize,
     /// Most inputs in one forward pass.
@@ -226,6 +234,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             default_max_tokens: args.chat_default_max_tokens,
         },
         device: args.device,
+        precision: args.precision,
         batch: BatchConfig {
             model_threads,
             max_batch_tokens: args.max_batch_tokens,

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::artifacts::{resolve, ModelSource};
 use crate::batcher::BatchConfig;
 use crate::chat::{ChatConfig, ChatEngine};
+use crate::cpu::Precision;
 use crate::device::DeviceChoice;
 use crate::engine::Engine;
 use crate::http::{router, AppState, Limits};
@@ -28,6 +29,8 @@ pub struct ServeConfig {
     pub chat_model_id: String,
     pub chat: ChatConfig,
     pub device: DeviceChoice,
+    /// The embedding model's dense-layer precision (bf16 and int8: CPU only).
+    pub precision: Precision,
     pub batch: BatchConfig,
     pub limits: Limits,
 }
@@ -101,6 +104,7 @@ pub async fn bind(config: &ServeConfig) -> Result<TcpListener, ServeError> {
         max_batch_tokens = config.batch.max_batch_tokens,
         max_queue = config.batch.max_queue,
         model_threads = config.batch.model_threads,
+        precision = %config.precision,
         chat_kv_budget_tokens = config.chat.scheduler.kv_budget_tokens,
         chat_max_running = config.chat.scheduler.max_running,
         "gpu-worker listening"
@@ -128,8 +132,14 @@ pub async fn load(config: &ServeConfig) -> Result<Loaded, ServeError> {
     let mut state = None;
     if let Some(uri) = &config.model {
         let dir = resolve(&ModelSource::parse(uri)?, &config.cache_dir).await?;
-        let (engine, handles) =
-            load_embeddings(dir, device.clone(), config.batch, metrics.clone()).await?;
+        let (engine, handles) = load_embeddings(
+            dir,
+            device.clone(),
+            config.batch,
+            config.precision,
+            metrics.clone(),
+        )
+        .await?;
         threads.extend(handles);
         state = Some(AppState::embeddings(
             engine,
@@ -169,12 +179,14 @@ async fn load_embeddings(
     dir: PathBuf,
     device: candle_core::Device,
     batch: BatchConfig,
+    precision: Precision,
     metrics: Arc<Metrics>,
 ) -> Result<(Engine, Vec<std::thread::JoinHandle<()>>), ServeError> {
-    let (engine, handles) =
-        tokio::task::spawn_blocking(move || Engine::load(&dir, &device, batch, metrics))
-            .await
-            .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
+    let (engine, handles) = tokio::task::spawn_blocking(move || {
+        Engine::load_at(&dir, &device, batch, precision, metrics)
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("model loading failed: {e}")))??;
     if let Err(e) = engine
         .embed(vec![crate::RawInput::Text("warm up".into())], false)
         .await

@@ -7,6 +7,7 @@ mod error;
 mod openai;
 mod sagemaker;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -209,6 +210,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         json!({
             "model": &*state.model_id,
             "device": engine.device(),
+            "precision": info.precision.as_str(),
             "dimension": info.dimension,
             "max_seq_length": info.max_seq_length,
             "max_batch_tokens": batch.max_batch_tokens,
@@ -248,6 +250,14 @@ fn flatten_embeddings(body: &mut serde_json::Value) {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state.metrics.render();
+    if let Some(engine) = &state.engine {
+        let _ = writeln!(
+            text,
+            "# HELP tenantai_worker_embeddings_model_info The embedding model served and its precision.\n# TYPE tenantai_worker_embeddings_model_info gauge\ntenantai_worker_embeddings_model_info{{model=\"{}\",precision=\"{}\"}} 1",
+            label_value(&state.model_id),
+            engine.info().precision
+        );
+    }
     if let Some(chat) = &state.chat {
         chat.metrics().render(&mut text);
     }
@@ -257,6 +267,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// A Prometheus label value: backslashes, quotes and newlines escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -1,0 +1,192 @@
+//! Self-attention over packed tokens, one sequence at a time: no padding, no mask.
+//!
+//! For each sequence and head of at least [`GEMM_FROM`] tokens, two matrix products
+//! on gemmkit over strided views of the fused projections (no copies): the scores
+//! `Q·Kᵀ` (length x length), a softmax per row, then `P·V` written straight into
+//! the head's columns of the output. Shorter sequences (where a product's set-up
+//! costs more than its arithmetic) take direct vectorised loops. The
+//! 1/sqrt(head size) scale is already in the query weights.
+
+use gemmkit::{MatMut, MatRef, Parallelism};
+use pulp::{Simd, WithSimd};
+
+use super::ops::{softmax, softmax_rows, LANES};
+
+/// Sequences at least this long use gemmkit's products.
+const GEMM_FROM: usize = 48;
+
+/// Attention of the fused projections `qkv` (`tokens x 3·hidden`: queries, keys,
+/// values, each `heads x head_size`) into `out` (`tokens x hidden`), for the
+/// sequences whose lengths are `lens` (packed one after the other).
+pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: &mut [f32]) {
+    let hidden = heads * head_size;
+    let stride = 3 * hidden;
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let mut scores = vec![0f32; longest * longest];
+    let mut start = 0;
+    for &len in lens {
+        if len == 0 {
+            continue;
+        }
+        let seq = &qkv[start * stride..(start + len) * stride];
+        let s = &mut scores[..len * len];
+        if len < GEMM_FROM {
+            let o = &mut out[start * hidden..(start + len) * hidden];
+            pulp::Arch::new().dispatch(Direct {
+                seq,
+                heads,
+                head_size,
+                scores: s,
+                out: o,
+            });
+            start += len;
+            continue;
+        }
+        for h in 0..heads {
+            let (q_at, k_at, v_at) = (
+                h * head_size,
+                hidden + h * head_size,
+                2 * hidden + h * head_size,
+            );
+            let rows = |at: usize| &seq[at..];
+            // scores = Q (len x d, row stride 3·hidden) · Kᵀ (d x len).
+            gemmkit::gemm(
+                1.0,
+                MatRef::new(rows(q_at), len, head_size, stride as isize, 1),
+                MatRef::new(rows(k_at), head_size, len, 1, stride as isize),
+                0.0,
+                MatMut::from_row_major(s, len, len),
+                Parallelism::Serial,
+            );
+            {
+                let _span = tracing::trace_span!("softmax").entered();
+                softmax_rows(s, len);
+            }
+            // out[head columns] = P (len x len) · V (len x d).
+            let o = &mut out[start * hidden + h * head_size..(start + len) * hidden];
+            gemmkit::gemm(
+                1.0,
+                MatRef::from_row_major(s, len, len),
+                MatRef::new(rows(v_at), len, head_size, stride as isize, 1),
+                0.0,
+                MatMut::new(o, len, head_size, hidden as isize, 1),
+                Parallelism::Serial,
+            );
+        }
+        start += len;
+    }
+}
+
+/// Attention of one short sequence, every head, by direct loops.
+struct Direct<'a> {
+    seq: &'a [f32],
+    heads: usize,
+    head_size: usize,
+    scores: &'a mut [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Direct<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Direct {
+            seq,
+            heads,
+            head_size,
+            scores,
+            out,
+        } = self;
+        let hidden = heads * head_size;
+        let stride = 3 * hidden;
+        let len = seq.len() / stride;
+        let p = &mut scores[..len];
+        for h in 0..heads {
+            let (q_at, k_at, v_at) = (
+                h * head_size,
+                hidden + h * head_size,
+                2 * hidden + h * head_size,
+            );
+            for (i, row) in seq.chunks_exact(stride).enumerate() {
+                let q = &row[q_at..q_at + head_size];
+                for (pj, krow) in p.iter_mut().zip(seq.chunks_exact(stride)) {
+                    *pj = dot(q, &krow[k_at..k_at + head_size]);
+                }
+                softmax(p);
+                let o = &mut out[i * hidden + h * head_size..i * hidden + (h + 1) * head_size];
+                o.fill(0.0);
+                for (&pj, vrow) in p.iter().zip(seq.chunks_exact(stride)) {
+                    for (a, v) in o.iter_mut().zip(&vrow[v_at..v_at + head_size]) {
+                        *a = pj.mul_add(*v, *a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with [`LANES`] partial sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_direct_computation_per_sequence() {
+        let (heads, d) = (3, 8);
+        let hidden = heads * d;
+        let lens = [5usize, 1, 19, GEMM_FROM + 3];
+        let tokens: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..tokens * 3 * hidden)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let mut got = vec![0f32; tokens * hidden];
+        attend(&qkv, &lens, heads, d, &mut got);
+        let at = |t: usize, part: usize, h: usize, c: usize| {
+            qkv[t * 3 * hidden + part * hidden + h * d + c] as f64
+        };
+        let mut start = 0;
+        for &len in &lens {
+            for h in 0..heads {
+                for i in 0..len {
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| at(start + i, 0, h, c) * at(start + j, 1, h, c))
+                                .sum()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..len)
+                            .map(|j| e[j] / total * at(start + j, 2, h, c))
+                            .sum();
+                        let g = got[(start + i) * hidden + h * d + c] as f64;
+                        assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+                    }
+                }
+            }
+            start += len;
+        }
+    }
+}
