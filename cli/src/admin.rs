@@ -496,8 +496,8 @@ pub enum ModelCmd {
         version: String,
         /// Base URL of the worker serving it; SageMaker endpoint name; an
         /// upstream's base URL (ending in /v1). (`--endpoint` is the instance's URL.)
-        #[arg(long = "backend-endpoint")]
-        endpoint: String,
+        #[arg(long)]
+        backend_endpoint: String,
         /// embedding or chat.
         #[arg(long, default_value = "embedding")]
         kind: String,
@@ -580,7 +580,7 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
         ModelCmd::Register {
             model,
             version,
-            endpoint,
+            backend_endpoint,
             kind,
             backend,
             price_micros,
@@ -599,7 +599,7 @@ pub async fn models(cmd: ModelCmd) -> anyhow::Result<()> {
             conn,
         } => {
             let body = json!({
-                "model": model, "version": version, "kind": kind, "backend": backend, "endpoint": endpoint,
+                "model": model, "version": version, "kind": kind, "backend": backend, "endpoint": backend_endpoint,
                 "price_per_1k_tokens_micros": price_micros,
                 "price_per_1k_completion_tokens_micros": completion_price_micros,
                 "context_length": context_length, "max_output_tokens": max_output_tokens,
