@@ -109,6 +109,34 @@ impl RateLimiter {
         jobs
     }
 
+    /// Runs background claims, each holding its lease's claim marker until it
+    /// ends; `bound` is the tickets' shard share or the tokens' limit.
+    fn spawn_claims(&self, jobs: Vec<Background>, kind: Kind, bound: u64) {
+        for job in jobs {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let failed = match kind {
+                    Kind::Tickets => me
+                        .claim_tickets(&job.key, job.window, bound, job.size, false)
+                        .await
+                        .err(),
+                    Kind::Tokens => me
+                        .claim_tokens(&job.key, job.window, job.size, 0, bound)
+                        .await
+                        .err(),
+                };
+                if let Some(Refusal::Store(e)) = failed {
+                    let what = match kind {
+                        Kind::Tickets => "tickets",
+                        Kind::Tokens => "tokens",
+                    };
+                    tracing::warn!(error = %e, what, "could not claim ahead");
+                }
+                drop(job.guard);
+            });
+        }
+    }
+
     /// A ticket within `share` on the shard counter `key` (`next`: the same
     /// shard's counter of the next window, when it is time to claim ahead).
     /// `None` when the share is used up.
@@ -151,17 +179,7 @@ impl RateLimiter {
             };
             match step {
                 Step::Done((ticket, jobs)) => {
-                    for job in jobs {
-                        let me = self.clone();
-                        tokio::spawn(async move {
-                            let got =
-                                me.claim_tickets(&job.key, job.window, share, job.size, false);
-                            if let Err(Refusal::Store(e)) = got.await {
-                                tracing::warn!(error = %e, "could not claim tickets ahead");
-                            }
-                            drop(job.guard);
-                        });
-                    }
+                    self.spawn_claims(jobs, Kind::Tickets, share);
                     return Ok(Some(ticket));
                 }
                 Step::Wait(wait) => wait.await,
@@ -257,16 +275,7 @@ impl RateLimiter {
             };
             match step {
                 Step::Done((left, jobs)) => {
-                    for job in jobs {
-                        let me = self.clone();
-                        tokio::spawn(async move {
-                            let got = me.claim_tokens(&job.key, job.window, job.size, 0, limit);
-                            if let Err(Refusal::Store(e)) = got.await {
-                                tracing::warn!(error = %e, "could not claim tokens ahead");
-                            }
-                            drop(job.guard);
-                        });
-                    }
+                    self.spawn_claims(jobs, Kind::Tokens, limit);
                     return Ok(Some(left));
                 }
                 Step::Wait(wait) => wait.await,
