@@ -288,8 +288,8 @@ impl LineCtx {
                 format!("model '{}' does not support choosing dimensions", req.model),
             ));
         }
-        let admitted = self.admit(custom_id, &req)?;
-        let served = pipeline::serve(&admitted, &req, CacheControl::NONE).await?;
+        let mut admitted = self.admit(custom_id, &req)?;
+        let served = pipeline::serve(&mut admitted, &req, CacheControl::NONE).await?;
         let tokens = req.tokens(&served.answer);
         let body = serde_json::to_value(response_body(
             &req.model,
@@ -311,8 +311,8 @@ impl LineCtx {
                 "A batch line cannot stream; leave out stream.",
             ));
         }
-        let admitted = self.admit(custom_id, &req)?;
-        let served = pipeline::serve(&admitted, &req, CacheControl::NONE).await?;
+        let mut admitted = self.admit(custom_id, &req)?;
+        let served = pipeline::serve(&mut admitted, &req, CacheControl::NONE).await?;
         let ChatAnswer::Whole(c) = served.answer else {
             return Err(ApiError::Internal(
                 "a backend streamed an answer asked whole".into(),

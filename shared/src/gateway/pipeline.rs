@@ -311,7 +311,7 @@ fn cache_key(tenant: &Tenant, version: &ModelVersion, hash: &str) -> String {
 /// the backend's own time. A backend that answers first wins, and its answer is
 /// served and billed as a miss.
 pub async fn serve<E: Endpoint>(
-    admitted: &Admitted,
+    admitted: &mut Admitted,
     req: &E,
     control: CacheControl,
 ) -> ApiResult<Served<E::Answer>> {
@@ -323,7 +323,10 @@ pub async fn serve<E: Endpoint>(
             .as_deref()
             .map(|h| cache_key(&admitted.tenant, &route.version, h));
         match attempt(admitted, req, &route.version, key, control, &mut backend_ms).await {
-            Attempt::Served(served) => return Ok(*served),
+            Attempt::Served(served) => {
+                admitted.marks.served = admitted.elapsed_ms();
+                return Ok(*served);
+            }
             Attempt::Rejected(e) => return Err(e),
             Attempt::CircuitOpen(wait) => retry_after = retry_after.max(wait),
             Attempt::Failed => {}

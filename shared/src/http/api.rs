@@ -109,8 +109,7 @@ pub async fn embeddings(
         ));
     }
     let mut admitted = pipeline::admit(&app, &ctx, who, &request_id, &req).await?;
-    let served = pipeline::serve(&admitted, &req, CacheControl::from_headers(&headers)).await?;
-    admitted.marks.served = admitted.elapsed_ms();
+    let served = pipeline::serve(&mut admitted, &req, CacheControl::from_headers(&headers)).await?;
     let tokens = req.tokens(&served.answer);
     let mut resp = Json(response_body(
         &req.model,

@@ -45,12 +45,11 @@ pub async fn chat_completions(
     let req = Arc::new(ChatRequest::parse(&bytes)?);
     let mut admitted = pipeline::admit(&app, &ctx, who, &request_id, req.as_ref()).await?;
     let served = pipeline::serve(
-        &admitted,
+        &mut admitted,
         req.as_ref(),
         CacheControl::from_headers(&headers),
     )
     .await?;
-    admitted.marks.served = admitted.elapsed_ms();
     let (upstream, whole) = match served.answer {
         ChatAnswer::Whole(c) if !req.stream => {
             let tokens = req.bounded(c.prompt_tokens, c.completion_tokens, Some(&served.version));
