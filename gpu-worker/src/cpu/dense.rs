@@ -1,24 +1,36 @@
 //! A dense layer `y = x·Wᵀ + b` over packed token rows, at one of three
-//! precisions, on gemmkit's runtime-dispatched kernels (AVX-512F for f32,
-//! AVX-512 BF16 dot products for bf16, AVX-512 VNNI for int8; never AMX).
+//! precisions, on the process's matmul library ([`super::matmul`]): oneMKL
+//! (AMX or AVX-512 BF16 for bf16, AMX or VNNI for int8) or gemmkit's
+//! runtime-dispatched kernels (AVX-512F, AVX-512 BF16 dot products, VNNI).
 //!
 //! - f32: the checkpoint's weights.
 //! - bf16: weights stored in bf16; each call rounds its input rows to bf16 and
-//!   accumulates in f32 (the output is rounded to bf16, as under PyTorch's bf16
-//!   autocast, then widened for the f32 element-wise work that follows).
+//!   accumulates in f32 (on gemmkit the output is rounded to bf16 too, as under
+//!   PyTorch's bf16 autocast; oneMKL writes it in f32).
 //! - int8: weights quantized symmetrically per output channel (one scale per row
-//!   of W) at load; each call quantizes its input symmetrically per token row
-//!   (dynamic quantization), multiplies in i8 with i32 accumulation, and scales
-//!   each product back by (token scale x channel scale).
+//!   of W) at load; each call quantizes its input per token row at run time
+//!   (dynamic quantization) and multiplies in 8 bits with i32 accumulation. On
+//!   oneMKL the rows are quantized asymmetrically to u8 (a scale and a zero point
+//!   per row, so a row's whole range [min, max] gets the 256 steps; GELU's
+//!   outputs are nearly all positive), on gemmkit symmetrically to i8.
 
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
+use half::slice::HalfFloatSliceExt;
+use tenantai_mkl::Mkl;
 
+use super::matmul::{self, Matmul};
 use super::Precision;
 
 enum Weights {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    /// `sums`: each output channel's sum of quantized weights, for the zero
+    /// points of asymmetric activations.
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        sums: Vec<i32>,
+    },
 }
 
 /// One dense layer's weights (`n` outputs x `k` inputs, row-major as in the
@@ -28,6 +40,7 @@ pub struct Dense {
     bias: Vec<f32>,
     n: usize,
     k: usize,
+    matmul: Matmul,
 }
 
 /// Symmetric int8 quantization of one row: the values over their scale
@@ -46,9 +59,46 @@ fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
     scale
 }
 
+/// Asymmetric u8 quantization of one row over [min(row, 0), max(row, 0)]:
+/// `x ≈ scale · (q − zero)`. Returns (scale, zero); a NaN scale for a row that
+/// is not finite, so the products say so instead of hiding it.
+fn quantize_row_u8(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (lo, hi, finite) = row.iter().fold((0f32, 0f32, true), |(lo, hi, finite), &x| {
+        (lo.min(x), hi.max(x), finite && x.is_finite())
+    });
+    if !finite {
+        out.fill(0);
+        return (f32::NAN, 0);
+    }
+    if hi == lo {
+        out.fill(0);
+        return (0.0, 0);
+    }
+    let scale = (hi - lo) / 255.0;
+    let inv = 1.0 / scale;
+    let zero = (-lo * inv).round();
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = (x * inv + zero).round().clamp(0.0, 255.0) as u8;
+    }
+    (scale, zero as i32)
+}
+
 impl Dense {
-    /// `weight` is `n x k` row-major (one row per output), `bias` has `n` values.
+    /// `weight` is `n x k` row-major (one row per output), `bias` has `n` values;
+    /// the products run on the process's matmul library.
     pub fn new(
+        precision: Precision,
+        weight: &[f32],
+        bias: &[f32],
+        n: usize,
+        k: usize,
+    ) -> Result<Dense, String> {
+        Dense::with_matmul(matmul::selected().clone(), precision, weight, bias, n, k)
+    }
+
+    /// As [`Dense::new`], on the given library.
+    pub fn with_matmul(
+        matmul: Matmul,
         precision: Precision,
         weight: &[f32],
         bias: &[f32],
@@ -73,7 +123,11 @@ impl Dense {
                     .zip(q.chunks_exact_mut(k))
                     .map(|(row, out)| quantize_row(row, out))
                     .collect();
-                Weights::Int8 { q, scales }
+                let sums = q
+                    .chunks_exact(k)
+                    .map(|row| row.iter().map(|&v| v as i32).sum())
+                    .collect();
+                Weights::Int8 { q, scales, sums }
             }
         };
         Ok(Dense {
@@ -81,6 +135,7 @@ impl Dense {
             bias: bias.to_vec(),
             n,
             k,
+            matmul,
         })
     }
 
@@ -100,11 +155,70 @@ impl Dense {
         if m == 0 {
             return;
         }
+        match &self.matmul {
+            Matmul::Mkl(mkl) => self.forward_mkl(mkl, x, m, out),
+            Matmul::Gemmkit => self.forward_gemmkit(x, m, out),
+        }
+    }
+
+    fn fill_bias(&self, out: &mut [f32]) {
+        for row in out.chunks_exact_mut(self.n) {
+            row.copy_from_slice(&self.bias);
+        }
+    }
+
+    fn forward_mkl(&self, mkl: &Mkl, x: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
         match &self.weights {
             Weights::F32(w) => {
-                for row in out.chunks_exact_mut(n) {
-                    row.copy_from_slice(&self.bias);
+                self.fill_bias(out);
+                mkl.f32_gemm(m, n, k, x, w, 1.0, out);
+            }
+            Weights::Bf16(w) => {
+                let mut xb = vec![bf16::ZERO; m * k];
+                xb.convert_from_f32_slice(x);
+                self.fill_bias(out);
+                mkl.bf16_gemm(
+                    m,
+                    n,
+                    k,
+                    xb.reinterpret_cast(),
+                    w.reinterpret_cast(),
+                    1.0,
+                    out,
+                );
+            }
+            Weights::Int8 { q, scales, sums } => {
+                let mut xq = vec![0u8; m * k];
+                let rows: Vec<(f32, i32)> = x
+                    .chunks_exact(k)
+                    .zip(xq.chunks_exact_mut(k))
+                    .map(|(row, out)| quantize_row_u8(row, out))
+                    .collect();
+                let mut c = vec![0i32; m * n];
+                mkl.u8s8_gemm(m, n, k, &xq, q, &mut c);
+                for ((orow, crow), &(rs, zero)) in
+                    out.chunks_exact_mut(n).zip(c.chunks_exact(n)).zip(&rows)
+                {
+                    let parts = orow
+                        .iter_mut()
+                        .zip(crow)
+                        .zip(&self.bias)
+                        .zip(scales)
+                        .zip(sums);
+                    for ((((o, &c), b), ws), &sum) in parts {
+                        *o = (c - zero * sum) as f32 * (rs * ws) + b;
+                    }
                 }
+            }
+        }
+    }
+
+    fn forward_gemmkit(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        match &self.weights {
+            Weights::F32(w) => {
+                self.fill_bias(out);
                 gemmkit::gemm(
                     1.0,
                     MatRef::from_row_major(x, m, k),
@@ -131,7 +245,7 @@ impl Dense {
                     }
                 }
             }
-            Weights::Int8 { q, scales } => {
+            Weights::Int8 { q, scales, .. } => {
                 let mut xq = vec![0i8; m * k];
                 let row_scales: Vec<f32> = x
                     .chunks_exact(k)
@@ -197,21 +311,40 @@ mod tests {
         let (w, b, x) = (values(n * k, 1), values(n, 2), values(m * k, 3));
         let want = reference(&w, &b, &x, m, n, k);
         // Relative to the spread of the products (~ sqrt(k)/12 here).
-        for (precision, tolerance) in [
-            (Precision::F32, 1e-5),
-            (Precision::Bf16, 3e-2),
-            (Precision::Int8, 3e-2),
-        ] {
-            let dense = Dense::new(precision, &w, &b, n, k).unwrap();
-            let mut got = vec![0f32; m * n];
-            dense.forward(&x, m, &mut got);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < tolerance, "{precision}: worst error {worst}");
+        for matmul in crate::cpu::matmul::for_tests() {
+            for (precision, tolerance) in [
+                (Precision::F32, 1e-5),
+                (Precision::Bf16, 3e-2),
+                (Precision::Int8, 3e-2),
+            ] {
+                let name = matmul.name();
+                let dense = Dense::with_matmul(matmul.clone(), precision, &w, &b, n, k).unwrap();
+                let mut got = vec![0f32; m * n];
+                dense.forward(&x, m, &mut got);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < tolerance, "{name} {precision}: worst error {worst}");
+            }
         }
+    }
+
+    #[test]
+    fn asymmetric_rows_round_trip_within_half_a_step() {
+        let row: Vec<f32> = (0..200).map(|i| i as f32 * 0.05 - 0.17).collect();
+        let mut q = vec![0u8; row.len()];
+        let (scale, zero) = quantize_row_u8(&row, &mut q);
+        assert!((scale - (row[199] - row[0]) / 255.0).abs() < 1e-6);
+        for (&x, &q) in row.iter().zip(&q) {
+            let back = scale * (q as i32 - zero) as f32;
+            assert!((back - x).abs() <= 0.5 * scale + 1e-6, "{x} -> {back}");
+        }
+        let mut q = vec![9u8; 3];
+        assert_eq!(quantize_row_u8(&[0.0; 3], &mut q), (0.0, 0));
+        assert_eq!(q, [0, 0, 0]);
+        assert!(quantize_row_u8(&[1.0, f32::NAN, 2.0], &mut q).0.is_nan());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod dense;
 pub mod encoder;
+pub mod matmul;
 pub mod ops;
 
 use std::str::FromStr;

@@ -1,0 +1,441 @@
+//! Intel oneMKL's GEMMs for the CPU encoder, opened at run time.
+//!
+//! `libmkl_rt` (from PyPI's `mkl` wheel; `scripts/lib/mkl.sh` installs it) is
+//! opened with `dlopen`, its sequential threading layer selected (each model
+//! thread runs its own products), and three products are offered, each with
+//! the weights as the second, transposed operand (`C = A · Bᵀ`, row-major):
+//!
+//! - [`Mkl::f32_gemm`]: `cblas_sgemm`;
+//! - [`Mkl::bf16_gemm`]: `cblas_gemm_bf16bf16f32` (bf16 inputs, f32 accumulation
+//!   and output; AMX-BF16 or AVX-512 BF16 where the CPU has them);
+//! - [`Mkl::u8s8_gemm`]: `cblas_gemm_s8u8s32` (unsigned 8-bit activations, signed
+//!   8-bit weights, i32 accumulation; AMX-INT8 or AVX-512 VNNI).
+//!
+//! Each call checks its slices against the shape before it crosses into C, so
+//! the safe functions cannot read or write out of bounds.
+#![allow(unsafe_code)] // the reason for this crate: see the crate's Cargo.toml
+
+use std::ffi::{c_char, c_int, c_void};
+use std::path::{Path, PathBuf};
+
+use libloading::Library;
+
+/// The file name `Mkl::open` looks for on the loader's path when given none.
+pub const LIBRARY_NAME: &str = "libmkl_rt.so.2";
+
+const ROW_MAJOR: c_int = 101;
+const COL_MAJOR: c_int = 102;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+const FIX_OFFSET: c_int = 173;
+const THREADING_SEQUENTIAL: c_int = 1;
+
+type Sgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+type GemmBf16 = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const u16,
+    c_int,
+    *const u16,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+type GemmS8u8 = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const c_void,
+    c_int,
+    i8,
+    *const c_void,
+    c_int,
+    i8,
+    f32,
+    *mut i32,
+    c_int,
+    *const i32,
+);
+type SetThreadingLayer = unsafe extern "C" fn(c_int) -> c_int;
+type VersionString = unsafe extern "C" fn(*mut c_char, c_int);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: libloading::Error,
+    },
+    #[error("{path} has no {symbol}: {source}")]
+    Symbol {
+        path: PathBuf,
+        symbol: &'static str,
+        source: libloading::Error,
+    },
+    #[error("{path} did not take the sequential threading layer (it answered {answer})")]
+    Threading { path: PathBuf, answer: i32 },
+}
+
+/// An opened oneMKL. The function pointers stay valid while `_library` lives,
+/// and it lives as long as this value.
+pub struct Mkl {
+    sgemm: Sgemm,
+    bf16: GemmBf16,
+    s8u8: GemmS8u8,
+    version: String,
+    path: PathBuf,
+    _library: Library,
+}
+
+impl std::fmt::Debug for Mkl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mkl")
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn int(value: usize) -> c_int {
+    c_int::try_from(value).unwrap_or(c_int::MAX)
+}
+
+/// Checks that the operands hold `m x k`, `n x k` and `m x n` values and that
+/// every dimension fits MKL's 32-bit integers.
+fn check(a: usize, b: usize, c: usize, m: usize, n: usize, k: usize) {
+    let limit = c_int::MAX as usize;
+    assert!(
+        m <= limit && n <= limit && k <= limit,
+        "a dimension exceeds MKL's int"
+    );
+    assert!(a >= m * k, "A has {a} values, the product needs {m} x {k}");
+    assert!(b >= n * k, "B has {b} values, the product needs {n} x {k}");
+    assert!(c >= m * n, "C has {c} values, the product needs {m} x {n}");
+}
+
+impl Mkl {
+    /// Opens `libmkl_rt` at `path`, or [`LIBRARY_NAME`] on the loader's path, and
+    /// selects its sequential threading layer for this process.
+    pub fn open(path: Option<&Path>) -> Result<Mkl, Error> {
+        let path = path.map_or_else(|| PathBuf::from(LIBRARY_NAME), Path::to_path_buf);
+        // SAFETY: loading oneMKL runs its initialisers, which have no
+        // preconditions on the caller.
+        let library = unsafe { Library::new(&path) }.map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
+        macro_rules! symbol {
+            ($name:literal, $ty:ty) => {{
+                // SAFETY: the type is the symbol's C prototype in mkl.h.
+                let symbol = unsafe { library.get::<$ty>(concat!($name, "\0").as_bytes()) }
+                    .map_err(|source| Error::Symbol {
+                        path: path.clone(),
+                        symbol: $name,
+                        source,
+                    })?;
+                *symbol
+            }};
+        }
+        let set_threading: SetThreadingLayer =
+            symbol!("MKL_Set_Threading_Layer", SetThreadingLayer);
+        let version_string: VersionString = symbol!("MKL_Get_Version_String", VersionString);
+        let sgemm = symbol!("cblas_sgemm", Sgemm);
+        let bf16 = symbol!("cblas_gemm_bf16bf16f32", GemmBf16);
+        let s8u8 = symbol!("cblas_gemm_s8u8s32", GemmS8u8);
+        // SAFETY: takes an enum value and returns the layer in force.
+        let answer = unsafe { set_threading(THREADING_SEQUENTIAL) };
+        if answer != THREADING_SEQUENTIAL {
+            return Err(Error::Threading { path, answer });
+        }
+        let mut buf = vec![0u8; 256];
+        // SAFETY: writes at most `len` bytes, NUL-terminated, into `buf`.
+        unsafe { version_string(buf.as_mut_ptr().cast(), int(buf.len())) };
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let version = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+        Ok(Mkl {
+            sgemm,
+            bf16,
+            s8u8,
+            version,
+            path,
+            _library: library,
+        })
+    }
+
+    /// oneMKL's own version string (its product build and the instruction sets it uses).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Where the library was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `c (m x n) = a (m x k) · bᵀ + beta · c`, with `b` given as `n x k`; all row-major.
+    pub fn f32_gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        check(a.len(), b.len(), c.len(), m, n, k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
+        // SAFETY: `check` proved every operand holds its shape; MKL reads `a` and
+        // `b` and writes only the m x n values of `c`.
+        unsafe {
+            (self.sgemm)(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                mi,
+                ni,
+                ki,
+                1.0,
+                a.as_ptr(),
+                ld,
+                b.as_ptr(),
+                ld,
+                beta,
+                c.as_mut_ptr(),
+                ni,
+            );
+        }
+    }
+
+    /// As [`Mkl::f32_gemm`] with bf16 operands (their bits, as `half::bf16::to_bits`
+    /// gives them); the accumulation and `c` are f32.
+    pub fn bf16_gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[u16],
+        b: &[u16],
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        check(a.len(), b.len(), c.len(), m, n, k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
+        // SAFETY: as in `f32_gemm`.
+        unsafe {
+            (self.bf16)(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                mi,
+                ni,
+                ki,
+                1.0,
+                a.as_ptr(),
+                ld,
+                b.as_ptr(),
+                ld,
+                beta,
+                c.as_mut_ptr(),
+                ni,
+            );
+        }
+    }
+
+    /// `c (m x n) = a (m x k, unsigned) · bᵀ (b: n x k, signed)`, exact in i32;
+    /// row-major. (oneMKL's routine takes the signed operand first, so this runs
+    /// it on the transposed problem, `cᵀ = b · aᵀ`, in column-major terms.)
+    pub fn u8s8_gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]) {
+        check(a.len(), b.len(), c.len(), m, n, k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
+        let no_offset = [0i32];
+        // SAFETY: as in `f32_gemm`; with a fixed offset MKL reads one value of
+        // `no_offset`.
+        unsafe {
+            (self.s8u8)(
+                COL_MAJOR,
+                TRANS,
+                NO_TRANS,
+                FIX_OFFSET,
+                ni,
+                mi,
+                ki,
+                1.0,
+                b.as_ptr().cast(),
+                ld,
+                0,
+                a.as_ptr().cast(),
+                ld,
+                0,
+                0.0,
+                c.as_mut_ptr(),
+                ni,
+                no_offset.as_ptr(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The library named by `TENANTAI_MKL_LIB`. Without it these tests have
+    /// nothing to call, unless `TENANTAI_REQUIRE_MKL=1` (CI) makes that a failure.
+    fn mkl() -> Option<Mkl> {
+        let required = std::env::var("TENANTAI_REQUIRE_MKL").is_ok_and(|v| v == "1");
+        match std::env::var_os("TENANTAI_MKL_LIB") {
+            Some(path) => Some(Mkl::open(Some(Path::new(&path))).unwrap()),
+            None if required => panic!("TENANTAI_REQUIRE_MKL=1 but TENANTAI_MKL_LIB is unset"),
+            None => {
+                eprintln!("TENANTAI_MKL_LIB is unset: oneMKL's products are not exercised");
+                None
+            }
+        }
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as f32 / u32::MAX as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn product(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
+            }
+        }
+        c
+    }
+
+    fn bf16_bits(x: f32) -> u16 {
+        // Round to nearest even on the upper 16 bits (no NaNs in these inputs).
+        let bits = x.to_bits();
+        ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    }
+
+    fn widen(bits: u16) -> f64 {
+        f32::from_bits((bits as u32) << 16) as f64
+    }
+
+    #[test]
+    fn a_missing_library_is_a_clear_error() {
+        let err = Mkl::open(Some(Path::new("/nonexistent/libmkl_rt.so.2"))).unwrap_err();
+        assert!(matches!(err, Error::Open { .. }));
+        assert!(
+            err.to_string().contains("/nonexistent/libmkl_rt.so.2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_three_products_match_a_plain_one() {
+        let Some(mkl) = mkl() else { return };
+        assert!(
+            mkl.version().contains("oneMKL") || mkl.version().contains("Math Kernel"),
+            "{}",
+            mkl.version()
+        );
+        let (m, n, k) = (37, 53, 96);
+        let (a, b) = (values(m * k, 1), values(n * k, 2));
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+
+        // f32, with beta = 1 adding to what `c` held.
+        let want = product(&wide(&a), &wide(&b), m, n, k);
+        let mut c = vec![1f32; m * n];
+        mkl.f32_gemm(m, n, k, &a, &b, 1.0, &mut c);
+        for (got, want) in c.iter().zip(&want) {
+            assert!(
+                (*got as f64 - (want + 1.0)).abs() < 1e-4,
+                "{got} vs {}",
+                want + 1.0
+            );
+        }
+
+        // bf16: exact products of the rounded inputs, accumulated in f32.
+        let (ab, bb): (Vec<u16>, Vec<u16>) = (
+            a.iter().map(|&x| bf16_bits(x)).collect(),
+            b.iter().map(|&x| bf16_bits(x)).collect(),
+        );
+        let want = product(
+            &ab.iter().map(|&x| widen(x)).collect::<Vec<_>>(),
+            &bb.iter().map(|&x| widen(x)).collect::<Vec<_>>(),
+            m,
+            n,
+            k,
+        );
+        let mut c = vec![0f32; m * n];
+        mkl.bf16_gemm(m, n, k, &ab, &bb, 0.0, &mut c);
+        for (got, want) in c.iter().zip(&want) {
+            assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
+        }
+
+        // u8 x s8: exact.
+        let au: Vec<u8> = a.iter().map(|&x| ((x + 0.5) * 255.0) as u8).collect();
+        let bs: Vec<i8> = b.iter().map(|&x| (x * 254.0) as i8).collect();
+        let want = product(
+            &au.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            &bs.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            m,
+            n,
+            k,
+        );
+        let mut c = vec![7i32; m * n];
+        mkl.u8s8_gemm(m, n, k, &au, &bs, &mut c);
+        assert_eq!(c, want.iter().map(|&x| x as i32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn short_operands_are_refused_before_the_call() {
+        let Some(mkl) = mkl() else { return };
+        let result = std::panic::catch_unwind(|| {
+            let mut c = vec![0f32; 4];
+            mkl.f32_gemm(2, 2, 3, &[0.0; 5], &[0.0; 6], 0.0, &mut c);
+        });
+        assert!(result.is_err());
+    }
+}
