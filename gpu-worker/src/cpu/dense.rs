@@ -19,6 +19,7 @@ use half::slice::HalfFloatSliceExt;
 use tenantai_mkl::Mkl;
 
 use super::matmul::{self, Matmul};
+use super::quant::{self, Channels};
 use super::Precision;
 
 enum Weights {
@@ -41,46 +42,6 @@ pub struct Dense {
     n: usize,
     k: usize,
     matmul: Matmul,
-}
-
-/// Symmetric int8 quantization of one row: the values over their scale
-/// (max |x| / 127), rounded; returns the scale (0 for an all-zero row).
-fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
-    let max = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
-    if max == 0.0 || !max.is_finite() {
-        out.fill(0);
-        return if max.is_finite() { 0.0 } else { f32::NAN };
-    }
-    let scale = max / 127.0;
-    let inv = 127.0 / max;
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
-    }
-    scale
-}
-
-/// Asymmetric u8 quantization of one row over [min(row, 0), max(row, 0)]:
-/// `x ≈ scale · (q − zero)`. Returns (scale, zero); a NaN scale for a row that
-/// is not finite, so the products say so instead of hiding it.
-fn quantize_row_u8(row: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let (lo, hi, finite) = row.iter().fold((0f32, 0f32, true), |(lo, hi, finite), &x| {
-        (lo.min(x), hi.max(x), finite && x.is_finite())
-    });
-    if !finite {
-        out.fill(0);
-        return (f32::NAN, 0);
-    }
-    if hi == lo {
-        out.fill(0);
-        return (0.0, 0);
-    }
-    let scale = (hi - lo) / 255.0;
-    let inv = 1.0 / scale;
-    let zero = (-lo * inv).round();
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = (x * inv + zero).round().clamp(0.0, 255.0) as u8;
-    }
-    (scale, zero as i32)
 }
 
 impl Dense {
@@ -121,7 +82,7 @@ impl Dense {
                 let scales = weight
                     .chunks_exact(k)
                     .zip(q.chunks_exact_mut(k))
-                    .map(|(row, out)| quantize_row(row, out))
+                    .map(|(row, out)| quant::quantize_row(row, out))
                     .collect();
                 let sums = q
                     .chunks_exact(k)
@@ -190,26 +151,15 @@ impl Dense {
             }
             Weights::Int8 { q, scales, sums } => {
                 let mut xq = vec![0u8; m * k];
-                let rows: Vec<(f32, i32)> = x
-                    .chunks_exact(k)
-                    .zip(xq.chunks_exact_mut(k))
-                    .map(|(row, out)| quantize_row_u8(row, out))
-                    .collect();
+                let rows = quant::quantize_rows_u8(x, k, &mut xq);
                 let mut c = vec![0i32; m * n];
                 mkl.u8s8_gemm(m, n, k, &xq, q, &mut c);
-                for ((orow, crow), &(rs, zero)) in
-                    out.chunks_exact_mut(n).zip(c.chunks_exact(n)).zip(&rows)
-                {
-                    let parts = orow
-                        .iter_mut()
-                        .zip(crow)
-                        .zip(&self.bias)
-                        .zip(scales)
-                        .zip(sums);
-                    for ((((o, &c), b), ws), &sum) in parts {
-                        *o = (c - zero * sum) as f32 * (rs * ws) + b;
-                    }
-                }
+                let channels = Channels {
+                    scales,
+                    sums,
+                    bias: &self.bias,
+                };
+                quant::dequantize(&c, &rows, &channels, out);
             }
         }
     }
@@ -245,13 +195,9 @@ impl Dense {
                     }
                 }
             }
-            Weights::Int8 { q, scales, .. } => {
+            Weights::Int8 { q, scales, sums } => {
                 let mut xq = vec![0i8; m * k];
-                let row_scales: Vec<f32> = x
-                    .chunks_exact(k)
-                    .zip(xq.chunks_exact_mut(k))
-                    .map(|(row, out)| quantize_row(row, out))
-                    .collect();
+                let rows = quant::quantize_rows_i8(x, k, &mut xq);
                 let mut c = vec![0i32; m * n];
                 gemmkit::gemm_i8(
                     1,
@@ -261,16 +207,12 @@ impl Dense {
                     MatMut::from_row_major(&mut c, m, n),
                     Parallelism::Serial,
                 );
-                for ((orow, crow), rs) in out
-                    .chunks_exact_mut(n)
-                    .zip(c.chunks_exact(n))
-                    .zip(&row_scales)
-                {
-                    for (((o, &c), b), ws) in orow.iter_mut().zip(crow).zip(&self.bias).zip(scales)
-                    {
-                        *o = c as f32 * (rs * ws) + b;
-                    }
-                }
+                let channels = Channels {
+                    scales,
+                    sums,
+                    bias: &self.bias,
+                };
+                quant::dequantize(&c, &rows, &channels, out);
             }
         }
     }
@@ -329,22 +271,6 @@ mod tests {
                 assert!(worst < tolerance, "{name} {precision}: worst error {worst}");
             }
         }
-    }
-
-    #[test]
-    fn asymmetric_rows_round_trip_within_half_a_step() {
-        let row: Vec<f32> = (0..200).map(|i| i as f32 * 0.05 - 0.17).collect();
-        let mut q = vec![0u8; row.len()];
-        let (scale, zero) = quantize_row_u8(&row, &mut q);
-        assert!((scale - (row[199] - row[0]) / 255.0).abs() < 1e-6);
-        for (&x, &q) in row.iter().zip(&q) {
-            let back = scale * (q as i32 - zero) as f32;
-            assert!((back - x).abs() <= 0.5 * scale + 1e-6, "{x} -> {back}");
-        }
-        let mut q = vec![9u8; 3];
-        assert_eq!(quantize_row_u8(&[0.0; 3], &mut q), (0.0, 0));
-        assert_eq!(q, [0, 0, 0]);
-        assert!(quantize_row_u8(&[1.0, f32::NAN, 2.0], &mut q).0.is_nan());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod dense;
 pub mod encoder;
 pub mod matmul;
 pub mod ops;
+pub mod quant;
 
 use std::str::FromStr;
 

@@ -1,0 +1,258 @@
+//! int8 quantization for the dense layers: weights symmetric per output channel
+//! (at load), activations per token row at run time (symmetric i8 for gemmkit's
+//! i8 x i8 product, asymmetric u8 for oneMKL's u8 x s8 one), and the epilogue
+//! that scales the i32 products back to f32. The run-time loops are pulp
+//! [`WithSimd`] bodies, compiled for the CPU's vector unit (see [`super::ops`]):
+//! on the baseline target each `round` would be a libm call.
+
+use pulp::{Simd, WithSimd};
+
+use super::ops::LANES;
+
+/// Symmetric int8 quantization of one row: the values over their scale
+/// (max |x| / 127), rounded; returns the scale (0 for an all-zero row, NaN for a
+/// row that is not finite).
+#[inline(always)]
+pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
+    let max = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    let finite = row.iter().all(|x| x.is_finite());
+    if max == 0.0 || !finite {
+        out.fill(0);
+        return if finite { 0.0 } else { f32::NAN };
+    }
+    let scale = max / 127.0;
+    let inv = 127.0 / max;
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+/// Quantizes each row of `x` (`k` values a row) symmetrically into `out` (zero
+/// points 0).
+pub fn quantize_rows_i8(x: &[f32], k: usize, out: &mut [i8]) -> Vec<RowQuant> {
+    pulp::Arch::new().dispatch(RowsI8 { x, k, out })
+}
+
+struct RowsI8<'a> {
+    x: &'a [f32],
+    k: usize,
+    out: &'a mut [i8],
+}
+
+impl WithSimd for RowsI8<'_> {
+    type Output = Vec<RowQuant>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> Vec<RowQuant> {
+        let RowsI8 { x, k, out } = self;
+        x.chunks_exact(k)
+            .zip(out.chunks_exact_mut(k))
+            .map(|(row, out)| RowQuant {
+                scale: quantize_row(row, out),
+                zero: 0,
+            })
+            .collect()
+    }
+}
+
+/// One row's asymmetric u8 parameters: `x ≈ scale · (q − zero)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowQuant {
+    pub scale: f32,
+    pub zero: i32,
+}
+
+/// Smallest and largest value of a row with [`LANES`] partial extremes, and
+/// whether every value is finite.
+#[inline(always)]
+fn range(row: &[f32]) -> (f32, f32, bool) {
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let mut bad = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (((l, h), b), &x) in lo.iter_mut().zip(&mut hi).zip(&mut bad).zip(chunk) {
+            *l = if x < *l { x } else { *l };
+            *h = if x > *h { x } else { *h };
+            *b += x * 0.0; // NaN for an infinite or NaN value, else 0
+        }
+    }
+    let (mut l, mut h) = (
+        lo.iter().fold(0f32, |m, &x| m.min(x)),
+        hi.iter().fold(0f32, |m, &x| m.max(x)),
+    );
+    let mut finite = bad.iter().all(|b| *b == 0.0);
+    for &x in tail {
+        l = l.min(x);
+        h = h.max(x);
+        finite &= x.is_finite();
+    }
+    (l, h, finite)
+}
+
+/// Asymmetric u8 quantization of one row over [min(row, 0), max(row, 0)].
+#[inline(always)]
+pub fn quantize_row_u8(row: &[f32], out: &mut [u8]) -> RowQuant {
+    let (lo, hi, finite) = range(row);
+    if !finite || hi == lo {
+        out.fill(0);
+        let scale = if finite { 0.0 } else { f32::NAN };
+        return RowQuant { scale, zero: 0 };
+    }
+    let scale = (hi - lo) / 255.0;
+    let inv = 1.0 / scale;
+    let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0);
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = x.mul_add(inv, zero).round_ties_even().clamp(0.0, 255.0) as i32 as u8;
+    }
+    RowQuant {
+        scale,
+        zero: zero as i32,
+    }
+}
+
+/// Quantizes each row of `x` (`k` values a row) asymmetrically into `out`.
+pub fn quantize_rows_u8(x: &[f32], k: usize, out: &mut [u8]) -> Vec<RowQuant> {
+    pulp::Arch::new().dispatch(RowsU8 { x, k, out })
+}
+
+struct RowsU8<'a> {
+    x: &'a [f32],
+    k: usize,
+    out: &'a mut [u8],
+}
+
+impl WithSimd for RowsU8<'_> {
+    type Output = Vec<RowQuant>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> Vec<RowQuant> {
+        let RowsU8 { x, k, out } = self;
+        x.chunks_exact(k)
+            .zip(out.chunks_exact_mut(k))
+            .map(|(row, out)| quantize_row_u8(row, out))
+            .collect()
+    }
+}
+
+/// A layer's int8 weights as the epilogue needs them: per output channel, the
+/// scale and the sum of the quantized weights (for the activations' zero points).
+pub struct Channels<'a> {
+    pub scales: &'a [f32],
+    pub sums: &'a [i32],
+    pub bias: &'a [f32],
+}
+
+/// `out[t][j] = (c[t][j] − zero_t · sum_j) · scale_t · scale_j + bias_j`, over
+/// rows of `n = channels.bias.len()` values.
+pub fn dequantize(c: &[i32], rows: &[RowQuant], channels: &Channels, out: &mut [f32]) {
+    pulp::Arch::new().dispatch(Dequantize {
+        c,
+        rows,
+        channels,
+        out,
+    })
+}
+
+struct Dequantize<'a> {
+    c: &'a [i32],
+    rows: &'a [RowQuant],
+    channels: &'a Channels<'a>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Dequantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Dequantize {
+            c,
+            rows,
+            channels,
+            out,
+        } = self;
+        let n = channels.bias.len();
+        for ((orow, crow), row) in out.chunks_exact_mut(n).zip(c.chunks_exact(n)).zip(rows) {
+            let parts = orow
+                .iter_mut()
+                .zip(crow)
+                .zip(channels.bias)
+                .zip(channels.scales)
+                .zip(channels.sums);
+            for ((((o, &c), &b), &ws), &sum) in parts {
+                *o = ((c - row.zero * sum) as f32 * row.scale).mul_add(ws, b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asymmetric_rows_round_trip_within_half_a_step() {
+        let row: Vec<f32> = (0..200).map(|i| i as f32 * 0.05 - 0.17).collect();
+        let mut q = vec![0u8; row.len()];
+        let RowQuant { scale, zero } = quantize_rows_u8(&row, row.len(), &mut q)[0];
+        assert!((scale - (row[199] - row[0]) / 255.0).abs() < 1e-6);
+        for (&x, &q) in row.iter().zip(&q) {
+            let back = scale * (q as i32 - zero) as f32;
+            assert!((back - x).abs() <= 0.5 * scale + 1e-6, "{x} -> {back}");
+        }
+    }
+
+    #[test]
+    fn flat_and_broken_rows_are_marked() {
+        let mut q = vec![9u8; 40];
+        assert_eq!(
+            quantize_rows_u8(&[0.0; 40], 40, &mut q)[0],
+            RowQuant {
+                scale: 0.0,
+                zero: 0
+            }
+        );
+        assert_eq!(q, [0; 40]);
+        for bad in [f32::NAN, f32::INFINITY] {
+            // In the vectorised part of the row and in its tail.
+            for at in [3, 37] {
+                let mut row = vec![1.0f32; 40];
+                row[at] = bad;
+                assert!(
+                    quantize_rows_u8(&row, 40, &mut q)[0].scale.is_nan(),
+                    "{bad} at {at}"
+                );
+                let mut qi = vec![0i8; 40];
+                assert!(
+                    quantize_rows_i8(&row, 40, &mut qi)[0].scale.is_nan(),
+                    "{bad} at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_epilogue_removes_the_zero_points() {
+        // One row x = [0.5, -0.25] against weights w = [[2, 4], [-2, 2]] (scale 1).
+        let x = [0.5f32, -0.25];
+        let mut q = [0u8; 2];
+        let row = quantize_rows_u8(&x, 2, &mut q)[0];
+        let w = [[2i32, 4], [-2, 2]];
+        let c: Vec<i32> = w
+            .iter()
+            .map(|w| w[0] * q[0] as i32 + w[1] * q[1] as i32)
+            .collect();
+        let sums: Vec<i32> = w.iter().map(|w| w[0] + w[1]).collect();
+        let channels = Channels {
+            scales: &[1.0, 1.0],
+            sums: &sums,
+            bias: &[0.1, 0.0],
+        };
+        let mut out = [0f32; 2];
+        dequantize(&c, &[row], &channels, &mut out);
+        assert!((out[0] - (0.0 + 0.1)).abs() < 0.02, "{out:?}");
+        assert!((out[1] - (-1.5)).abs() < 0.02, "{out:?}");
+    }
+}
