@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gpu_worker::batcher::BatchConfig;
 use gpu_worker::chat::{ChatConfig, SchedulerConfig};
+use gpu_worker::cpu::matmul::MatmulChoice;
 use gpu_worker::cpu::Precision;
 use gpu_worker::device::{allow_tf32, configure_cpu_threads, DeviceChoice};
 use gpu_worker::http::Limits;
@@ -125,6 +126,15 @@ struct ServeArgs {
     /// be registered as its own version of the model.
     #[arg(long, env = "TENANTAI_PRECISION", default_value = "f32")]
     precision: Precision,
+    /// What runs the CPU encoder's dense products: auto (Intel oneMKL if it opens,
+    /// with AMX/VNNI kernels for bf16 and int8; else gemmkit), mkl (or fail to start)
+    /// or gemmkit.
+    #[arg(long, env = "TENANTAI_MATMUL", default_value = "auto")]
+    matmul: MatmulChoice,
+    /// oneMKL's libmkl_rt.so.2 (scripts/lib/mkl.sh unpacks PyPI's mkl wheel and
+    /// sets this); unset: looked up on the loader's path.
+    #[arg(long, env = "TENANTAI_MKL_LIB")]
+    mkl_lib: Option<PathBuf>,
     /// On a GPU, run f32 matmuls in TF32 on the tensor cores (faster; vectors move
     /// by about 1e-4 in cosine).
     #[arg(long, env = "TENANTAI_TF32")]
@@ -200,6 +210,8 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     };
     configure_cpu_threads(args.device, model_threads);
     allow_tf32(args.tf32);
+    gpu_worker::cpu::matmul::select(args.matmul, args.mkl_lib.as_deref())
+        .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(args.max_batch_size > 0, "--max-batch-size must be positive");
     anyhow::ensure!(args.max_inputs > 0, "--max-inputs must be positive");
     anyhow::ensure!(

@@ -48,6 +48,9 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// The dense layers' number format.
     pub precision: Precision,
+    /// What runs the dense products: `mkl` or `gemmkit` (the CPU encoder's
+    /// library, see [`crate::cpu::matmul`]), or `candle` on a GPU.
+    pub matmul: &'static str,
 }
 
 /// The model as one model thread runs it.
@@ -139,6 +142,11 @@ pub fn load_at(
         max_seq_length: max_len,
         vocab_size: config.vocab_size,
         precision,
+        matmul: if device.is_cpu() {
+            crate::cpu::matmul::selected().name()
+        } else {
+            "candle"
+        },
     };
     let embedders = if device.is_cpu() {
         let Some(encoder) = crate::cpu::encoder::load(&vb, &config, &[precision])?

@@ -14,8 +14,8 @@ use super::ops::LANES;
 /// row that is not finite).
 #[inline(always)]
 pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
-    let max = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
-    let finite = row.iter().all(|x| x.is_finite());
+    let (lo, hi, finite) = range(row);
+    let max = hi.max(-lo);
     if max == 0.0 || !finite {
         out.fill(0);
         return if finite { 0.0 } else { f32::NAN };
@@ -46,13 +46,16 @@ impl WithSimd for RowsI8<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) -> Vec<RowQuant> {
         let RowsI8 { x, k, out } = self;
-        x.chunks_exact(k)
-            .zip(out.chunks_exact_mut(k))
-            .map(|(row, out)| RowQuant {
+        // Plain loops: an iterator's `collect` is a separate generic function,
+        // compiled without the vector unit (each `round` a libm call).
+        let mut rows = Vec::with_capacity(x.len() / k.max(1));
+        for (row, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+            rows.push(RowQuant {
                 scale: quantize_row(row, out),
                 zero: 0,
-            })
-            .collect()
+            });
+        }
+        rows
     }
 }
 
@@ -78,11 +81,12 @@ fn range(row: &[f32]) -> (f32, f32, bool) {
             *b += x * 0.0; // NaN for an infinite or NaN value, else 0
         }
     }
-    let (mut l, mut h) = (
-        lo.iter().fold(0f32, |m, &x| m.min(x)),
-        hi.iter().fold(0f32, |m, &x| m.max(x)),
-    );
-    let mut finite = bad.iter().all(|b| *b == 0.0);
+    let (mut l, mut h, mut finite) = (0f32, 0f32, true);
+    for ((&lo, &hi), &bad) in lo.iter().zip(&hi).zip(&bad) {
+        l = l.min(lo);
+        h = h.max(hi);
+        finite &= bad == 0.0;
+    }
     for &x in tail {
         l = l.min(x);
         h = h.max(x);
@@ -129,10 +133,11 @@ impl WithSimd for RowsU8<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) -> Vec<RowQuant> {
         let RowsU8 { x, k, out } = self;
-        x.chunks_exact(k)
-            .zip(out.chunks_exact_mut(k))
-            .map(|(row, out)| quantize_row_u8(row, out))
-            .collect()
+        let mut rows = Vec::with_capacity(x.len() / k.max(1));
+        for (row, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+            rows.push(quantize_row_u8(row, out));
+        }
+        rows
     }
 }
 

@@ -211,6 +211,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
             "model": &*state.model_id,
             "device": engine.device(),
             "precision": info.precision.as_str(),
+            "matmul": info.matmul,
             "dimension": info.dimension,
             "max_seq_length": info.max_seq_length,
             "max_batch_tokens": batch.max_batch_tokens,
@@ -253,9 +254,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(engine) = &state.engine {
         let _ = writeln!(
             text,
-            "# HELP tenantai_worker_embeddings_model_info The embedding model served and its precision.\n# TYPE tenantai_worker_embeddings_model_info gauge\ntenantai_worker_embeddings_model_info{{model=\"{}\",precision=\"{}\"}} 1",
+            "# HELP tenantai_worker_embeddings_model_info The embedding model served, its precision and what runs its dense products.\n# TYPE tenantai_worker_embeddings_model_info gauge\ntenantai_worker_embeddings_model_info{{model=\"{}\",precision=\"{}\",matmul=\"{}\"}} 1",
             label_value(&state.model_id),
-            engine.info().precision
+            engine.info().precision,
+            engine.info().matmul
         );
     }
     if let Some(chat) = &state.chat {
