@@ -170,7 +170,8 @@ def main():
     first = next(iter(engine[only[0]].values()))
     print(
         f"torch {torch.__version__}: torch.set_num_threads({THREADS}); engine: "
-        f"{first['model_threads']} model thread(s) x {first['matmul_threads']} matmul thread(s)"
+        f"{first['model_threads']} model thread(s) x {first['matmul_threads']} matmul thread(s), "
+        f"dense products on {first.get('matmul', '?')}"
     )
     print(f"{'variant':<6} {'workload':<22} {'n':>4} {'engine s/s':>10} {'peer s/s':>9} {'ratio':>6}  "
           f"peer / quality vs PyTorch f32 (engine | peer)")

@@ -10,7 +10,9 @@
 # usage: scripts/bench-embeddings.sh [--profile] [--only f32,bf16,int8]
 #   --profile  also print where the engine's time goes (its tracing spans)
 # env: BENCH_THREADS (default 2); BENCH_PROFILE (cargo profile of the engine, default
-#      release; `local` builds far quicker, without LTO)
+#      release; `local` builds far quicker, without LTO); TENANTAI_MATMUL (the engine's
+#      matmul library: auto = Intel oneMKL, unpacked by scripts/lib/mkl.sh, else gemmkit;
+#      gemmkit to measure without oneMKL)
 #
 # Python dependencies go into the git-ignored venv .tools/bench-venv. PyPI only has
 # CUDA builds of torch for Linux x86_64, and libtorch links the CUDA runtime, so a
@@ -75,7 +77,9 @@ PY
         humanfriendly
 }
 
+. scripts/lib/mkl.sh
 scripts/fetch-model.sh
+mkl_install
 install_venv
 install_onnx_venv
 PROFILE="${BENCH_PROFILE:-release}"

@@ -22,8 +22,15 @@ cd "$(dirname "$0")/.."
 . scripts/lib/worker_image.sh
 . scripts/lib/llama.sh
 . scripts/lib/fuzz.sh
+. scripts/lib/mkl.sh
 
 scripts/fetch-model.sh
+# oneMKL runs the CPU encoder's products in every test that loads the model; its
+# tests in tenantai-mkl and gpu-worker's cpu module then must find it.
+mkl_install
+if [ -n "${TENANTAI_MKL_LIB:-}" ]; then
+    export TENANTAI_REQUIRE_MKL=1
+fi
 moto_start
 # The emulator is promised to every test: an AWS case that cannot reach it fails.
 export TENANTAI_TEST_AWS=1

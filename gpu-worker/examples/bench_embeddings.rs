@@ -15,7 +15,8 @@
 //!
 //! env: TENANTAI_DEVICE (cpu, cuda:N; default cpu), TENANTAI_MODEL_THREADS (default:
 //!      as `gpu-worker serve`), TENANTAI_TF32 (true: TF32 matmuls on a GPU),
-//!      TENANTAI_PRECISION (f32, bf16, int8; default f32). With `--vectors` each
+//!      TENANTAI_PRECISION (f32, bf16, int8; default f32), TENANTAI_MATMUL and
+//!      TENANTAI_MKL_LIB (the CPU encoder's matmul library, as `gpu-worker serve`). With `--vectors` each
 //!      workload's entry also holds the vectors of its last round.
 //!
 //! usage: bench_embeddings MODEL_DIR WORKLOADS_JSON [--profile] [--model-only] [--vectors]
@@ -215,6 +216,7 @@ async fn bench(device_choice: DeviceChoice, model_threads: usize, precision: Pre
         let mut entry = json!({
             "device": engine.device(),
             "precision": precision.as_str(),
+            "matmul": engine.info().matmul,
             "model_threads": model_threads,
             "matmul_threads": candle_core::utils::get_num_threads(),
             "max_batch_size": config.max_batch_size,

@@ -1,8 +1,10 @@
 //! `gpu-worker serve --precision f32|bf16|int8` as a real process: each precision
 //! answers the OpenAI route with vectors that agree with sentence-transformers'
 //! f32 reference (f32: cosine >= 0.9999, bf16: >= 0.999, int8: >= 0.99 per item),
-//! says its precision on /health and /metrics, and an unknown precision is refused
-//! at start-up.
+//! says its precision and matmul library on /health and /metrics, and an unknown
+//! precision is refused at start-up. Each precision runs on gemmkit and, where
+//! `TENANTAI_MKL_LIB` names oneMKL (scripts/test.sh sets it, and
+//! `TENANTAI_REQUIRE_MKL=1`), on oneMKL too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -12,8 +14,27 @@ use std::process::{Command, Stdio};
 use common::{cosine, reference, spawn_worker};
 use serde_json::{json, Value};
 
+/// The libraries to run each precision on.
+fn libraries() -> Vec<&'static str> {
+    let required = std::env::var("TENANTAI_REQUIRE_MKL").is_ok_and(|v| v == "1");
+    let present = std::env::var_os("TENANTAI_MKL_LIB").is_some();
+    assert!(present || !required, "TENANTAI_REQUIRE_MKL=1 but TENANTAI_MKL_LIB is unset");
+    if present {
+        vec!["gemmkit", "mkl"]
+    } else {
+        eprintln!("TENANTAI_MKL_LIB is unset: oneMKL is not exercised");
+        vec!["gemmkit"]
+    }
+}
+
 async fn check_precision(precision: &str, floor: f64) {
-    let worker = spawn_worker(&["--precision", precision]).await;
+    for matmul in libraries() {
+        check_precision_on(precision, matmul, floor).await;
+    }
+}
+
+async fn check_precision_on(precision: &str, matmul: &str, floor: f64) {
+    let worker = spawn_worker(&["--precision", precision, "--matmul", matmul]).await;
     let http = common::http();
     let items: Vec<_> = reference()
         .items
@@ -40,10 +61,10 @@ async fn check_precision(precision: &str, floor: f64) {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
         let c = cosine(&v, &item.embedding);
-        assert!(c >= floor, "{precision} {:?}: cosine {c}", item.text);
+        assert!(c >= floor, "{precision} on {matmul} {:?}: cosine {c}", item.text);
         worst = worst.min(c);
     }
-    eprintln!("{precision}: worst cosine against the f32 reference {worst:.6}");
+    eprintln!("{precision} on {matmul}: worst cosine against the f32 reference {worst:.6}");
 
     let health: Value = http
         .get(format!("{}/health", worker.url))
@@ -55,6 +76,7 @@ async fn check_precision(precision: &str, floor: f64) {
         .unwrap();
     assert_eq!(health["precision"], precision, "{health}");
     assert_eq!(health["embeddings"]["precision"], precision);
+    assert_eq!(health["embeddings"]["matmul"], matmul, "{health}");
 
     let metrics = http
         .get(format!("{}/metrics", worker.url))
@@ -65,7 +87,7 @@ async fn check_precision(precision: &str, floor: f64) {
         .await
         .unwrap();
     let line = format!(
-        "tenantai_worker_embeddings_model_info{{model=\"all-MiniLM-L6-v2\",precision=\"{precision}\"}} 1"
+        "tenantai_worker_embeddings_model_info{{model=\"all-MiniLM-L6-v2\",precision=\"{precision}\",matmul=\"{matmul}\"}} 1"
     );
     assert!(metrics.lines().any(|l| l == line), "{metrics}");
 }
@@ -95,4 +117,17 @@ fn an_unknown_precision_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("fp8"), "{stderr}");
+}
+
+#[test]
+fn mkl_that_does_not_open_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-worker"))
+        .args(["serve", "--matmul", "mkl", "--mkl-lib", "/nonexistent/libmkl_rt.so.2"])
+        .args(["--port", "0"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/libmkl_rt.so.2"), "{stderr}");
 }
