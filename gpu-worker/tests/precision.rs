@@ -18,7 +18,10 @@ use serde_json::{json, Value};
 fn libraries() -> Vec<&'static str> {
     let required = std::env::var("TENANTAI_REQUIRE_MKL").is_ok_and(|v| v == "1");
     let present = std::env::var_os("TENANTAI_MKL_LIB").is_some();
-    assert!(present || !required, "TENANTAI_REQUIRE_MKL=1 but TENANTAI_MKL_LIB is unset");
+    assert!(
+        present || !required,
+        "TENANTAI_REQUIRE_MKL=1 but TENANTAI_MKL_LIB is unset"
+    );
     if present {
         vec!["gemmkit", "mkl"]
     } else {
@@ -61,7 +64,11 @@ async fn check_precision_on(precision: &str, matmul: &str, floor: f64) {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
         let c = cosine(&v, &item.embedding);
-        assert!(c >= floor, "{precision} on {matmul} {:?}: cosine {c}", item.text);
+        assert!(
+            c >= floor,
+            "{precision} on {matmul} {:?}: cosine {c}",
+            item.text
+        );
         worst = worst.min(c);
     }
     eprintln!("{precision} on {matmul}: worst cosine against the f32 reference {worst:.6}");
@@ -122,7 +129,13 @@ fn an_unknown_precision_is_refused_at_start() {
 #[test]
 fn mkl_that_does_not_open_is_refused_at_start() {
     let out = Command::new(env!("CARGO_BIN_EXE_gpu-worker"))
-        .args(["serve", "--matmul", "mkl", "--mkl-lib", "/nonexistent/libmkl_rt.so.2"])
+        .args([
+            "serve",
+            "--matmul",
+            "mkl",
+            "--mkl-lib",
+            "/nonexistent/libmkl_rt.so.2",
+        ])
         .args(["--port", "0"])
         .stdout(Stdio::null())
         .output()

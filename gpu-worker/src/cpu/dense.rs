@@ -14,6 +14,8 @@
 //!   per row, so a row's whole range [min, max] gets the 256 steps; GELU's
 //!   outputs are nearly all positive), on gemmkit symmetrically to i8.
 
+use std::cell::RefCell;
+
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use half::slice::HalfFloatSliceExt;
 use tenantai_mkl::Mkl;
@@ -32,6 +34,29 @@ enum Weights {
         scales: Vec<f32>,
         sums: Vec<i32>,
     },
+}
+
+thread_local! {
+    /// Each model thread's buffers for a product's rounded or quantized inputs and
+    /// its i32 results, kept from call to call: no allocation, zeroing or fresh
+    /// pages per product (they are written whole before they are read).
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+#[derive(Default)]
+struct Scratch {
+    halves: Vec<bf16>,
+    unsigned: Vec<u8>,
+    signed: Vec<i8>,
+    ints: Vec<i32>,
+}
+
+/// The first `len` values of `buf`, grown to hold them.
+fn take<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
 }
 
 /// One dense layer's weights (`n` outputs x `k` inputs, row-major as in the
@@ -135,9 +160,9 @@ impl Dense {
                 self.fill_bias(out);
                 mkl.f32_gemm(m, n, k, x, w, 1.0, out);
             }
-            Weights::Bf16(w) => {
-                let mut xb = vec![bf16::ZERO; m * k];
-                xb.convert_from_f32_slice(x);
+            Weights::Bf16(w) => SCRATCH.with_borrow_mut(|scratch| {
+                let xb = take(&mut scratch.halves, m * k);
+                quant::to_bf16(x, xb);
                 self.fill_bias(out);
                 mkl.bf16_gemm(
                     m,
@@ -148,19 +173,20 @@ impl Dense {
                     1.0,
                     out,
                 );
-            }
-            Weights::Int8 { q, scales, sums } => {
-                let mut xq = vec![0u8; m * k];
-                let rows = quant::quantize_rows_u8(x, k, &mut xq);
-                let mut c = vec![0i32; m * n];
-                mkl.u8s8_gemm(m, n, k, &xq, q, &mut c);
+            }),
+            Weights::Int8 { q, scales, sums } => SCRATCH.with_borrow_mut(|scratch| {
+                let Scratch { unsigned, ints, .. } = scratch;
+                let xq = take(unsigned, m * k);
+                let rows = quant::quantize_rows_u8(x, k, xq);
+                let c = take(ints, m * n);
+                mkl.u8s8_gemm(m, n, k, xq, q, c);
                 let channels = Channels {
                     scales,
                     sums,
                     bias: &self.bias,
                 };
-                quant::dequantize(&c, &rows, &channels, out);
-            }
+                quant::dequantize(c, &rows, &channels, out);
+            }),
         }
     }
 
@@ -179,7 +205,8 @@ impl Dense {
                 );
             }
             Weights::Bf16(w) => {
-                let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                let mut xb = vec![bf16::ZERO; m * k];
+                quant::to_bf16(x, &mut xb);
                 let mut c = vec![bf16::ZERO; m * n];
                 gemmkit::gemm(
                     bf16::ONE,
@@ -195,16 +222,17 @@ impl Dense {
                     }
                 }
             }
-            Weights::Int8 { q, scales, sums } => {
-                let mut xq = vec![0i8; m * k];
-                let rows = quant::quantize_rows_i8(x, k, &mut xq);
-                let mut c = vec![0i32; m * n];
+            Weights::Int8 { q, scales, sums } => SCRATCH.with_borrow_mut(|scratch| {
+                let Scratch { signed, ints, .. } = scratch;
+                let xq = take(signed, m * k);
+                let rows = quant::quantize_rows_i8(x, k, xq);
+                let c = take(ints, m * n);
                 gemmkit::gemm_i8(
                     1,
-                    MatRef::from_row_major(&xq, m, k),
+                    MatRef::from_row_major(xq, m, k),
                     MatRef::from_col_major(q, k, n),
                     0,
-                    MatMut::from_row_major(&mut c, m, n),
+                    MatMut::from_row_major(c, m, n),
                     Parallelism::Serial,
                 );
                 let channels = Channels {
@@ -212,8 +240,8 @@ impl Dense {
                     sums,
                     bias: &self.bias,
                 };
-                quant::dequantize(&c, &rows, &channels, out);
-            }
+                quant::dequantize(c, &rows, &channels, out);
+            }),
         }
     }
 }

@@ -1,13 +1,39 @@
-//! int8 quantization for the dense layers: weights symmetric per output channel
-//! (at load), activations per token row at run time (symmetric i8 for gemmkit's
-//! i8 x i8 product, asymmetric u8 for oneMKL's u8 x s8 one), and the epilogue
-//! that scales the i32 products back to f32. The run-time loops are pulp
+//! The reduced-precision inputs of the dense layers. int8: weights symmetric per
+//! output channel (at load), activations per token row at run time (symmetric i8
+//! for gemmkit's i8 x i8 product, asymmetric u8 for oneMKL's u8 x s8 one), and the
+//! epilogue that scales the i32 products back to f32. bf16: activations rounded to
+//! nearest even. The run-time loops are pulp
 //! [`WithSimd`] bodies, compiled for the CPU's vector unit (see [`super::ops`]):
 //! on the baseline target each `round` would be a libm call.
 
+use gemmkit::bf16;
 use pulp::{Simd, WithSimd};
 
 use super::ops::LANES;
+
+/// `out[i]` = `x[i]` rounded to bf16 (nearest, ties to even; NaNs stay NaN).
+pub fn to_bf16(x: &[f32], out: &mut [bf16]) {
+    pulp::Arch::new().dispatch(ToBf16 { x, out })
+}
+
+struct ToBf16<'a> {
+    x: &'a [f32],
+    out: &'a mut [bf16],
+}
+
+impl WithSimd for ToBf16<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        for (o, &x) in self.out.iter_mut().zip(self.x) {
+            let bits = x.to_bits();
+            let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+            let quiet = ((bits >> 16) as u16) | 0x40;
+            *o = bf16::from_bits(if x.is_nan() { quiet } else { rounded });
+        }
+    }
+}
 
 /// Symmetric int8 quantization of one row: the values over their scale
 /// (max |x| / 127), rounded; returns the scale (0 for an all-zero row, NaN for a
@@ -196,6 +222,28 @@ impl WithSimd for Dequantize<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rounding_is_the_nearest_even() {
+        let xs = [
+            1.0f32,
+            -2.5,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            3.0e38,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let mut out = vec![bf16::ZERO; xs.len()];
+        to_bf16(&xs, &mut out);
+        for (x, o) in xs.iter().zip(&out) {
+            let want = bf16::from_f32(*x);
+            assert!(
+                o.to_bits() == want.to_bits() || (x.is_nan() && o.is_nan()),
+                "{x}: {o} vs {want}"
+            );
+        }
+    }
 
     #[test]
     fn asymmetric_rows_round_trip_within_half_a_step() {
