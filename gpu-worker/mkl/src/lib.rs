@@ -29,6 +29,12 @@ const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
 const FIX_OFFSET: c_int = 173;
 const THREADING_SEQUENTIAL: c_int = 1;
+const A_MATRIX: c_int = 161;
+const B_MATRIX: c_int = 162;
+const PACKED: c_int = 151;
+/// The row count oneMKL is told when it packs weights (the packed layout serves
+/// products of any row count).
+const PACK_ROWS_HINT: usize = 512;
 
 type Sgemm = unsafe extern "C" fn(
     c_int,
@@ -82,6 +88,20 @@ type GemmS8u8 = unsafe extern "C" fn(
     c_int,
     *const i32,
 );
+type PackGetSize = unsafe extern "C" fn(c_int, c_int, c_int, c_int) -> usize;
+type PackBf16 =
+    unsafe extern "C" fn(c_int, c_int, c_int, c_int, c_int, c_int, *const u16, c_int, *mut u16);
+type PackS8u8 = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    *const c_void,
+    c_int,
+    *mut c_void,
+);
 type SetThreadingLayer = unsafe extern "C" fn(c_int) -> c_int;
 type VersionString = unsafe extern "C" fn(*mut c_char, c_int);
 
@@ -108,6 +128,12 @@ pub struct Mkl {
     sgemm: Sgemm,
     bf16: GemmBf16,
     s8u8: GemmS8u8,
+    bf16_pack_size: PackGetSize,
+    bf16_pack: PackBf16,
+    bf16_compute: GemmBf16,
+    s8u8_pack_size: PackGetSize,
+    s8u8_pack: PackS8u8,
+    s8u8_compute: GemmS8u8,
     version: String,
     path: PathBuf,
     _library: Library,
@@ -168,6 +194,12 @@ impl Mkl {
         let sgemm = symbol!("cblas_sgemm", Sgemm);
         let bf16 = symbol!("cblas_gemm_bf16bf16f32", GemmBf16);
         let s8u8 = symbol!("cblas_gemm_s8u8s32", GemmS8u8);
+        let bf16_pack_size = symbol!("cblas_gemm_bf16bf16f32_pack_get_size", PackGetSize);
+        let bf16_pack = symbol!("cblas_gemm_bf16bf16f32_pack", PackBf16);
+        let bf16_compute = symbol!("cblas_gemm_bf16bf16f32_compute", GemmBf16);
+        let s8u8_pack_size = symbol!("cblas_gemm_s8u8s32_pack_get_size", PackGetSize);
+        let s8u8_pack = symbol!("cblas_gemm_s8u8s32_pack", PackS8u8);
+        let s8u8_compute = symbol!("cblas_gemm_s8u8s32_compute", GemmS8u8);
         // SAFETY: takes an enum value and returns the layer in force.
         let answer = unsafe { set_threading(THREADING_SEQUENTIAL) };
         if answer != THREADING_SEQUENTIAL {
@@ -182,6 +214,12 @@ impl Mkl {
             sgemm,
             bf16,
             s8u8,
+            bf16_pack_size,
+            bf16_pack,
+            bf16_compute,
+            s8u8_pack_size,
+            s8u8_pack,
+            s8u8_compute,
             version,
             path,
             _library: library,
@@ -297,6 +335,167 @@ impl Mkl {
                 ki,
                 1.0,
                 b.as_ptr().cast(),
+                ld,
+                0,
+                a.as_ptr().cast(),
+                ld,
+                0,
+                0.0,
+                c.as_mut_ptr(),
+                ni,
+                no_offset.as_ptr(),
+            );
+        }
+    }
+}
+
+/// One cache line: the packed buffers' unit, so they start 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Weights (`n x k`, row-major: the second operand of a product) in oneMKL's
+/// packed layout, made once at load so that no product repacks them.
+pub struct Packed {
+    lines: Vec<Line>,
+    kind: PackedKind,
+    n: usize,
+    k: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PackedKind {
+    Bf16,
+    S8,
+}
+
+impl Packed {
+    fn zeroed(bytes: usize, kind: PackedKind, n: usize, k: usize) -> Packed {
+        Packed {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            kind,
+            n,
+            k,
+        }
+    }
+
+    fn ptr(&self) -> *const c_void {
+        self.lines.as_ptr().cast()
+    }
+
+    fn mut_ptr(&mut self) -> *mut c_void {
+        self.lines.as_mut_ptr().cast()
+    }
+
+    /// (outputs, inputs) of the packed weights.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+}
+
+fn check_packed(packed: &Packed, kind: PackedKind, a: usize, c: usize, m: usize) {
+    assert_eq!(packed.kind, kind, "weights packed for another product");
+    check(a, packed.n * packed.k, c, m, packed.n, packed.k);
+}
+
+impl Mkl {
+    /// Packs bf16 weights (`n x k`, row-major) for [`Mkl::bf16_gemm_packed`].
+    pub fn pack_bf16(&self, n: usize, k: usize, w: &[u16]) -> Packed {
+        check(0, w.len(), 0, 0, n, k);
+        let (hint, ni, ki) = (int(PACK_ROWS_HINT), int(n), int(k));
+        // SAFETY: pure function of the dimensions.
+        let bytes = unsafe { (self.bf16_pack_size)(B_MATRIX, hint, ni, ki) };
+        let mut packed = Packed::zeroed(bytes, PackedKind::Bf16, n, k);
+        // SAFETY: `w` holds n x k values (checked); `dest` holds the `bytes` oneMKL asked for.
+        unsafe {
+            (self.bf16_pack)(
+                ROW_MAJOR,
+                B_MATRIX,
+                TRANS,
+                hint,
+                ni,
+                ki,
+                w.as_ptr(),
+                int(k.max(1)),
+                packed.mut_ptr().cast(),
+            );
+        }
+        packed
+    }
+
+    /// `c (m x n) = a (m x k) · Wᵀ + beta · c` with `W` from [`Mkl::pack_bf16`].
+    pub fn bf16_gemm_packed(&self, m: usize, a: &[u16], w: &Packed, beta: f32, c: &mut [f32]) {
+        check_packed(w, PackedKind::Bf16, a.len(), c.len(), m);
+        if m == 0 || w.n == 0 {
+            return;
+        }
+        let (mi, ni, ki, ld) = (int(m), int(w.n), int(w.k), int(w.k.max(1)));
+        // SAFETY: as in `bf16_gemm`, the weights being a buffer `pack_bf16` filled
+        // for this shape.
+        unsafe {
+            (self.bf16_compute)(
+                ROW_MAJOR,
+                NO_TRANS,
+                PACKED,
+                mi,
+                ni,
+                ki,
+                1.0,
+                a.as_ptr(),
+                ld,
+                w.ptr().cast(),
+                ld,
+                beta,
+                c.as_mut_ptr(),
+                ni,
+            );
+        }
+    }
+
+    /// Packs signed 8-bit weights (`n x k`, row-major) for [`Mkl::u8s8_gemm_packed`].
+    pub fn pack_s8(&self, n: usize, k: usize, w: &[i8]) -> Packed {
+        check(0, w.len(), 0, 0, n, k);
+        let (hint, ni, ki) = (int(PACK_ROWS_HINT), int(n), int(k));
+        // SAFETY: pure function of the dimensions.
+        let bytes = unsafe { (self.s8u8_pack_size)(A_MATRIX, ni, hint, ki) };
+        let mut packed = Packed::zeroed(bytes, PackedKind::S8, n, k);
+        // SAFETY: as in `pack_bf16`.
+        unsafe {
+            (self.s8u8_pack)(
+                COL_MAJOR,
+                A_MATRIX,
+                TRANS,
+                ni,
+                hint,
+                ki,
+                w.as_ptr().cast(),
+                int(k.max(1)),
+                packed.mut_ptr(),
+            );
+        }
+        packed
+    }
+
+    /// As [`Mkl::u8s8_gemm`] with the weights from [`Mkl::pack_s8`].
+    pub fn u8s8_gemm_packed(&self, m: usize, a: &[u8], w: &Packed, c: &mut [i32]) {
+        check_packed(w, PackedKind::S8, a.len(), c.len(), m);
+        if m == 0 || w.n == 0 {
+            return;
+        }
+        let (mi, ni, ki, ld) = (int(m), int(w.n), int(w.k), int(w.k.max(1)));
+        let no_offset = [0i32];
+        // SAFETY: as in `u8s8_gemm` and `bf16_gemm_packed`.
+        unsafe {
+            (self.s8u8_compute)(
+                COL_MAJOR,
+                PACKED,
+                NO_TRANS,
+                FIX_OFFSET,
+                ni,
+                mi,
+                ki,
+                1.0,
+                w.ptr(),
                 ld,
                 0,
                 a.as_ptr().cast(),
@@ -427,6 +626,35 @@ mod tests {
         let mut c = vec![7i32; m * n];
         mkl.u8s8_gemm(m, n, k, &au, &bs, &mut c);
         assert_eq!(c, want.iter().map(|&x| x as i32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn packed_weights_give_the_same_products_at_any_row_count() {
+        let Some(mkl) = mkl() else { return };
+        let (n, k) = (48, 160);
+        let w = values(n * k, 5);
+        let wb: Vec<u16> = w.iter().map(|&x| bf16_bits(x)).collect();
+        let ws: Vec<i8> = w.iter().map(|&x| (x * 254.0) as i8).collect();
+        let (pb, ps) = (mkl.pack_bf16(n, k, &wb), mkl.pack_s8(n, k, &ws));
+        assert_eq!(pb.shape(), (n, k));
+        for m in [1, 7, 64, 513, 1200] {
+            let a = values(m * k, m as u32);
+            let ab: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
+            let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+            mkl.bf16_gemm(m, n, k, &ab, &wb, 0.0, &mut want);
+            mkl.bf16_gemm_packed(m, &ab, &pb, 0.0, &mut got);
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "bf16, {m} rows: {worst}");
+            let au: Vec<u8> = a.iter().map(|&x| ((x + 0.5) * 255.0) as u8).collect();
+            let (mut want, mut got) = (vec![0i32; m * n], vec![1i32; m * n]);
+            mkl.u8s8_gemm(m, n, k, &au, &ws, &mut want);
+            mkl.u8s8_gemm_packed(m, &au, &ps, &mut got);
+            assert_eq!(want, got, "int8, {m} rows");
+        }
     }
 
     #[test]

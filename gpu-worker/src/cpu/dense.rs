@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use half::slice::HalfFloatSliceExt;
-use tenantai_mkl::Mkl;
+use tenantai_mkl::{Mkl, Packed};
 
 use super::matmul::{self, Matmul};
 use super::quant::{self, Channels};
@@ -67,6 +67,29 @@ pub struct Dense {
     n: usize,
     k: usize,
     matmul: Matmul,
+    /// On oneMKL, the bf16 or int8 weights in its packed layout (made at load;
+    /// the plain copy in `weights` is then dropped).
+    packed: Option<Packed>,
+}
+
+/// On oneMKL, the reduced-precision weights in its packed layout, with the
+/// plain copy emptied.
+fn pack(matmul: &Matmul, weights: Weights, n: usize, k: usize) -> (Weights, Option<Packed>) {
+    let Matmul::Mkl(mkl) = matmul else {
+        return (weights, None);
+    };
+    match weights {
+        Weights::Bf16(w) => {
+            let packed = mkl.pack_bf16(n, k, w.reinterpret_cast());
+            (Weights::Bf16(Vec::new()), Some(packed))
+        }
+        Weights::Int8 { q, scales, sums } => {
+            let packed = mkl.pack_s8(n, k, &q);
+            let q = Vec::new();
+            (Weights::Int8 { q, scales, sums }, Some(packed))
+        }
+        f32 => (f32, None),
+    }
 }
 
 impl Dense {
@@ -116,12 +139,14 @@ impl Dense {
                 Weights::Int8 { q, scales, sums }
             }
         };
+        let (weights, packed) = pack(&matmul, weights, n, k);
         Ok(Dense {
             weights,
             bias: bias.to_vec(),
             n,
             k,
             matmul,
+            packed,
         })
     }
 
@@ -155,31 +180,30 @@ impl Dense {
 
     fn forward_mkl(&self, mkl: &Mkl, x: &[f32], m: usize, out: &mut [f32]) {
         let (n, k) = (self.n, self.k);
-        match &self.weights {
-            Weights::F32(w) => {
+        match (&self.weights, &self.packed) {
+            (Weights::F32(w), _) => {
                 self.fill_bias(out);
                 mkl.f32_gemm(m, n, k, x, w, 1.0, out);
             }
-            Weights::Bf16(w) => SCRATCH.with_borrow_mut(|scratch| {
+            (Weights::Bf16(w), packed) => SCRATCH.with_borrow_mut(|scratch| {
                 let xb = take(&mut scratch.halves, m * k);
                 quant::to_bf16(x, xb);
                 self.fill_bias(out);
-                mkl.bf16_gemm(
-                    m,
-                    n,
-                    k,
-                    xb.reinterpret_cast(),
-                    w.reinterpret_cast(),
-                    1.0,
-                    out,
-                );
+                let xb = xb.reinterpret_cast();
+                match packed {
+                    Some(p) => mkl.bf16_gemm_packed(m, xb, p, 1.0, out),
+                    None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), 1.0, out),
+                }
             }),
-            Weights::Int8 { q, scales, sums } => SCRATCH.with_borrow_mut(|scratch| {
+            (Weights::Int8 { q, scales, sums }, packed) => SCRATCH.with_borrow_mut(|scratch| {
                 let Scratch { unsigned, ints, .. } = scratch;
                 let xq = take(unsigned, m * k);
                 let rows = quant::quantize_rows_u8(x, k, xq);
                 let c = take(ints, m * n);
-                mkl.u8s8_gemm(m, n, k, xq, q, c);
+                match packed {
+                    Some(p) => mkl.u8s8_gemm_packed(m, xq, p, c),
+                    None => mkl.u8s8_gemm(m, n, k, xq, q, c),
+                }
                 let channels = Channels {
                     scales,
                     sums,
