@@ -11,18 +11,23 @@
 //! - `faer`: faer 0.24 (its x86 gemm) into a preallocated output;
 //! - `q8-vnni`: candle's quantized Q8_0 matmul (AVX-512 VNNI kernels), K padded to
 //!   a multiple of 256 where needed (counted at the real K);
-//! - the engine's own `gpu_worker::cpu` kernels for each precision.
+//! - the engine's dense layers (`gpu_worker::cpu::Dense`, input rounding or
+//!   quantization included) per library and precision: `gemmkit-f32`,
+//!   `gemmkit-bf16`, `gemmkit-int8`, and with oneMKL (`TENANTAI_MKL_LIB`; packed
+//!   weights, AMX where the CPU has it) `mkl-f32`, `mkl-bf16`, `mkl-int8`.
 //!
 //! Every thread (`--threads N`, default 1) runs its own products at once, as the
 //! engine's model threads do; the figure is the sum over threads.
 //!
 //! usage: matmul_shapes [--threads N] [--tokens 15,240,480,...] [--only name,...]
+//! env: TENANTAI_MKL_LIB (oneMKL's libmkl_rt.so.2, scripts/lib/mkl.sh)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark tool
 
 use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use gpu_worker::cpu::matmul::{Matmul, MatmulChoice};
 use gpu_worker::cpu::{Dense, Precision};
 
 const SHAPES: [(&str, usize, usize); 4] = [
@@ -132,8 +137,12 @@ fn run(method: &str, m: usize, k: usize, n: usize) -> f64 {
             })
         }
         other => {
-            let precision: Precision = other.parse().unwrap();
-            let dense = Dense::new(precision, &w, &values(n, 3), n, k).unwrap();
+            let (library, precision) = other.split_once('-').expect("LIBRARY-PRECISION");
+            let choice: MatmulChoice = library.parse().unwrap();
+            let mkl = std::env::var_os("TENANTAI_MKL_LIB").map(std::path::PathBuf::from);
+            let matmul = Matmul::open(choice, mkl.as_deref()).unwrap();
+            let precision: Precision = precision.parse().unwrap();
+            let dense = Dense::with_matmul(matmul, precision, &w, &values(n, 3), n, k).unwrap();
             let mut dst = vec![0f32; m * n];
             time(|| dense.forward(&x, m, &mut dst))
         }
@@ -150,7 +159,14 @@ fn main() {
         .map(|t| t.parse().unwrap())
         .collect();
     let methods: Vec<String> = arg("--only")
-        .unwrap_or_else(|| "candle-t,candle,faer,f32,bf16,q8-vnni,int8".into())
+        .unwrap_or_else(|| {
+            let mut all =
+                "candle-t,candle,faer,q8-vnni,gemmkit-f32,gemmkit-bf16,gemmkit-int8".to_string();
+            if std::env::var_os("TENANTAI_MKL_LIB").is_some() {
+                all.push_str(",mkl-f32,mkl-bf16,mkl-int8");
+            }
+            all
+        })
         .split(',')
         .map(str::to_string)
         .collect();
