@@ -35,6 +35,16 @@ impl WithSimd for ToBf16<'_> {
     }
 }
 
+/// `v` (finite, in [0, 2²²)) rounded to the nearest integer, ties to even: adding
+/// 2²³ leaves the integer in the low mantissa bits. A bit cast instead of `as`,
+/// whose saturating, NaN-checking conversion does not vectorise (each lane was
+/// converted on its own).
+#[inline(always)]
+fn small_int(v: f32) -> i32 {
+    const SHIFT: f32 = 8_388_608.0; // 2²³
+    ((v + SHIFT).to_bits() - SHIFT.to_bits()) as i32
+}
+
 /// Symmetric int8 quantization of one row: the values over their scale
 /// (max |x| / 127), rounded; returns the scale (0 for an all-zero row, NaN for a
 /// row that is not finite).
@@ -49,7 +59,7 @@ pub fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
     let scale = max / 127.0;
     let inv = 127.0 / max;
     for (o, &x) in out.iter_mut().zip(row) {
-        *o = (x * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *o = (small_int((x * inv).clamp(-127.0, 127.0) + 127.0) - 127) as i8;
     }
     scale
 }
@@ -134,7 +144,7 @@ pub fn quantize_row_u8(row: &[f32], out: &mut [u8]) -> RowQuant {
     let inv = 1.0 / scale;
     let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0);
     for (o, &x) in out.iter_mut().zip(row) {
-        *o = x.mul_add(inv, zero).round_ties_even().clamp(0.0, 255.0) as i32 as u8;
+        *o = small_int(x.mul_add(inv, zero).clamp(0.0, 255.0)) as u8;
     }
     RowQuant {
         scale,
@@ -222,6 +232,21 @@ impl WithSimd for Dequantize<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_ints_round_to_the_nearest_even() {
+        for (v, want) in [
+            (0.0, 0),
+            (0.49, 0),
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (254.6, 255),
+            (255.0, 255),
+        ] {
+            assert_eq!(small_int(v), want, "{v}");
+        }
+    }
 
     #[test]
     fn bf16_rounding_is_the_nearest_even() {
