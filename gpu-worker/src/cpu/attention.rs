@@ -36,7 +36,6 @@ pub fn attend(qkv: &[f32], lens: &[usize], heads: usize, head_size: usize, out: 
                 seq,
                 heads,
                 head_size,
-                scores: s,
                 out: o,
             });
             start += len;
@@ -82,7 +81,6 @@ struct Direct<'a> {
     seq: &'a [f32],
     heads: usize,
     head_size: usize,
-    scores: &'a mut [f32],
     out: &'a mut [f32],
 }
 
@@ -95,24 +93,40 @@ impl WithSimd for Direct<'_> {
             seq,
             heads,
             head_size,
-            scores,
             out,
         } = self;
         let hidden = heads * head_size;
         let stride = 3 * hidden;
         let len = seq.len() / stride;
-        let p = &mut scores[..len];
+        // Scores of one query against every key, vectorised over the keys: each
+        // head's keys transposed (head size x `padded`, zeros past `len`), so a
+        // query's scores are `head size` multiply-adds of whole rows, with no
+        // horizontal sums.
+        let padded = len.next_multiple_of(LANES);
+        let mut keys = vec![0f32; head_size * padded];
+        let mut p = vec![0f32; padded];
         for h in 0..heads {
             let (q_at, k_at, v_at) = (
                 h * head_size,
                 hidden + h * head_size,
                 2 * hidden + h * head_size,
             );
-            for (i, row) in seq.chunks_exact(stride).enumerate() {
-                let q = &row[q_at..q_at + head_size];
-                for (pj, krow) in p.iter_mut().zip(seq.chunks_exact(stride)) {
-                    *pj = dot(q, &krow[k_at..k_at + head_size]);
+            for (j, row) in seq.chunks_exact(stride).enumerate() {
+                for (c, &k) in row[k_at..k_at + head_size].iter().enumerate() {
+                    keys[c * padded + j] = k;
                 }
+            }
+            for (i, row) in seq.chunks_exact(stride).enumerate() {
+                p.fill(0.0);
+                for (&q, krow) in row[q_at..q_at + head_size]
+                    .iter()
+                    .zip(keys.chunks_exact(padded))
+                {
+                    for (pj, &k) in p.iter_mut().zip(krow) {
+                        *pj = q.mul_add(k, *pj);
+                    }
+                }
+                let p = &mut p[..len];
                 softmax(p);
                 let o = &mut out[i * hidden + h * head_size..i * hidden + (h + 1) * head_size];
                 o.fill(0.0);
@@ -124,25 +138,6 @@ impl WithSimd for Direct<'_> {
             }
         }
     }
-}
-
-/// Dot product with [`LANES`] partial sums.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
