@@ -117,22 +117,44 @@ impl WithSimd for Direct<'_> {
                 }
             }
             for (i, row) in seq.chunks_exact(stride).enumerate() {
-                p.fill(0.0);
-                for (&q, krow) in row[q_at..q_at + head_size]
-                    .iter()
-                    .zip(keys.chunks_exact(padded))
-                {
-                    for (pj, &k) in p.iter_mut().zip(krow) {
-                        *pj = q.mul_add(k, *pj);
+                let q = &row[q_at..q_at + head_size];
+                // LANES keys at a time, their sums in one register-sized array.
+                for (block, chunk) in p.chunks_exact_mut(LANES).enumerate() {
+                    let mut acc = [0f32; LANES];
+                    for (&qc, krow) in q.iter().zip(keys.chunks_exact(padded)) {
+                        let k = &krow[block * LANES..(block + 1) * LANES];
+                        for l in 0..LANES {
+                            acc[l] = qc.mul_add(k[l], acc[l]);
+                        }
                     }
+                    chunk.copy_from_slice(&acc);
                 }
-                let p = &mut p[..len];
-                softmax(p);
+                // The softmax over whole vectors too: the padding's scores at
+                // -inf weigh ~1e-38 (exp is clamped at -87), far below f32's
+                // resolution of the sum. (Over the `len` scores alone, all of a
+                // short row would be its scalar tail.)
+                p[len..].fill(f32::NEG_INFINITY);
+                softmax(&mut p);
+                // LANES output columns at a time, summed over the keys in registers.
                 let o = &mut out[i * hidden + h * head_size..i * hidden + (h + 1) * head_size];
-                o.fill(0.0);
-                for (&pj, vrow) in p.iter().zip(seq.chunks_exact(stride)) {
-                    for (a, v) in o.iter_mut().zip(&vrow[v_at..v_at + head_size]) {
-                        *a = pj.mul_add(*v, *a);
+                let mut columns = o.chunks_exact_mut(LANES);
+                for (block, chunk) in columns.by_ref().enumerate() {
+                    let at = v_at + block * LANES;
+                    let mut acc = [0f32; LANES];
+                    for (&pj, vrow) in p[..len].iter().zip(seq.chunks_exact(stride)) {
+                        let v = &vrow[at..at + LANES];
+                        for l in 0..LANES {
+                            acc[l] = pj.mul_add(v[l], acc[l]);
+                        }
+                    }
+                    chunk.copy_from_slice(&acc);
+                }
+                let done = head_size - columns.into_remainder().len();
+                for c in done..head_size {
+                    let o = &mut out[i * hidden + h * head_size + c];
+                    *o = 0.0;
+                    for (&pj, vrow) in p[..len].iter().zip(seq.chunks_exact(stride)) {
+                        *o = pj.mul_add(vrow[v_at + c], *o);
                     }
                 }
             }
@@ -146,42 +168,44 @@ mod tests {
 
     #[test]
     fn matches_a_direct_computation_per_sequence() {
-        let (heads, d) = (3, 8);
-        let hidden = heads * d;
-        let lens = [5usize, 1, 19, GEMM_FROM + 3];
-        let tokens: usize = lens.iter().sum();
-        let qkv: Vec<f32> = (0..tokens * 3 * hidden)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
-            .collect();
-        let mut got = vec![0f32; tokens * hidden];
-        attend(&qkv, &lens, heads, d, &mut got);
-        let at = |t: usize, part: usize, h: usize, c: usize| {
-            qkv[t * 3 * hidden + part * hidden + h * d + c] as f64
-        };
-        let mut start = 0;
-        for &len in &lens {
-            for h in 0..heads {
-                for i in 0..len {
-                    let scores: Vec<f64> = (0..len)
-                        .map(|j| {
-                            (0..d)
-                                .map(|c| at(start + i, 0, h, c) * at(start + j, 1, h, c))
-                                .sum()
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let total: f64 = e.iter().sum();
-                    for c in 0..d {
-                        let want: f64 = (0..len)
-                            .map(|j| e[j] / total * at(start + j, 2, h, c))
-                            .sum();
-                        let g = got[(start + i) * hidden + h * d + c] as f64;
-                        assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+        // Head sizes below, at and past one register of lanes.
+        for (heads, d) in [(3, 8), (2, 32), (1, 40)] {
+            let hidden = heads * d;
+            let lens = [5usize, 1, 19, GEMM_FROM + 3];
+            let tokens: usize = lens.iter().sum();
+            let qkv: Vec<f32> = (0..tokens * 3 * hidden)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                .collect();
+            let mut got = vec![0f32; tokens * hidden];
+            attend(&qkv, &lens, heads, d, &mut got);
+            let at = |t: usize, part: usize, h: usize, c: usize| {
+                qkv[t * 3 * hidden + part * hidden + h * d + c] as f64
+            };
+            let mut start = 0;
+            for &len in &lens {
+                for h in 0..heads {
+                    for i in 0..len {
+                        let scores: Vec<f64> = (0..len)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|c| at(start + i, 0, h, c) * at(start + j, 1, h, c))
+                                    .sum()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let total: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 = (0..len)
+                                .map(|j| e[j] / total * at(start + j, 2, h, c))
+                                .sum();
+                            let g = got[(start + i) * hidden + h * d + c] as f64;
+                            assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+                        }
                     }
                 }
+                start += len;
             }
-            start += len;
         }
     }
 }
