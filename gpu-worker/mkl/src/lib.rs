@@ -5,11 +5,12 @@
 //! thread runs its own products), and three products are offered, each with
 //! the weights as the second, transposed operand (`C = A · Bᵀ`, row-major):
 //!
-//! - [`Mkl::f32_gemm`]: `cblas_sgemm`;
-//! - [`Mkl::bf16_gemm`]: `cblas_gemm_bf16bf16f32` (bf16 inputs, f32 accumulation
-//!   and output; AMX-BF16 or AVX-512 BF16 where the CPU has them);
-//! - [`Mkl::u8s8_gemm`]: `cblas_gemm_s8u8s32` (unsigned 8-bit activations, signed
-//!   8-bit weights, i32 accumulation; AMX-INT8 or AVX-512 VNNI).
+//! - `cblas_sgemm`, as [`Mkl::f32_gemm`];
+//! - `cblas_gemm_bf16bf16f32`, as [`Mkl::bf16_gemm`] (bf16 inputs, f32
+//!   accumulation and output; AMX-BF16 or AVX-512 BF16 where the CPU has them);
+//! - `cblas_gemm_s8u8s32`, as [`Mkl::u8s8_gemm`] (unsigned 8-bit activations,
+//!   signed 8-bit weights, i32 accumulation; AMX-INT8 or AVX-512 VNNI);
+//! - the last two with the weights packed once ([`Mkl::pack_bf16`], [`Mkl::pack_s8`]).
 //!
 //! Each call checks its slices against the shape before it crosses into C, so
 //! the safe functions cannot read or write out of bounds.
@@ -236,17 +237,8 @@ impl Mkl {
         &self.path
     }
 
-    /// `c (m x n) = a (m x k) · bᵀ + beta · c`, with `b` given as `n x k`; all row-major.
-    pub fn f32_gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        b: &[f32],
-        beta: f32,
-        c: &mut [f32],
-    ) {
+    /// `c (m x n) += a (m x k) · bᵀ`, with `b` given as `n x k`; all row-major.
+    pub fn f32_gemm(&self, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
         check(a.len(), b.len(), c.len(), m, n, k);
         if m == 0 || n == 0 {
             return;
@@ -267,7 +259,7 @@ impl Mkl {
                 ld,
                 b.as_ptr(),
                 ld,
-                beta,
+                1.0,
                 c.as_mut_ptr(),
                 ni,
             );
@@ -276,16 +268,7 @@ impl Mkl {
 
     /// As [`Mkl::f32_gemm`] with bf16 operands (their bits, as `half::bf16::to_bits`
     /// gives them); the accumulation and `c` are f32.
-    pub fn bf16_gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[u16],
-        b: &[u16],
-        beta: f32,
-        c: &mut [f32],
-    ) {
+    pub fn bf16_gemm(&self, m: usize, n: usize, k: usize, a: &[u16], b: &[u16], c: &mut [f32]) {
         check(a.len(), b.len(), c.len(), m, n, k);
         if m == 0 || n == 0 {
             return;
@@ -305,7 +288,7 @@ impl Mkl {
                 ld,
                 b.as_ptr(),
                 ld,
-                beta,
+                1.0,
                 c.as_mut_ptr(),
                 ni,
             );
@@ -423,8 +406,8 @@ impl Mkl {
         packed
     }
 
-    /// `c (m x n) = a (m x k) · Wᵀ + beta · c` with `W` from [`Mkl::pack_bf16`].
-    pub fn bf16_gemm_packed(&self, m: usize, a: &[u16], w: &Packed, beta: f32, c: &mut [f32]) {
+    /// `c (m x n) += a (m x k) · Wᵀ` with `W` from [`Mkl::pack_bf16`].
+    pub fn bf16_gemm_packed(&self, m: usize, a: &[u16], w: &Packed, c: &mut [f32]) {
         check_packed(w, PackedKind::Bf16, a.len(), c.len(), m);
         if m == 0 || w.n == 0 {
             return;
@@ -445,7 +428,7 @@ impl Mkl {
                 ld,
                 w.ptr().cast(),
                 ld,
-                beta,
+                1.0,
                 c.as_mut_ptr(),
                 ni,
             );
@@ -583,10 +566,10 @@ mod tests {
         let (a, b) = (values(m * k, 1), values(n * k, 2));
         let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
 
-        // f32, with beta = 1 adding to what `c` held.
+        // f32, adding to what `c` held.
         let want = product(&wide(&a), &wide(&b), m, n, k);
         let mut c = vec![1f32; m * n];
-        mkl.f32_gemm(m, n, k, &a, &b, 1.0, &mut c);
+        mkl.f32_gemm(m, n, k, &a, &b, &mut c);
         for (got, want) in c.iter().zip(&want) {
             assert!(
                 (*got as f64 - (want + 1.0)).abs() < 1e-4,
@@ -608,7 +591,7 @@ mod tests {
             k,
         );
         let mut c = vec![0f32; m * n];
-        mkl.bf16_gemm(m, n, k, &ab, &bb, 0.0, &mut c);
+        mkl.bf16_gemm(m, n, k, &ab, &bb, &mut c);
         for (got, want) in c.iter().zip(&want) {
             assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
         }
@@ -641,8 +624,8 @@ mod tests {
             let a = values(m * k, m as u32);
             let ab: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
             let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
-            mkl.bf16_gemm(m, n, k, &ab, &wb, 0.0, &mut want);
-            mkl.bf16_gemm_packed(m, &ab, &pb, 0.0, &mut got);
+            mkl.bf16_gemm(m, n, k, &ab, &wb, &mut want);
+            mkl.bf16_gemm_packed(m, &ab, &pb, &mut got);
             let worst = want
                 .iter()
                 .zip(&got)
@@ -662,7 +645,7 @@ mod tests {
         let Some(mkl) = mkl() else { return };
         let result = std::panic::catch_unwind(|| {
             let mut c = vec![0f32; 4];
-            mkl.f32_gemm(2, 2, 3, &[0.0; 5], &[0.0; 6], 0.0, &mut c);
+            mkl.f32_gemm(2, 2, 3, &[0.0; 5], &[0.0; 6], &mut c);
         });
         assert!(result.is_err());
     }

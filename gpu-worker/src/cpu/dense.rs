@@ -187,7 +187,7 @@ impl Dense {
         match (&self.weights, &self.packed) {
             (Weights::F32(w), _) => {
                 self.fill_bias(out);
-                mkl.f32_gemm(m, n, k, x, w, 1.0, out);
+                mkl.f32_gemm(m, n, k, x, w, out);
             }
             (Weights::Bf16(w), packed) => SCRATCH.with_borrow_mut(|scratch| {
                 let xb = take(&mut scratch.halves, m * k);
@@ -195,8 +195,8 @@ impl Dense {
                 self.fill_bias(out);
                 let xb = xb.reinterpret_cast();
                 match packed {
-                    Some(p) => mkl.bf16_gemm_packed(m, xb, p, 1.0, out),
-                    None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), 1.0, out),
+                    Some(p) => mkl.bf16_gemm_packed(m, xb, p, out),
+                    None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), out),
                 }
             }),
             (Weights::Int8 { q, scales, sums }, packed) => SCRATCH.with_borrow_mut(|scratch| {
