@@ -36,9 +36,10 @@ enum Weights {
     },
 }
 
-/// Rows per int8 product on oneMKL: 256 x 1536 i32 products (1.5 MB) fit a
-/// core's L2 between the product and its epilogue.
-const INT8_BLOCK_ROWS: usize = 256;
+/// Rows per bf16 or int8 product on oneMKL: a block's rounded or quantized
+/// inputs and its results (256 x 1536 i32 or f32, 1.5 MB) stay in a core's L2
+/// between the rounding, the product and the epilogue.
+const BLOCK_ROWS: usize = 256;
 
 thread_local! {
     /// Each model thread's buffers for a product's rounded or quantized inputs and
@@ -190,13 +191,17 @@ impl Dense {
                 mkl.f32_gemm(m, n, k, x, w, out);
             }
             (Weights::Bf16(w), packed) => SCRATCH.with_borrow_mut(|scratch| {
-                let xb = take(&mut scratch.halves, m * k);
-                quant::to_bf16(x, xb);
                 self.fill_bias(out);
-                let xb = xb.reinterpret_cast();
-                match packed {
-                    Some(p) => mkl.bf16_gemm_packed(m, xb, p, out),
-                    None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), out),
+                let rows_in = x.chunks(BLOCK_ROWS * k);
+                for (x, out) in rows_in.zip(out.chunks_mut(BLOCK_ROWS * n)) {
+                    let m = x.len() / k;
+                    let xb = take(&mut scratch.halves, m * k);
+                    quant::to_bf16(x, xb);
+                    let xb = xb.reinterpret_cast();
+                    match packed {
+                        Some(p) => mkl.bf16_gemm_packed(m, xb, p, out),
+                        None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), out),
+                    }
                 }
             }),
             (Weights::Int8 { q, scales, sums }, packed) => SCRATCH.with_borrow_mut(|scratch| {
@@ -208,8 +213,8 @@ impl Dense {
                 };
                 // A block of rows at a time: its i32 products stay in cache
                 // between the product and the epilogue.
-                let rows_in = x.chunks(INT8_BLOCK_ROWS * k);
-                for (x, out) in rows_in.zip(out.chunks_mut(INT8_BLOCK_ROWS * n)) {
+                let rows_in = x.chunks(BLOCK_ROWS * k);
+                for (x, out) in rows_in.zip(out.chunks_mut(BLOCK_ROWS * n)) {
                     let m = x.len() / k;
                     let xq = take(unsigned, m * k);
                     let rows = quant::quantize_rows_u8(x, k, xq);
