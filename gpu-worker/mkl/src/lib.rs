@@ -21,6 +21,12 @@ use std::path::{Path, PathBuf};
 
 use libloading::Library;
 
+mod packed;
+#[cfg(test)]
+mod tests;
+
+pub use packed::Packed;
+
 /// The file name `Mkl::open` looks for on the loader's path when given none.
 pub const LIBRARY_NAME: &str = "libmkl_rt.so.2";
 
@@ -37,7 +43,9 @@ const PACKED: c_int = 151;
 /// products of any row count).
 const PACK_ROWS_HINT: usize = 512;
 
-type Sgemm = unsafe extern "C" fn(
+/// `cblas_sgemm` (`T` = f32) and `cblas_gemm_bf16bf16f32` (`T` = bf16 bits):
+/// the same prototype, f32 accumulation and output.
+type Gemm<T> = unsafe extern "C" fn(
     c_int,
     c_int,
     c_int,
@@ -45,30 +53,16 @@ type Sgemm = unsafe extern "C" fn(
     c_int,
     c_int,
     f32,
-    *const f32,
+    *const T,
     c_int,
-    *const f32,
-    c_int,
-    f32,
-    *mut f32,
-    c_int,
-);
-type GemmBf16 = unsafe extern "C" fn(
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    f32,
-    *const u16,
-    c_int,
-    *const u16,
+    *const T,
     c_int,
     f32,
     *mut f32,
     c_int,
 );
+type Sgemm = Gemm<f32>;
+type GemmBf16 = Gemm<u16>;
 type GemmS8u8 = unsafe extern "C" fn(
     c_int,
     c_int,
@@ -166,6 +160,50 @@ fn check(a: usize, b: usize, c: usize, m: usize, n: usize, k: usize) {
     assert!(c >= m * n, "C has {c} values, the product needs {m} x {n}");
 }
 
+/// `c (m x n) += a (m x k) · bᵀ`, row-major, `b` given as `n x k` or (`packed`)
+/// as weights in oneMKL's packed layout.
+///
+/// # Safety
+/// `a` must point to `m x k` values, `b` to `n x k` ones (or a buffer packed for
+/// `n x k`), and `c` must hold `m x n`; `gemm` must be a GEMM of the `Gemm` prototype.
+#[allow(clippy::too_many_arguments)] // the BLAS call's own arguments
+unsafe fn accumulate<T>(
+    gemm: Gemm<T>,
+    packed: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const T,
+    b: *const T,
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let b_op = if packed { PACKED } else { TRANS };
+    let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
+    // SAFETY: the caller's promise; MKL reads `a` and `b` and writes only the
+    // m x n values of `c`.
+    unsafe {
+        gemm(
+            ROW_MAJOR,
+            NO_TRANS,
+            b_op,
+            mi,
+            ni,
+            ki,
+            1.0,
+            a,
+            ld,
+            b,
+            ld,
+            1.0,
+            c.as_mut_ptr(),
+            ni,
+        );
+    }
+}
+
 impl Mkl {
     /// Opens `libmkl_rt` at `path`, or [`LIBRARY_NAME`] on the loader's path, and
     /// selects its sequential threading layer for this process.
@@ -240,59 +278,16 @@ impl Mkl {
     /// `c (m x n) += a (m x k) · bᵀ`, with `b` given as `n x k`; all row-major.
     pub fn f32_gemm(&self, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
         check(a.len(), b.len(), c.len(), m, n, k);
-        if m == 0 || n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
-        // SAFETY: `check` proved every operand holds its shape; MKL reads `a` and
-        // `b` and writes only the m x n values of `c`.
-        unsafe {
-            (self.sgemm)(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                mi,
-                ni,
-                ki,
-                1.0,
-                a.as_ptr(),
-                ld,
-                b.as_ptr(),
-                ld,
-                1.0,
-                c.as_mut_ptr(),
-                ni,
-            );
-        }
+        // SAFETY: `check` proved every operand holds its shape.
+        unsafe { accumulate(self.sgemm, false, m, n, k, a.as_ptr(), b.as_ptr(), c) }
     }
 
     /// As [`Mkl::f32_gemm`] with bf16 operands (their bits, as `half::bf16::to_bits`
     /// gives them); the accumulation and `c` are f32.
     pub fn bf16_gemm(&self, m: usize, n: usize, k: usize, a: &[u16], b: &[u16], c: &mut [f32]) {
         check(a.len(), b.len(), c.len(), m, n, k);
-        if m == 0 || n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
         // SAFETY: as in `f32_gemm`.
-        unsafe {
-            (self.bf16)(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                mi,
-                ni,
-                ki,
-                1.0,
-                a.as_ptr(),
-                ld,
-                b.as_ptr(),
-                ld,
-                1.0,
-                c.as_mut_ptr(),
-                ni,
-            );
-        }
+        unsafe { accumulate(self.bf16, false, m, n, k, a.as_ptr(), b.as_ptr(), c) }
     }
 
     /// `c (m x n) = a (m x k, unsigned) · bᵀ (b: n x k, signed)`, exact in i32;
@@ -329,324 +324,5 @@ impl Mkl {
                 no_offset.as_ptr(),
             );
         }
-    }
-}
-
-/// One cache line: the packed buffers' unit, so they start 64-byte aligned.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// Weights (`n x k`, row-major: the second operand of a product) in oneMKL's
-/// packed layout, made once at load so that no product repacks them.
-pub struct Packed {
-    lines: Vec<Line>,
-    kind: PackedKind,
-    n: usize,
-    k: usize,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum PackedKind {
-    Bf16,
-    S8,
-}
-
-impl Packed {
-    fn zeroed(bytes: usize, kind: PackedKind, n: usize, k: usize) -> Packed {
-        Packed {
-            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
-            kind,
-            n,
-            k,
-        }
-    }
-
-    fn ptr(&self) -> *const c_void {
-        self.lines.as_ptr().cast()
-    }
-
-    fn mut_ptr(&mut self) -> *mut c_void {
-        self.lines.as_mut_ptr().cast()
-    }
-
-    /// (outputs, inputs) of the packed weights.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
-}
-
-fn check_packed(packed: &Packed, kind: PackedKind, a: usize, c: usize, m: usize) {
-    assert_eq!(packed.kind, kind, "weights packed for another product");
-    check(a, packed.n * packed.k, c, m, packed.n, packed.k);
-}
-
-impl Mkl {
-    /// Packs bf16 weights (`n x k`, row-major) for [`Mkl::bf16_gemm_packed`].
-    pub fn pack_bf16(&self, n: usize, k: usize, w: &[u16]) -> Packed {
-        check(0, w.len(), 0, 0, n, k);
-        let (hint, ni, ki) = (int(PACK_ROWS_HINT), int(n), int(k));
-        // SAFETY: pure function of the dimensions.
-        let bytes = unsafe { (self.bf16_pack_size)(B_MATRIX, hint, ni, ki) };
-        let mut packed = Packed::zeroed(bytes, PackedKind::Bf16, n, k);
-        // SAFETY: `w` holds n x k values (checked); `dest` holds the `bytes` oneMKL asked for.
-        unsafe {
-            (self.bf16_pack)(
-                ROW_MAJOR,
-                B_MATRIX,
-                TRANS,
-                hint,
-                ni,
-                ki,
-                w.as_ptr(),
-                int(k.max(1)),
-                packed.mut_ptr().cast(),
-            );
-        }
-        packed
-    }
-
-    /// `c (m x n) += a (m x k) · Wᵀ` with `W` from [`Mkl::pack_bf16`].
-    pub fn bf16_gemm_packed(&self, m: usize, a: &[u16], w: &Packed, c: &mut [f32]) {
-        check_packed(w, PackedKind::Bf16, a.len(), c.len(), m);
-        if m == 0 || w.n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(w.n), int(w.k), int(w.k.max(1)));
-        // SAFETY: as in `bf16_gemm`, the weights being a buffer `pack_bf16` filled
-        // for this shape.
-        unsafe {
-            (self.bf16_compute)(
-                ROW_MAJOR,
-                NO_TRANS,
-                PACKED,
-                mi,
-                ni,
-                ki,
-                1.0,
-                a.as_ptr(),
-                ld,
-                w.ptr().cast(),
-                ld,
-                1.0,
-                c.as_mut_ptr(),
-                ni,
-            );
-        }
-    }
-
-    /// Packs signed 8-bit weights (`n x k`, row-major) for [`Mkl::u8s8_gemm_packed`].
-    pub fn pack_s8(&self, n: usize, k: usize, w: &[i8]) -> Packed {
-        check(0, w.len(), 0, 0, n, k);
-        let (hint, ni, ki) = (int(PACK_ROWS_HINT), int(n), int(k));
-        // SAFETY: pure function of the dimensions.
-        let bytes = unsafe { (self.s8u8_pack_size)(A_MATRIX, ni, hint, ki) };
-        let mut packed = Packed::zeroed(bytes, PackedKind::S8, n, k);
-        // SAFETY: as in `pack_bf16`.
-        unsafe {
-            (self.s8u8_pack)(
-                COL_MAJOR,
-                A_MATRIX,
-                TRANS,
-                ni,
-                hint,
-                ki,
-                w.as_ptr().cast(),
-                int(k.max(1)),
-                packed.mut_ptr(),
-            );
-        }
-        packed
-    }
-
-    /// As [`Mkl::u8s8_gemm`] with the weights from [`Mkl::pack_s8`].
-    pub fn u8s8_gemm_packed(&self, m: usize, a: &[u8], w: &Packed, c: &mut [i32]) {
-        check_packed(w, PackedKind::S8, a.len(), c.len(), m);
-        if m == 0 || w.n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(w.n), int(w.k), int(w.k.max(1)));
-        let no_offset = [0i32];
-        // SAFETY: as in `u8s8_gemm` and `bf16_gemm_packed`.
-        unsafe {
-            (self.s8u8_compute)(
-                COL_MAJOR,
-                PACKED,
-                NO_TRANS,
-                FIX_OFFSET,
-                ni,
-                mi,
-                ki,
-                1.0,
-                w.ptr(),
-                ld,
-                0,
-                a.as_ptr().cast(),
-                ld,
-                0,
-                0.0,
-                c.as_mut_ptr(),
-                ni,
-                no_offset.as_ptr(),
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    /// The library named by `TENANTAI_MKL_LIB`. Without it these tests have
-    /// nothing to call, unless `TENANTAI_REQUIRE_MKL=1` (CI) makes that a failure.
-    fn mkl() -> Option<Mkl> {
-        let required = std::env::var("TENANTAI_REQUIRE_MKL").is_ok_and(|v| v == "1");
-        match std::env::var_os("TENANTAI_MKL_LIB") {
-            Some(path) => Some(Mkl::open(Some(Path::new(&path))).unwrap()),
-            None if required => panic!("TENANTAI_REQUIRE_MKL=1 but TENANTAI_MKL_LIB is unset"),
-            None => {
-                eprintln!("TENANTAI_MKL_LIB is unset: oneMKL's products are not exercised");
-                None
-            }
-        }
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s as f32 / u32::MAX as f32 - 0.5
-            })
-            .collect()
-    }
-
-    fn product(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
-        let mut c = vec![0f64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum();
-            }
-        }
-        c
-    }
-
-    fn bf16_bits(x: f32) -> u16 {
-        // Round to nearest even on the upper 16 bits (no NaNs in these inputs).
-        let bits = x.to_bits();
-        ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-    }
-
-    fn widen(bits: u16) -> f64 {
-        f32::from_bits((bits as u32) << 16) as f64
-    }
-
-    #[test]
-    fn a_missing_library_is_a_clear_error() {
-        let err = Mkl::open(Some(Path::new("/nonexistent/libmkl_rt.so.2"))).unwrap_err();
-        assert!(matches!(err, Error::Open { .. }));
-        assert!(
-            err.to_string().contains("/nonexistent/libmkl_rt.so.2"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn the_three_products_match_a_plain_one() {
-        let Some(mkl) = mkl() else { return };
-        assert!(
-            mkl.version().contains("oneMKL") || mkl.version().contains("Math Kernel"),
-            "{}",
-            mkl.version()
-        );
-        let (m, n, k) = (37, 53, 96);
-        let (a, b) = (values(m * k, 1), values(n * k, 2));
-        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-
-        // f32, adding to what `c` held.
-        let want = product(&wide(&a), &wide(&b), m, n, k);
-        let mut c = vec![1f32; m * n];
-        mkl.f32_gemm(m, n, k, &a, &b, &mut c);
-        for (got, want) in c.iter().zip(&want) {
-            assert!(
-                (*got as f64 - (want + 1.0)).abs() < 1e-4,
-                "{got} vs {}",
-                want + 1.0
-            );
-        }
-
-        // bf16: exact products of the rounded inputs, accumulated in f32.
-        let (ab, bb): (Vec<u16>, Vec<u16>) = (
-            a.iter().map(|&x| bf16_bits(x)).collect(),
-            b.iter().map(|&x| bf16_bits(x)).collect(),
-        );
-        let want = product(
-            &ab.iter().map(|&x| widen(x)).collect::<Vec<_>>(),
-            &bb.iter().map(|&x| widen(x)).collect::<Vec<_>>(),
-            m,
-            n,
-            k,
-        );
-        let mut c = vec![0f32; m * n];
-        mkl.bf16_gemm(m, n, k, &ab, &bb, &mut c);
-        for (got, want) in c.iter().zip(&want) {
-            assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
-        }
-
-        // u8 x s8: exact.
-        let au: Vec<u8> = a.iter().map(|&x| ((x + 0.5) * 255.0) as u8).collect();
-        let bs: Vec<i8> = b.iter().map(|&x| (x * 254.0) as i8).collect();
-        let want = product(
-            &au.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-            &bs.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-            m,
-            n,
-            k,
-        );
-        let mut c = vec![7i32; m * n];
-        mkl.u8s8_gemm(m, n, k, &au, &bs, &mut c);
-        assert_eq!(c, want.iter().map(|&x| x as i32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn packed_weights_give_the_same_products_at_any_row_count() {
-        let Some(mkl) = mkl() else { return };
-        let (n, k) = (48, 160);
-        let w = values(n * k, 5);
-        let wb: Vec<u16> = w.iter().map(|&x| bf16_bits(x)).collect();
-        let ws: Vec<i8> = w.iter().map(|&x| (x * 254.0) as i8).collect();
-        let (pb, ps) = (mkl.pack_bf16(n, k, &wb), mkl.pack_s8(n, k, &ws));
-        assert_eq!(pb.shape(), (n, k));
-        for m in [1, 7, 64, 513, 1200] {
-            let a = values(m * k, m as u32);
-            let ab: Vec<u16> = a.iter().map(|&x| bf16_bits(x)).collect();
-            let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
-            mkl.bf16_gemm(m, n, k, &ab, &wb, &mut want);
-            mkl.bf16_gemm_packed(m, &ab, &pb, &mut got);
-            let worst = want
-                .iter()
-                .zip(&got)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "bf16, {m} rows: {worst}");
-            let au: Vec<u8> = a.iter().map(|&x| ((x + 0.5) * 255.0) as u8).collect();
-            let (mut want, mut got) = (vec![0i32; m * n], vec![1i32; m * n]);
-            mkl.u8s8_gemm(m, n, k, &au, &ws, &mut want);
-            mkl.u8s8_gemm_packed(m, &au, &ps, &mut got);
-            assert_eq!(want, got, "int8, {m} rows");
-        }
-    }
-
-    #[test]
-    fn short_operands_are_refused_before_the_call() {
-        let Some(mkl) = mkl() else { return };
-        let result = std::panic::catch_unwind(|| {
-            let mut c = vec![0f32; 4];
-            mkl.f32_gemm(2, 2, 3, &[0.0; 5], &[0.0; 6], &mut c);
-        });
-        assert!(result.is_err());
     }
 }
