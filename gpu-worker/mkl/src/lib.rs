@@ -204,6 +204,56 @@ unsafe fn accumulate<T>(
     }
 }
 
+/// `c (m x n) = a (m x k, unsigned) · wᵀ (w: n x k, signed, or packed weights)`,
+/// exact in i32, row-major. oneMKL's routine takes the signed operand first, so
+/// this runs it on the transposed problem, `cᵀ = w · aᵀ`, in column-major terms.
+///
+/// # Safety
+/// `w` must point to `n x k` values (or a buffer packed for `n x k`), `a` must
+/// hold `m x k` and `c` `m x n`; `gemm` must be a GEMM of the `GemmS8u8` prototype.
+#[allow(clippy::too_many_arguments)] // the BLAS call's own arguments
+unsafe fn integer_product(
+    gemm: GemmS8u8,
+    packed: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    w: *const c_void,
+    a: &[u8],
+    c: &mut [i32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let w_op = if packed { PACKED } else { TRANS };
+    let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
+    let no_offset = [0i32];
+    // SAFETY: the caller's promise; with a fixed offset MKL reads one value of
+    // `no_offset`, and it writes only the m x n values of `c`.
+    unsafe {
+        gemm(
+            COL_MAJOR,
+            w_op,
+            NO_TRANS,
+            FIX_OFFSET,
+            ni,
+            mi,
+            ki,
+            1.0,
+            w,
+            ld,
+            0,
+            a.as_ptr().cast(),
+            ld,
+            0,
+            0.0,
+            c.as_mut_ptr(),
+            ni,
+            no_offset.as_ptr(),
+        );
+    }
+}
+
 impl Mkl {
     /// Opens `libmkl_rt` at `path`, or [`LIBRARY_NAME`] on the loader's path, and
     /// selects its sequential threading layer for this process.
@@ -295,34 +345,7 @@ impl Mkl {
     /// it on the transposed problem, `cᵀ = b · aᵀ`, in column-major terms.)
     pub fn u8s8_gemm(&self, m: usize, n: usize, k: usize, a: &[u8], b: &[i8], c: &mut [i32]) {
         check(a.len(), b.len(), c.len(), m, n, k);
-        if m == 0 || n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
-        let no_offset = [0i32];
-        // SAFETY: as in `f32_gemm`; with a fixed offset MKL reads one value of
-        // `no_offset`.
-        unsafe {
-            (self.s8u8)(
-                COL_MAJOR,
-                TRANS,
-                NO_TRANS,
-                FIX_OFFSET,
-                ni,
-                mi,
-                ki,
-                1.0,
-                b.as_ptr().cast(),
-                ld,
-                0,
-                a.as_ptr().cast(),
-                ld,
-                0,
-                0.0,
-                c.as_mut_ptr(),
-                ni,
-                no_offset.as_ptr(),
-            );
-        }
+        // SAFETY: `check` proved every operand holds its shape.
+        unsafe { integer_product(self.s8u8, false, m, n, k, b.as_ptr().cast(), a, c) }
     }
 }

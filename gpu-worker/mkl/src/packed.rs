@@ -4,8 +4,8 @@
 use std::ffi::c_void;
 
 use super::{
-    accumulate, check, int, Mkl, A_MATRIX, B_MATRIX, COL_MAJOR, FIX_OFFSET, NO_TRANS, PACKED,
-    PACK_ROWS_HINT, ROW_MAJOR, TRANS,
+    accumulate, check, int, integer_product, Mkl, A_MATRIX, B_MATRIX, COL_MAJOR, PACK_ROWS_HINT,
+    ROW_MAJOR, TRANS,
 };
 
 /// One cache line: the packed buffers' unit, so they start 64-byte aligned.
@@ -118,33 +118,8 @@ impl Mkl {
     /// As [`Mkl::u8s8_gemm`] with the weights from [`Mkl::pack_s8`].
     pub fn u8s8_gemm_packed(&self, m: usize, a: &[u8], w: &Packed, c: &mut [i32]) {
         check_packed(w, PackedKind::S8, a.len(), c.len(), m);
-        if m == 0 || w.n == 0 {
-            return;
-        }
-        let (mi, ni, ki, ld) = (int(m), int(w.n), int(w.k), int(w.k.max(1)));
-        let no_offset = [0i32];
-        // SAFETY: as in `u8s8_gemm` and `bf16_gemm_packed`.
-        unsafe {
-            (self.s8u8_compute)(
-                COL_MAJOR,
-                PACKED,
-                NO_TRANS,
-                FIX_OFFSET,
-                ni,
-                mi,
-                ki,
-                1.0,
-                w.ptr(),
-                ld,
-                0,
-                a.as_ptr().cast(),
-                ld,
-                0,
-                0.0,
-                c.as_mut_ptr(),
-                ni,
-                no_offset.as_ptr(),
-            );
-        }
+        // SAFETY: as in `u8s8_gemm`, the weights being a buffer `pack_s8` filled
+        // for this shape.
+        unsafe { integer_product(self.s8u8_compute, true, m, w.n, w.k, w.ptr(), a, c) }
     }
 }
