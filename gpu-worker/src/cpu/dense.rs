@@ -15,6 +15,7 @@
 //!   outputs are nearly all positive), on gemmkit symmetrically to i8.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use half::slice::HalfFloatSliceExt;
@@ -24,16 +25,58 @@ use super::matmul::{self, Matmul};
 use super::quant::{self, Channels};
 use super::Precision;
 
+/// A layer's weights as its library runs them. On oneMKL the bf16 and int8
+/// weights are in its packed layout, made once at load.
 enum Weights {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
-    /// `sums`: each output channel's sum of quantized weights, for the zero
-    /// points of asymmetric activations.
-    Int8 {
-        q: Vec<i8>,
-        scales: Vec<f32>,
-        sums: Vec<i32>,
+    Int8(Int8),
+    MklF32 {
+        mkl: Arc<Mkl>,
+        w: Vec<f32>,
     },
+    MklBf16 {
+        mkl: Arc<Mkl>,
+        packed: Packed,
+    },
+    MklInt8 {
+        mkl: Arc<Mkl>,
+        packed: Packed,
+        channels: Int8,
+    },
+}
+
+/// int8 weights quantized per output channel: the values (emptied once oneMKL
+/// has packed them), each channel's scale, and its sum of quantized weights
+/// (for the zero points of asymmetric activations).
+struct Int8 {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl Int8 {
+    fn quantize(weight: &[f32], k: usize) -> Int8 {
+        let mut q = vec![0i8; weight.len()];
+        let scales = weight
+            .chunks_exact(k)
+            .zip(q.chunks_exact_mut(k))
+            .map(|(row, out)| quant::quantize_row(row, out))
+            .collect();
+        let sums = q
+            .chunks_exact(k)
+            .map(|row| row.iter().map(|&v| v as i32).sum())
+            .collect();
+        Int8 { q, scales, sums }
+    }
+
+    fn channels<'a>(&'a self, bias: &'a [f32]) -> Channels<'a> {
+        Channels {
+            scales: &self.scales,
+            sums: &self.sums,
+            bias,
+        }
+    }
 }
 
 /// Rows per bf16 or int8 product on oneMKL: a block's rounded or quantized
@@ -71,30 +114,6 @@ pub struct Dense {
     bias: Vec<f32>,
     n: usize,
     k: usize,
-    matmul: Matmul,
-    /// On oneMKL, the bf16 or int8 weights in its packed layout (made at load;
-    /// the plain copy in `weights` is then dropped).
-    packed: Option<Packed>,
-}
-
-/// On oneMKL, the reduced-precision weights in its packed layout, with the
-/// plain copy emptied.
-fn pack(matmul: &Matmul, weights: Weights, n: usize, k: usize) -> (Weights, Option<Packed>) {
-    let Matmul::Mkl(mkl) = matmul else {
-        return (weights, None);
-    };
-    match weights {
-        Weights::Bf16(w) => {
-            let packed = mkl.pack_bf16(n, k, w.reinterpret_cast());
-            (Weights::Bf16(Vec::new()), Some(packed))
-        }
-        Weights::Int8 { q, scales, sums } => {
-            let packed = mkl.pack_s8(n, k, &q);
-            let q = Vec::new();
-            (Weights::Int8 { q, scales, sums }, Some(packed))
-        }
-        f32 => (f32, None),
-    }
 }
 
 impl Dense {
@@ -127,31 +146,34 @@ impl Dense {
                 bias.len()
             ));
         }
-        let weights = match precision {
-            Precision::F32 => Weights::F32(weight.to_vec()),
-            Precision::Bf16 => Weights::Bf16(weight.iter().map(|&x| bf16::from_f32(x)).collect()),
-            Precision::Int8 => {
-                let mut q = vec![0i8; n * k];
-                let scales = weight
-                    .chunks_exact(k)
-                    .zip(q.chunks_exact_mut(k))
-                    .map(|(row, out)| quant::quantize_row(row, out))
-                    .collect();
-                let sums = q
-                    .chunks_exact(k)
-                    .map(|row| row.iter().map(|&v| v as i32).sum())
-                    .collect();
-                Weights::Int8 { q, scales, sums }
+        let to_bf16 = || -> Vec<bf16> { weight.iter().map(|&x| bf16::from_f32(x)).collect() };
+        let weights = match (matmul, precision) {
+            (Matmul::Gemmkit, Precision::F32) => Weights::F32(weight.to_vec()),
+            (Matmul::Gemmkit, Precision::Bf16) => Weights::Bf16(to_bf16()),
+            (Matmul::Gemmkit, Precision::Int8) => Weights::Int8(Int8::quantize(weight, k)),
+            (Matmul::Mkl(mkl), Precision::F32) => Weights::MklF32 {
+                mkl,
+                w: weight.to_vec(),
+            },
+            (Matmul::Mkl(mkl), Precision::Bf16) => {
+                let packed = mkl.pack_bf16(n, k, to_bf16().reinterpret_cast());
+                Weights::MklBf16 { mkl, packed }
+            }
+            (Matmul::Mkl(mkl), Precision::Int8) => {
+                let mut channels = Int8::quantize(weight, k);
+                let packed = mkl.pack_s8(n, k, &std::mem::take(&mut channels.q));
+                Weights::MklInt8 {
+                    mkl,
+                    packed,
+                    channels,
+                }
             }
         };
-        let (weights, packed) = pack(&matmul, weights, n, k);
         Ok(Dense {
             weights,
             bias: bias.to_vec(),
             n,
             k,
-            matmul,
-            packed,
         })
     }
 
@@ -171,66 +193,6 @@ impl Dense {
         if m == 0 {
             return;
         }
-        match &self.matmul {
-            Matmul::Mkl(mkl) => self.forward_mkl(mkl, x, m, out),
-            Matmul::Gemmkit => self.forward_gemmkit(x, m, out),
-        }
-    }
-
-    fn fill_bias(&self, out: &mut [f32]) {
-        for row in out.chunks_exact_mut(self.n) {
-            row.copy_from_slice(&self.bias);
-        }
-    }
-
-    fn forward_mkl(&self, mkl: &Mkl, x: &[f32], m: usize, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        match (&self.weights, &self.packed) {
-            (Weights::F32(w), _) => {
-                self.fill_bias(out);
-                mkl.f32_gemm(m, n, k, x, w, out);
-            }
-            (Weights::Bf16(w), packed) => SCRATCH.with_borrow_mut(|scratch| {
-                self.fill_bias(out);
-                let rows_in = x.chunks(BLOCK_ROWS * k);
-                for (x, out) in rows_in.zip(out.chunks_mut(BLOCK_ROWS * n)) {
-                    let m = x.len() / k;
-                    let xb = take(&mut scratch.halves, m * k);
-                    quant::to_bf16(x, xb);
-                    let xb = xb.reinterpret_cast();
-                    match packed {
-                        Some(p) => mkl.bf16_gemm_packed(m, xb, p, out),
-                        None => mkl.bf16_gemm(m, n, k, xb, w.reinterpret_cast(), out),
-                    }
-                }
-            }),
-            (Weights::Int8 { q, scales, sums }, packed) => SCRATCH.with_borrow_mut(|scratch| {
-                let Scratch { unsigned, ints, .. } = scratch;
-                let channels = Channels {
-                    scales,
-                    sums,
-                    bias: &self.bias,
-                };
-                // A block of rows at a time: its i32 products stay in cache
-                // between the product and the epilogue.
-                let rows_in = x.chunks(BLOCK_ROWS * k);
-                for (x, out) in rows_in.zip(out.chunks_mut(BLOCK_ROWS * n)) {
-                    let m = x.len() / k;
-                    let xq = take(unsigned, m * k);
-                    let rows = quant::quantize_rows_u8(x, k, xq);
-                    let c = take(ints, m * n);
-                    match packed {
-                        Some(p) => mkl.u8s8_gemm_packed(m, xq, p, c),
-                        None => mkl.u8s8_gemm(m, n, k, xq, q, c),
-                    }
-                    quant::dequantize(c, &rows, &channels, out);
-                }
-            }),
-        }
-    }
-
-    fn forward_gemmkit(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
         match &self.weights {
             Weights::F32(w) => {
                 self.fill_bias(out);
@@ -243,45 +205,99 @@ impl Dense {
                     Parallelism::Serial,
                 );
             }
-            Weights::Bf16(w) => {
-                let mut xb = vec![bf16::ZERO; m * k];
-                quant::to_bf16(x, &mut xb);
-                let mut c = vec![bf16::ZERO; m * n];
-                gemmkit::gemm(
-                    bf16::ONE,
-                    MatRef::from_row_major(&xb, m, k),
-                    MatRef::from_col_major(w, k, n),
-                    bf16::ZERO,
-                    MatMut::from_row_major(&mut c, m, n),
-                    Parallelism::Serial,
-                );
-                for (orow, crow) in out.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
-                    for ((o, c), b) in orow.iter_mut().zip(crow).zip(&self.bias) {
-                        *o = c.to_f32() + b;
-                    }
-                }
+            Weights::Bf16(w) => self.bf16_gemmkit(w, x, m, out),
+            Weights::Int8(weights) => self.int8_gemmkit(weights, x, m, out),
+            Weights::MklF32 { mkl, w } => {
+                self.fill_bias(out);
+                mkl.f32_gemm(m, n, k, x, w, out);
             }
-            Weights::Int8 { q, scales, sums } => SCRATCH.with_borrow_mut(|scratch| {
-                let Scratch { signed, ints, .. } = scratch;
-                let xq = take(signed, m * k);
-                let rows = quant::quantize_rows_i8(x, k, xq);
-                let c = take(ints, m * n);
-                gemmkit::gemm_i8(
-                    1,
-                    MatRef::from_row_major(xq, m, k),
-                    MatRef::from_col_major(q, k, n),
-                    0,
-                    MatMut::from_row_major(c, m, n),
-                    Parallelism::Serial,
-                );
-                let channels = Channels {
-                    scales,
-                    sums,
-                    bias: &self.bias,
-                };
-                quant::dequantize(c, &rows, &channels, out);
-            }),
+            Weights::MklBf16 { mkl, packed } => self.bf16_mkl(mkl, packed, x, out),
+            Weights::MklInt8 {
+                mkl,
+                packed,
+                channels,
+            } => self.int8_mkl(mkl, packed, channels, x, out),
         }
+    }
+
+    fn fill_bias(&self, out: &mut [f32]) {
+        for row in out.chunks_exact_mut(self.n) {
+            row.copy_from_slice(&self.bias);
+        }
+    }
+
+    /// Blocks of [`BLOCK_ROWS`] input rows and their output rows.
+    fn blocks<'a>(
+        &self,
+        x: &'a [f32],
+        out: &'a mut [f32],
+    ) -> impl Iterator<Item = (&'a [f32], &'a mut [f32])> {
+        x.chunks(BLOCK_ROWS * self.k)
+            .zip(out.chunks_mut(BLOCK_ROWS * self.n))
+    }
+
+    fn bf16_mkl(&self, mkl: &Mkl, packed: &Packed, x: &[f32], out: &mut [f32]) {
+        self.fill_bias(out);
+        SCRATCH.with_borrow_mut(|scratch| {
+            for (x, out) in self.blocks(x, out) {
+                let xb = take(&mut scratch.halves, x.len());
+                quant::to_bf16(x, xb);
+                mkl.bf16_gemm_packed(x.len() / self.k, xb.reinterpret_cast(), packed, out);
+            }
+        })
+    }
+
+    fn int8_mkl(&self, mkl: &Mkl, packed: &Packed, weights: &Int8, x: &[f32], out: &mut [f32]) {
+        let channels = weights.channels(&self.bias);
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch { unsigned, ints, .. } = scratch;
+            for (x, out) in self.blocks(x, out) {
+                let xq = take(unsigned, x.len());
+                let rows = quant::quantize_rows_u8(x, self.k, xq);
+                let c = take(ints, out.len());
+                mkl.u8s8_gemm_packed(x.len() / self.k, xq, packed, c);
+                quant::dequantize(c, &rows, &channels, out);
+            }
+        })
+    }
+
+    fn bf16_gemmkit(&self, w: &[bf16], x: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let mut xb = vec![bf16::ZERO; m * k];
+        quant::to_bf16(x, &mut xb);
+        let mut c = vec![bf16::ZERO; m * n];
+        gemmkit::gemm(
+            bf16::ONE,
+            MatRef::from_row_major(&xb, m, k),
+            MatRef::from_col_major(w, k, n),
+            bf16::ZERO,
+            MatMut::from_row_major(&mut c, m, n),
+            Parallelism::Serial,
+        );
+        for (orow, crow) in out.chunks_exact_mut(n).zip(c.chunks_exact(n)) {
+            for ((o, c), b) in orow.iter_mut().zip(crow).zip(&self.bias) {
+                *o = c.to_f32() + b;
+            }
+        }
+    }
+
+    fn int8_gemmkit(&self, weights: &Int8, x: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch { signed, ints, .. } = scratch;
+            let xq = take(signed, m * k);
+            let rows = quant::quantize_rows_i8(x, k, xq);
+            let c = take(ints, m * n);
+            gemmkit::gemm_i8(
+                1,
+                MatRef::from_row_major(xq, m, k),
+                MatRef::from_col_major(&weights.q, k, n),
+                0,
+                MatMut::from_row_major(c, m, n),
+                Parallelism::Serial,
+            );
+            quant::dequantize(c, &rows, &weights.channels(&self.bias), out);
+        })
     }
 }
 
