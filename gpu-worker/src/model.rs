@@ -109,25 +109,7 @@ pub fn load_at(
         file: "config.json".into(),
         reason,
     })?;
-    let only_mean = pooling.pooling_mode_mean_tokens
-        && !pooling.pooling_mode_cls_token
-        && !pooling.pooling_mode_max_tokens
-        && !pooling.pooling_mode_mean_sqrt_len_tokens;
-    if !only_mean {
-        return Err(ArtifactError::BadFile {
-            file: "1_Pooling/config.json".into(),
-            reason: "only mean pooling is supported".into(),
-        });
-    }
-    if pooling.word_embedding_dimension != config.hidden_size {
-        return Err(ArtifactError::BadFile {
-            file: "1_Pooling/config.json".into(),
-            reason: format!(
-                "word_embedding_dimension {} differs from the model's hidden size {}",
-                pooling.word_embedding_dimension, config.hidden_size
-            ),
-        });
-    }
+    check_pooling(&pooling, &config)?;
     let max_len = sentence.max_seq_length.min(config.max_position_embeddings);
     let encoder = TextEncoder::load(&dir.join("tokenizer.json"), max_len)?;
     let weights = dir.join("model.safetensors");
@@ -148,8 +130,45 @@ pub fn load_at(
             "candle"
         },
     };
-    let embedders = if device.is_cpu() {
-        let Some(encoder) = crate::cpu::encoder::load(&vb, &config, &[precision])?
+    let embedders = embedders(&vb, &config, device, copies, info)?;
+    Ok((encoder, embedders))
+}
+
+/// Only mean pooling over the model's own hidden size is served.
+fn check_pooling(pooling: &PoolingConfig, config: &BertConfig) -> Result<(), ArtifactError> {
+    let only_mean = pooling.pooling_mode_mean_tokens
+        && !pooling.pooling_mode_cls_token
+        && !pooling.pooling_mode_max_tokens
+        && !pooling.pooling_mode_mean_sqrt_len_tokens;
+    if !only_mean {
+        return Err(ArtifactError::BadFile {
+            file: "1_Pooling/config.json".into(),
+            reason: "only mean pooling is supported".into(),
+        });
+    }
+    if pooling.word_embedding_dimension != config.hidden_size {
+        return Err(ArtifactError::BadFile {
+            file: "1_Pooling/config.json".into(),
+            reason: format!(
+                "word_embedding_dimension {} differs from the model's hidden size {}",
+                pooling.word_embedding_dimension, config.hidden_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `copies` embedders of the loaded weights: one shared CPU encoder at
+/// `info.precision`, or a candle model per copy on a GPU.
+fn embedders(
+    vb: &VarBuilder,
+    config: &BertConfig,
+    device: &Device,
+    copies: usize,
+    info: ModelInfo,
+) -> Result<Vec<Embedder>, ArtifactError> {
+    if device.is_cpu() {
+        let Some(encoder) = crate::cpu::encoder::load(vb, config, &[info.precision])?
             .into_iter()
             .next()
         else {
@@ -158,26 +177,24 @@ pub fn load_at(
                 reason: "no encoder was built".into(),
             });
         };
-        (0..copies.max(1))
+        return Ok((0..copies.max(1))
             .map(|_| Embedder {
                 backend: Backend::Cpu(encoder.clone()),
                 info: info.clone(),
             })
-            .collect()
-    } else {
-        (0..copies.max(1))
-            .map(|_| {
-                Ok(Embedder {
-                    backend: Backend::Candle {
-                        model: Bert::load(vb.clone(), &config)?,
-                        device: device.clone(),
-                    },
-                    info: info.clone(),
-                })
+            .collect());
+    }
+    (0..copies.max(1))
+        .map(|_| {
+            Ok(Embedder {
+                backend: Backend::Candle {
+                    model: Bert::load(vb.clone(), config)?,
+                    device: device.clone(),
+                },
+                info: info.clone(),
             })
-            .collect::<Result<Vec<_>, ArtifactError>>()?
-    };
-    Ok((encoder, embedders))
+        })
+        .collect()
 }
 
 impl Embedder {
