@@ -2,7 +2,8 @@
 //!
 //! `libmkl_rt` (from PyPI's `mkl` wheel; `scripts/lib/mkl.sh` installs it) is
 //! opened with `dlopen`, its sequential threading layer selected (each model
-//! thread runs its own products), and three products are offered, each with
+//! thread runs its own products), and these products are offered, each but the
+//! strided ones with
 //! the weights as the second, transposed operand (`C = A · Bᵀ`, row-major):
 //!
 //! - `cblas_sgemm`, as [`Mkl::f32_gemm`];
@@ -10,7 +11,9 @@
 //!   accumulation and output; AMX-BF16 or AVX-512 BF16 where the CPU has them);
 //! - `cblas_gemm_s8u8s32`, as [`Mkl::u8s8_gemm`] (unsigned 8-bit activations,
 //!   signed 8-bit weights, i32 accumulation; AMX-INT8 or AVX-512 VNNI);
-//! - the last two with the weights packed once ([`Mkl::pack_bf16`], [`Mkl::pack_s8`]).
+//! - the last two with the weights packed once ([`Mkl::pack_bf16`], [`Mkl::pack_s8`]);
+//! - the first two on strided views of larger matrices ([`Mkl::f32_strided`],
+//!   [`Mkl::bf16_strided`]).
 //!
 //! Each call checks its slices against the shape before it crosses into C, so
 //! the safe functions cannot read or write out of bounds.
@@ -22,10 +25,12 @@ use std::path::{Path, PathBuf};
 use libloading::Library;
 
 mod packed;
+mod strided;
 #[cfg(test)]
 mod tests;
 
 pub use packed::Packed;
+pub use strided::{View, ViewMut};
 
 /// The file name `Mkl::open` looks for on the loader's path when given none.
 pub const LIBRARY_NAME: &str = "libmkl_rt.so.2";
@@ -147,17 +152,67 @@ fn int(value: usize) -> c_int {
     c_int::try_from(value).unwrap_or(c_int::MAX)
 }
 
-/// Checks that the operands hold `m x k`, `n x k` and `m x n` values and that
-/// every dimension fits MKL's 32-bit integers.
-fn check(a: usize, b: usize, c: usize, m: usize, n: usize, k: usize) {
+/// Checks that every dimension fits MKL's 32-bit integers.
+fn check_dims(m: usize, n: usize, k: usize) {
     let limit = c_int::MAX as usize;
     assert!(
         m <= limit && n <= limit && k <= limit,
         "a dimension exceeds MKL's int"
     );
+}
+
+/// Checks that the operands hold `m x k`, `n x k` and `m x n` values and that
+/// every dimension fits MKL's 32-bit integers.
+fn check(a: usize, b: usize, c: usize, m: usize, n: usize, k: usize) {
+    check_dims(m, n, k);
     assert!(a >= m * k, "A has {a} values, the product needs {m} x {k}");
     assert!(b >= n * k, "B has {b} values, the product needs {n} x {k}");
     assert!(c >= m * n, "C has {c} values, the product needs {m} x {n}");
+}
+
+/// One row-major GEMM call, `c (m x n) = a (m x k) · op(b) + beta · c`, with
+/// each operand's pointer, row stride and operation (`TRANS`, `NO_TRANS`, or
+/// `PACKED` for b).
+struct Call<T> {
+    dims: (usize, usize, usize),
+    a: *const T,
+    lda: usize,
+    a_op: c_int,
+    b: *const T,
+    ldb: usize,
+    b_op: c_int,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+}
+
+/// Makes `call` on `gemm`.
+///
+/// # Safety
+/// Each pointer must hold its operand at its stride (or `b` a buffer packed for
+/// it), and `gemm` must be a GEMM of the `Gemm` prototype.
+unsafe fn gemm_call<T>(gemm: Gemm<T>, call: Call<T>) {
+    let (m, n, k) = call.dims;
+    // SAFETY: the caller's promise; MKL reads `a` and `b` and writes only the
+    // m x n values of `c` at its stride.
+    unsafe {
+        gemm(
+            ROW_MAJOR,
+            call.a_op,
+            call.b_op,
+            int(m),
+            int(n),
+            int(k),
+            1.0,
+            call.a,
+            int(call.lda.max(1)),
+            call.b,
+            int(call.ldb.max(1)),
+            call.beta,
+            call.c,
+            int(call.ldc.max(1)),
+        );
+    }
 }
 
 /// `c (m x n) += a (m x k) · bᵀ`, row-major, `b` given as `n x k` or (`packed`)
@@ -180,28 +235,20 @@ unsafe fn accumulate<T>(
     if m == 0 || n == 0 {
         return;
     }
-    let b_op = if packed { PACKED } else { TRANS };
-    let (mi, ni, ki, ld) = (int(m), int(n), int(k), int(k.max(1)));
-    // SAFETY: the caller's promise; MKL reads `a` and `b` and writes only the
-    // m x n values of `c`.
-    unsafe {
-        gemm(
-            ROW_MAJOR,
-            NO_TRANS,
-            b_op,
-            mi,
-            ni,
-            ki,
-            1.0,
-            a,
-            ld,
-            b,
-            ld,
-            1.0,
-            c.as_mut_ptr(),
-            ni,
-        );
-    }
+    let call = Call {
+        dims: (m, n, k),
+        a,
+        lda: k,
+        a_op: NO_TRANS,
+        b,
+        ldb: k,
+        b_op: if packed { PACKED } else { TRANS },
+        beta: 1.0,
+        c: c.as_mut_ptr(),
+        ldc: n,
+    };
+    // SAFETY: the caller's promise, for these strides.
+    unsafe { gemm_call(gemm, call) }
 }
 
 /// `c (m x n) = a (m x k, unsigned) · wᵀ (w: n x k, signed, or packed weights)`,

@@ -154,3 +154,144 @@ fn short_operands_are_refused_before_the_call() {
     });
     assert!(result.is_err());
 }
+
+/// `c (m x n) = a · b` in f64 from strided views (a: m x k, b: k x n).
+fn strided_product<T: Copy>(
+    (m, n, k): (usize, usize, usize),
+    a: View<T>,
+    b: View<T>,
+    wide: impl Fn(T) -> f64,
+) -> Vec<f64> {
+    let at = |v: &View<T>, i: usize, j: usize| {
+        let (r, c) = if v.transposed { (j, i) } else { (i, j) };
+        wide(v.data[r * v.ld + c])
+    };
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| at(&a, i, p) * at(&b, p, j)).sum();
+        }
+    }
+    c
+}
+
+#[test]
+fn strided_views_read_and_write_only_their_elements() {
+    let Some(mkl) = mkl() else { return };
+    // One attention head's shapes: queries, keys and values are columns 8..24 of
+    // rows 40 wide; the output is columns 4.. of rows 64 wide.
+    let (len, d, ld, out_ld) = (50, 16, 40, 64);
+    let (buf, p) = (values(len * ld, 9), values(len * len, 10));
+    let (bits, p16): (Vec<u16>, Vec<u16>) = (
+        buf.iter().map(|&x| bf16_bits(x)).collect(),
+        p.iter().map(|&x| bf16_bits(x)).collect(),
+    );
+    // scores (len x len) = q · kᵀ, then (len x d) = p · v.
+    let cases = [
+        (
+            (len, len, d),
+            (View::rows(&buf[8..], ld), View::transpose(&buf[8..], ld)),
+            (View::rows(&bits[8..], ld), View::transpose(&bits[8..], ld)),
+        ),
+        (
+            (len, d, len),
+            (View::rows(&p[..], len), View::rows(&buf[8..], ld)),
+            (View::rows(&p16[..], len), View::rows(&bits[8..], ld)),
+        ),
+    ];
+    for (dims, (a, b), (a16, b16)) in cases {
+        let (m, n, _) = dims;
+        let mut out = vec![-3f32; m * out_ld];
+        mkl.f32_strided(
+            dims,
+            a,
+            b,
+            0.0,
+            ViewMut {
+                data: &mut out[4..],
+                ld: out_ld,
+            },
+        );
+        let want = strided_product(dims, a, b, |x| x as f64);
+        let mut out16 = vec![-3f32; m * out_ld];
+        mkl.bf16_strided(
+            dims,
+            a16,
+            b16,
+            0.0,
+            ViewMut {
+                data: &mut out16[4..],
+                ld: out_ld,
+            },
+        );
+        let want16 = strided_product(dims, a16, b16, widen);
+        for (got, want) in [(&out, &want), (&out16, &want16)] {
+            for (r, row) in got.chunks_exact(out_ld).enumerate() {
+                for (c, &g) in row.iter().enumerate() {
+                    if (4..4 + n).contains(&c) {
+                        let w = want[r * n + c - 4];
+                        assert!((g as f64 - w).abs() < 1e-4, "{g} vs {w}");
+                    } else {
+                        assert_eq!(g, -3.0, "row {r}, column {c} is outside the view");
+                    }
+                }
+            }
+        }
+    }
+    // beta = 1 adds to what the output held.
+    let (q, k) = (View::rows(&buf[8..], ld), View::transpose(&buf[8..], ld));
+    let mut c = vec![1f32; len * len];
+    mkl.f32_strided(
+        (len, len, d),
+        q,
+        k,
+        1.0,
+        ViewMut {
+            data: &mut c,
+            ld: len,
+        },
+    );
+    let want = strided_product((len, len, d), q, k, |x| x as f64);
+    assert!(c
+        .iter()
+        .zip(&want)
+        .all(|(g, w)| (*g as f64 - (w + 1.0)).abs() < 1e-4));
+}
+
+#[test]
+fn views_too_short_for_their_stride_are_refused_before_the_call() {
+    let Some(mkl) = mkl() else { return };
+    let buf = vec![0f32; 100];
+    // 10 rows 10 apart need 9 * 10 + 4 = 94 values from the offset; 8 remain short.
+    let short = std::panic::catch_unwind(|| {
+        let mut c = vec![0f32; 100];
+        let a = View::rows(&buf[8..], 10);
+        mkl.f32_strided(
+            (10, 10, 4),
+            a,
+            View::transpose(&buf[..], 10),
+            0.0,
+            ViewMut {
+                data: &mut c,
+                ld: 10,
+            },
+        );
+    });
+    assert!(short.is_err());
+    // A row stride under the row's width.
+    let narrow = std::panic::catch_unwind(|| {
+        let mut c = vec![0f32; 100];
+        let a = View::rows(&buf[..], 3);
+        mkl.f32_strided(
+            (4, 4, 4),
+            a,
+            View::transpose(&buf[..], 10),
+            0.0,
+            ViewMut {
+                data: &mut c,
+                ld: 10,
+            },
+        );
+    });
+    assert!(narrow.is_err());
+}

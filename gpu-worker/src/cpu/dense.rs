@@ -23,27 +23,29 @@ use tenantai_mkl::{Mkl, Packed};
 
 use super::matmul::{self, Matmul};
 use super::quant::{self, Channels};
-use super::Precision;
+use super::{take, Precision};
 
-/// A layer's weights as its library runs them. On oneMKL the bf16 and int8
-/// weights are in its packed layout, made once at load.
+/// A layer's weights as its library runs them.
 enum Weights {
+    /// gemmkit's: the whole product in one call.
+    Gemmkit(Plain),
+    /// oneMKL's, in blocks of [`BLOCK_ROWS`] rows.
+    Mkl { mkl: Arc<Mkl>, weights: Blocked },
+}
+
+/// Weights for gemmkit.
+enum Plain {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
     Int8(Int8),
-    MklF32 {
-        mkl: Arc<Mkl>,
-        w: Vec<f32>,
-    },
-    MklBf16 {
-        mkl: Arc<Mkl>,
-        packed: Packed,
-    },
-    MklInt8 {
-        mkl: Arc<Mkl>,
-        packed: Packed,
-        channels: Int8,
-    },
+}
+
+/// Weights for oneMKL: the bf16 and int8 ones in its packed layout, made once
+/// at load.
+enum Blocked {
+    F32(Vec<f32>),
+    Bf16(Packed),
+    Int8 { packed: Packed, channels: Int8 },
 }
 
 /// int8 weights quantized per output channel: the values (emptied once oneMKL
@@ -79,10 +81,11 @@ impl Int8 {
     }
 }
 
-/// Rows per bf16 or int8 product on oneMKL: a block's rounded or quantized
-/// inputs and its results (256 x 1536 i32 or f32, 1.5 MB) stay in a core's L2
-/// between the rounding, the product and the epilogue.
-const BLOCK_ROWS: usize = 256;
+/// Rows per product on oneMKL: a block's rounded or quantized inputs and its
+/// results (256 x 1536 i32 or f32, 1.5 MB) stay in a core's L2 between the
+/// rounding, the product and the epilogue. (The encoder runs its layers' steps
+/// after attention in blocks of this size too.)
+pub const BLOCK_ROWS: usize = 256;
 
 thread_local! {
     /// Each model thread's buffers for a product's rounded or quantized inputs and
@@ -97,14 +100,6 @@ struct Scratch {
     unsigned: Vec<u8>,
     signed: Vec<i8>,
     ints: Vec<i32>,
-}
-
-/// The first `len` values of `buf`, grown to hold them.
-fn take<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buf.len() < len {
-        buf.resize(len, T::default());
-    }
-    &mut buf[..len]
 }
 
 /// One dense layer's weights (`n` outputs x `k` inputs, row-major as in the
@@ -147,26 +142,25 @@ impl Dense {
             ));
         }
         let to_bf16 = || -> Vec<bf16> { weight.iter().map(|&x| bf16::from_f32(x)).collect() };
-        let weights = match (matmul, precision) {
-            (Matmul::Gemmkit, Precision::F32) => Weights::F32(weight.to_vec()),
-            (Matmul::Gemmkit, Precision::Bf16) => Weights::Bf16(to_bf16()),
-            (Matmul::Gemmkit, Precision::Int8) => Weights::Int8(Int8::quantize(weight, k)),
-            (Matmul::Mkl(mkl), Precision::F32) => Weights::MklF32 {
-                mkl,
-                w: weight.to_vec(),
-            },
-            (Matmul::Mkl(mkl), Precision::Bf16) => {
-                let packed = mkl.pack_bf16(n, k, to_bf16().reinterpret_cast());
-                Weights::MklBf16 { mkl, packed }
-            }
-            (Matmul::Mkl(mkl), Precision::Int8) => {
-                let mut channels = Int8::quantize(weight, k);
-                let packed = mkl.pack_s8(n, k, &std::mem::take(&mut channels.q));
-                Weights::MklInt8 {
-                    mkl,
-                    packed,
-                    channels,
-                }
+        let weights = match matmul {
+            Matmul::Gemmkit => Weights::Gemmkit(match precision {
+                Precision::F32 => Plain::F32(weight.to_vec()),
+                Precision::Bf16 => Plain::Bf16(to_bf16()),
+                Precision::Int8 => Plain::Int8(Int8::quantize(weight, k)),
+            }),
+            Matmul::Mkl(mkl) => {
+                let weights = match precision {
+                    Precision::F32 => Blocked::F32(weight.to_vec()),
+                    Precision::Bf16 => {
+                        Blocked::Bf16(mkl.pack_bf16(n, k, to_bf16().reinterpret_cast()))
+                    }
+                    Precision::Int8 => {
+                        let mut channels = Int8::quantize(weight, k);
+                        let packed = mkl.pack_s8(n, k, &std::mem::take(&mut channels.q));
+                        Blocked::Int8 { packed, channels }
+                    }
+                };
+                Weights::Mkl { mkl, weights }
             }
         };
         Ok(Dense {
@@ -187,36 +181,70 @@ impl Dense {
 
     /// `out` (`m x n`, row-major) = `x` (`m x k`, row-major) · Wᵀ + b.
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.forward_then(x, m, out, |_, _| {});
+    }
+
+    /// As [`Dense::forward`], then `then(first, rows)` on the output's rows in
+    /// blocks (`first`: the index of the block's first row), each while it is
+    /// still in cache: an element-wise step fused into the product (a GELU; a
+    /// residual and layer norm). The blocks are [`BLOCK_ROWS`] rows on oneMKL,
+    /// the whole output on gemmkit.
+    pub fn forward_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        mut then: impl FnMut(usize, &mut [f32]),
+    ) {
         let (n, k) = (self.n, self.k);
         let x = &x[..m * k];
         let out = &mut out[..m * n];
         if m == 0 {
             return;
         }
-        match &self.weights {
-            Weights::F32(w) => {
-                self.fill_bias(out);
-                gemmkit::gemm(
-                    1.0,
-                    MatRef::from_row_major(x, m, k),
-                    MatRef::from_col_major(w, k, n),
-                    1.0,
-                    MatMut::from_row_major(out, m, n),
-                    Parallelism::Serial,
-                );
+        let (mkl, weights) = match &self.weights {
+            Weights::Gemmkit(Plain::F32(w)) => return then(0, self.f32_gemmkit(w, x, m, out)),
+            Weights::Gemmkit(Plain::Bf16(w)) => return then(0, self.bf16_gemmkit(w, x, m, out)),
+            Weights::Gemmkit(Plain::Int8(w)) => return then(0, self.int8_gemmkit(w, x, m, out)),
+            Weights::Mkl { mkl, weights } => (mkl, weights),
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let blocks = x.chunks(BLOCK_ROWS * k).zip(out.chunks_mut(BLOCK_ROWS * n));
+            for (i, (x, out)) in blocks.enumerate() {
+                self.mkl_block(mkl, weights, scratch, x, out);
+                then(i * BLOCK_ROWS, out);
             }
-            Weights::Bf16(w) => self.bf16_gemmkit(w, x, m, out),
-            Weights::Int8(weights) => self.int8_gemmkit(weights, x, m, out),
-            Weights::MklF32 { mkl, w } => {
+        })
+    }
+
+    /// One block of rows on oneMKL.
+    fn mkl_block(
+        &self,
+        mkl: &Mkl,
+        weights: &Blocked,
+        scratch: &mut Scratch,
+        x: &[f32],
+        out: &mut [f32],
+    ) {
+        let (n, k, rows) = (self.n, self.k, x.len() / self.k);
+        match weights {
+            Blocked::F32(w) => {
                 self.fill_bias(out);
-                mkl.f32_gemm(m, n, k, x, w, out);
+                mkl.f32_gemm(rows, n, k, x, w, out);
             }
-            Weights::MklBf16 { mkl, packed } => self.bf16_mkl(mkl, packed, x, out),
-            Weights::MklInt8 {
-                mkl,
-                packed,
-                channels,
-            } => self.int8_mkl(mkl, packed, channels, x, out),
+            Blocked::Bf16(packed) => {
+                self.fill_bias(out);
+                let xb = take(&mut scratch.halves, x.len());
+                quant::to_bf16(x, xb);
+                mkl.bf16_gemm_packed(rows, xb.reinterpret_cast(), packed, out);
+            }
+            Blocked::Int8 { packed, channels } => {
+                let xq = take(&mut scratch.unsigned, x.len());
+                let quantized = quant::quantize_rows_u8(x, k, xq);
+                let c = take(&mut scratch.ints, out.len());
+                mkl.u8s8_gemm_packed(rows, xq, packed, c);
+                quant::dequantize(c, &quantized, &channels.channels(&self.bias), out);
+            }
         }
     }
 
@@ -226,42 +254,28 @@ impl Dense {
         }
     }
 
-    /// Blocks of [`BLOCK_ROWS`] input rows and their output rows.
-    fn blocks<'a>(
-        &self,
-        x: &'a [f32],
-        out: &'a mut [f32],
-    ) -> impl Iterator<Item = (&'a [f32], &'a mut [f32])> {
-        x.chunks(BLOCK_ROWS * self.k)
-            .zip(out.chunks_mut(BLOCK_ROWS * self.n))
-    }
-
-    fn bf16_mkl(&self, mkl: &Mkl, packed: &Packed, x: &[f32], out: &mut [f32]) {
+    /// The whole product on gemmkit, in f32; returns `out`.
+    fn f32_gemmkit<'o>(&self, w: &[f32], x: &[f32], m: usize, out: &'o mut [f32]) -> &'o mut [f32] {
+        let (n, k) = (self.n, self.k);
         self.fill_bias(out);
-        SCRATCH.with_borrow_mut(|scratch| {
-            for (x, out) in self.blocks(x, out) {
-                let xb = take(&mut scratch.halves, x.len());
-                quant::to_bf16(x, xb);
-                mkl.bf16_gemm_packed(x.len() / self.k, xb.reinterpret_cast(), packed, out);
-            }
-        })
+        gemmkit::gemm(
+            1.0,
+            MatRef::from_row_major(x, m, k),
+            MatRef::from_col_major(w, k, n),
+            1.0,
+            MatMut::from_row_major(out, m, n),
+            Parallelism::Serial,
+        );
+        out
     }
 
-    fn int8_mkl(&self, mkl: &Mkl, packed: &Packed, weights: &Int8, x: &[f32], out: &mut [f32]) {
-        let channels = weights.channels(&self.bias);
-        SCRATCH.with_borrow_mut(|scratch| {
-            let Scratch { unsigned, ints, .. } = scratch;
-            for (x, out) in self.blocks(x, out) {
-                let xq = take(unsigned, x.len());
-                let rows = quant::quantize_rows_u8(x, self.k, xq);
-                let c = take(ints, out.len());
-                mkl.u8s8_gemm_packed(x.len() / self.k, xq, packed, c);
-                quant::dequantize(c, &rows, &channels, out);
-            }
-        })
-    }
-
-    fn bf16_gemmkit(&self, w: &[bf16], x: &[f32], m: usize, out: &mut [f32]) {
+    fn bf16_gemmkit<'o>(
+        &self,
+        w: &[bf16],
+        x: &[f32],
+        m: usize,
+        out: &'o mut [f32],
+    ) -> &'o mut [f32] {
         let (n, k) = (self.n, self.k);
         let mut xb = vec![bf16::ZERO; m * k];
         quant::to_bf16(x, &mut xb);
@@ -279,9 +293,16 @@ impl Dense {
                 *o = c.to_f32() + b;
             }
         }
+        out
     }
 
-    fn int8_gemmkit(&self, weights: &Int8, x: &[f32], m: usize, out: &mut [f32]) {
+    fn int8_gemmkit<'o>(
+        &self,
+        weights: &Int8,
+        x: &[f32],
+        m: usize,
+        out: &'o mut [f32],
+    ) -> &'o mut [f32] {
         let (n, k) = (self.n, self.k);
         SCRATCH.with_borrow_mut(|scratch| {
             let Scratch { signed, ints, .. } = scratch;
@@ -297,7 +318,8 @@ impl Dense {
                 Parallelism::Serial,
             );
             quant::dequantize(c, &rows, &weights.channels(&self.bias), out);
-        })
+        });
+        out
     }
 }
 
@@ -352,6 +374,42 @@ mod tests {
                     .map(|(g, w)| (g - w).abs())
                     .fold(0f32, f32::max);
                 assert!(worst < tolerance, "{name} {precision}: worst error {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_epilogue_sees_every_row_once_with_its_index() {
+        let (m, n, k) = (2 * BLOCK_ROWS + 41, 24, 32);
+        let (w, b, x) = (values(n * k, 4), values(n, 5), values(m * k, 6));
+        for matmul in crate::cpu::matmul::for_tests() {
+            let dense = Dense::with_matmul(matmul.clone(), Precision::F32, &w, &b, n, k).unwrap();
+            let mut plain = vec![0f32; m * n];
+            dense.forward(&x, m, &mut plain);
+            // The epilogue tags each value with its row: the output must hold
+            // the product plus the index of the value's row.
+            let mut tagged = vec![0f32; m * n];
+            let mut seen = Vec::new();
+            dense.forward_then(&x, m, &mut tagged, |first, block| {
+                seen.push((first, block.len() / n));
+                for (i, row) in block.chunks_exact_mut(n).enumerate() {
+                    row.iter_mut().for_each(|v| *v += (first + i) as f32);
+                }
+            });
+            let mut next = 0;
+            for &(first, rows) in &seen {
+                assert_eq!(first, next, "{}: blocks {seen:?}", matmul.name());
+                next += rows;
+            }
+            assert_eq!(next, m);
+            for (i, (t, p)) in tagged
+                .chunks_exact(n)
+                .zip(plain.chunks_exact(n))
+                .enumerate()
+            {
+                for (t, p) in t.iter().zip(p) {
+                    assert!((t - p - i as f32).abs() < 1e-3, "row {i}: {t} vs {p}");
+                }
             }
         }
     }

@@ -4,15 +4,17 @@
 //! over all of them, and attention runs per sequence. Then mean pooling and L2
 //! normalisation per sequence.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::Result as CandleResult;
 use candle_nn::VarBuilder;
 
-use super::attention::attend;
-use super::dense::Dense;
+use super::attention::{attend, Heads, Products};
+use super::dense::{Dense, BLOCK_ROWS};
+use super::matmul;
 use super::ops::{gelu, Norm};
-use super::Precision;
+use super::{take, Precision};
 use crate::bert::Config;
 
 /// The embedding tables, shared by every precision of a model.
@@ -40,8 +42,8 @@ pub struct Encoder {
     embeddings: Arc<Embeddings>,
     layers: Vec<Layer>,
     precision: Precision,
-    heads: usize,
-    head_size: usize,
+    shape: Heads,
+    products: Products,
     hidden: usize,
     intermediate: usize,
 }
@@ -164,8 +166,8 @@ pub fn load(
             embeddings: embeddings.clone(),
             layers,
             precision,
-            heads,
-            head_size,
+            shape: Heads { heads, head_size },
+            products: Products::new(matmul::selected(), precision),
             hidden,
             intermediate: config.intermediate_size,
         }));
@@ -180,9 +182,8 @@ impl Encoder {
 
     /// The packed input rows: word + position + first token type embeddings,
     /// layer-normed.
-    fn embed_tokens(&self, seqs: &[&[u32]], tokens: usize) -> Result<Vec<f32>, String> {
+    fn embed_tokens(&self, seqs: &[&[u32]], x: &mut [f32]) -> Result<(), String> {
         let (e, hidden) = (&self.embeddings, self.hidden);
-        let mut x = vec![0f32; tokens * hidden];
         let mut rows = x.chunks_exact_mut(hidden);
         for seq in seqs {
             if seq.len() > e.max_positions {
@@ -210,8 +211,8 @@ impl Encoder {
                 }
             }
         }
-        e.norm.apply(&mut x, &[]);
-        Ok(x)
+        e.norm.apply(x, &[]);
+        Ok(())
     }
 
     /// One unit-length, mean-pooled vector per sequence, in order.
@@ -222,52 +223,82 @@ impl Encoder {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
         let hidden = self.hidden;
-        let mut x = {
-            let _span = tracing::trace_span!("embeddings").entered();
-            self.embed_tokens(seqs, tokens)?
-        };
-        let mut qkv = vec![0f32; tokens * 3 * hidden];
-        let mut context = vec![0f32; tokens * hidden];
-        let mut x1 = vec![0f32; tokens * hidden];
-        let mut up = vec![0f32; tokens * self.intermediate];
-        for layer in &self.layers {
+        WORKSPACE.with_borrow_mut(|w| {
+            let [x, qkv, context, x1, up] = &mut w.0;
+            let x = take(x, tokens * hidden);
             {
-                let _span = tracing::trace_span!("linear").entered();
-                layer.qkv.forward(&x, tokens, &mut qkv);
+                let _span = tracing::trace_span!("embeddings").entered();
+                self.embed_tokens(seqs, x)?;
             }
-            {
-                let _span = tracing::trace_span!("self-attn").entered();
-                attend(&qkv, &lens, self.heads, self.head_size, &mut context);
+            let qkv = take(qkv, tokens * 3 * hidden);
+            let context = take(context, tokens * hidden);
+            let x1 = take(x1, BLOCK_ROWS * hidden);
+            let up = take(up, BLOCK_ROWS * self.intermediate);
+            for layer in &self.layers {
+                self.layer(layer, &lens, x, [qkv, context, x1, up]);
             }
-            {
-                let _span = tracing::trace_span!("linear").entered();
-                layer.attention_out.forward(&context, tokens, &mut x1);
-            }
-            {
-                let _span = tracing::trace_span!("layer-norm").entered();
-                layer.attention_norm.apply(&mut x1, &x);
-            }
-            {
-                let _span = tracing::trace_span!("linear").entered();
-                layer.up.forward(&x1, tokens, &mut up);
-            }
-            {
-                let _span = tracing::trace_span!("hidden-act").entered();
-                gelu(&mut up);
-            }
-            {
-                let _span = tracing::trace_span!("linear").entered();
-                layer.down.forward(&up, tokens, &mut x);
-            }
-            {
-                let _span = tracing::trace_span!("layer-norm").entered();
-                layer.out_norm.apply(&mut x, &x1);
-            }
+            let _span = tracing::trace_span!("pool").entered();
+            Ok(mean_pool_normalize(x, &lens, hidden))
+        })
+    }
+
+    /// One encoder layer over the packed rows `x` (`tokens x hidden`, updated in
+    /// place), with the buffers for its intermediate rows: the fused projections
+    /// and attention over all the rows, then everything after attention (output
+    /// projection, residual and norm, FFN, residual and norm) one block of
+    /// [`BLOCK_ROWS`] rows at a time, so that a block's intermediate rows (`x1`,
+    /// `up`: one block each) stay in cache from step to step.
+    fn layer(
+        &self,
+        layer: &Layer,
+        lens: &[usize],
+        x: &mut [f32],
+        [qkv, context, x1, up]: [&mut [f32]; 4],
+    ) {
+        let (tokens, hidden) = (x.len() / self.hidden, self.hidden);
+        {
+            let _span = tracing::trace_span!("linear").entered();
+            layer.qkv.forward(x, tokens, qkv);
         }
-        let _span = tracing::trace_span!("pool").entered();
-        Ok(mean_pool_normalize(&x, &lens, hidden))
+        {
+            let _span = tracing::trace_span!("self-attn").entered();
+            attend(qkv, lens, self.shape, &self.products, context);
+        }
+        let _span = tracing::trace_span!("linear").entered();
+        let blocks = context
+            .chunks(BLOCK_ROWS * hidden)
+            .zip(x.chunks_mut(BLOCK_ROWS * hidden));
+        for (context, x) in blocks {
+            let rows = x.len() / hidden;
+            let (x1, up) = (&mut x1[..x.len()], &mut up[..rows * self.intermediate]);
+            layer
+                .attention_out
+                .forward_then(context, rows, x1, |_, block| {
+                    let _span = tracing::trace_span!("layer-norm").entered();
+                    layer.attention_norm.apply(block, x);
+                });
+            layer.up.forward_then(x1, rows, up, |_, block| {
+                let _span = tracing::trace_span!("hidden-act").entered();
+                gelu(block);
+            });
+            layer.down.forward_then(up, rows, x, |_, block| {
+                let _span = tracing::trace_span!("layer-norm").entered();
+                layer.out_norm.apply(block, x1);
+            });
+        }
     }
 }
+
+thread_local! {
+    /// Each model thread's buffers for a forward pass (the layer's input rows, the
+    /// fused projections, the attention's output; a block's normed sum and FFN
+    /// hidden rows), kept from pass to pass so that no pass pays for fresh pages.
+    /// Every value is written before it is read.
+    static WORKSPACE: RefCell<Workspace> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Workspace([Vec<f32>; 5]);
 
 /// Mean over each sequence's rows, then x / max(|x|, 1e-12) (torch's F.normalize).
 fn mean_pool_normalize(x: &[f32], lens: &[usize], hidden: usize) -> Vec<Vec<f32>> {

@@ -17,6 +17,15 @@ use std::str::FromStr;
 pub use dense::Dense;
 pub use encoder::Encoder;
 
+/// The first `len` values of a thread's scratch buffer `buf`, grown to hold
+/// them (the values are whatever the last use left).
+fn take<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::default());
+    }
+    &mut buf[..len]
+}
+
 /// The number format of a model's dense-layer weights (and of their inputs):
 /// the checkpoint's f32; bf16 (inputs rounded to bf16, f32 accumulation, as
 /// PyTorch's bf16 autocast); or int8 (weights quantized per output channel,

@@ -209,13 +209,31 @@ impl WithSimd for SoftmaxOp<'_> {
 }
 
 /// Softmax of `xs` in place (max subtracted first); returns nothing when empty.
+/// The exponentials run a whole vector at a time, the last partial one padded
+/// with -inf (whose weight, e^-87 ~ 1e-38, is far below f32's resolution of the
+/// sum), so a short row is not left to scalar code.
 #[inline(always)]
 pub fn softmax(xs: &mut [f32]) {
     let max = max(xs);
-    for x in xs.iter_mut() {
-        *x = exp(*x - max);
+    let mut acc = [0f32; LANES];
+    let mut exps = |chunk: &mut [f32]| {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *x = exp(*x - max);
+            *a += *x;
+        }
+    };
+    let mut chunks = xs.chunks_exact_mut(LANES);
+    for chunk in chunks.by_ref() {
+        exps(chunk);
     }
-    let inv = 1.0 / sum(xs);
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut padded = [f32::NEG_INFINITY; LANES];
+        padded[..tail.len()].copy_from_slice(tail);
+        exps(&mut padded);
+        tail.copy_from_slice(&padded[..tail.len()]);
+    }
+    let inv = 1.0 / acc.iter().sum::<f32>();
     for x in xs.iter_mut() {
         *x *= inv;
     }
