@@ -2,9 +2,9 @@
 //!
 //! `libmkl_rt` (from PyPI's `mkl` wheel; `scripts/lib/mkl.sh` installs it) is
 //! opened with `dlopen`, its sequential threading layer selected (each model
-//! thread runs its own products), and these products are offered, each but the
-//! strided ones with
-//! the weights as the second, transposed operand (`C = A · Bᵀ`, row-major):
+//! thread runs its own products), and these products are offered, all but the
+//! strided ones with the weights as the second, transposed operand
+//! (`C = A · Bᵀ`, row-major):
 //!
 //! - `cblas_sgemm`, as [`Mkl::f32_gemm`];
 //! - `cblas_gemm_bf16bf16f32`, as [`Mkl::bf16_gemm`] (bf16 inputs, f32
