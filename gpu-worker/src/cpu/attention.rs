@@ -16,11 +16,12 @@ use std::sync::Arc;
 
 use gemmkit::{bf16, MatMut, MatRef, Parallelism};
 use half::slice::HalfFloatSliceExt;
-use pulp::{Simd, WithSimd};
 use tenantai_mkl::{Mkl, View, ViewMut};
 
+mod direct;
+
 use super::matmul::Matmul;
-use super::ops::{softmax, softmax_rows, LANES};
+use super::ops::softmax_rows;
 use super::{quant, take, Precision};
 
 /// Sequences at least this long use the library's products.
@@ -92,12 +93,7 @@ pub fn attend(qkv: &[f32], lens: &[usize], shape: Heads, products: &Products, ou
             continue;
         }
         if len < GEMM_FROM {
-            pulp::Arch::new().dispatch(Direct {
-                seq,
-                heads: shape.heads,
-                head_size: shape.head_size,
-                out: o,
-            });
+            direct::attend_short(seq, shape, o);
             continue;
         }
         let s = &mut scores[..len * len];
@@ -198,92 +194,6 @@ fn mkl_bf16_heads(mkl: &Mkl, seq: &[f32], shape: Heads, s: &mut [f32], out: &mut
 fn probabilities(s: &mut [f32], len: usize) {
     let _span = tracing::trace_span!("softmax").entered();
     softmax_rows(s, len);
-}
-
-/// Attention of one short sequence, every head, by direct loops.
-struct Direct<'a> {
-    seq: &'a [f32],
-    heads: usize,
-    head_size: usize,
-    out: &'a mut [f32],
-}
-
-impl WithSimd for Direct<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, _simd: S) {
-        let Direct {
-            seq,
-            heads,
-            head_size,
-            out,
-        } = self;
-        let hidden = heads * head_size;
-        let stride = 3 * hidden;
-        let len = seq.len() / stride;
-        // Scores of one query against every key, vectorised over the keys: each
-        // head's keys transposed (head size x `padded`, zeros past `len`), so a
-        // query's scores are `head size` multiply-adds of whole rows, with no
-        // horizontal sums.
-        let padded = len.next_multiple_of(LANES);
-        let mut keys = vec![0f32; head_size * padded];
-        let mut p = vec![0f32; padded];
-        for h in 0..heads {
-            let (q_at, k_at, v_at) = (
-                h * head_size,
-                hidden + h * head_size,
-                2 * hidden + h * head_size,
-            );
-            for (j, row) in seq.chunks_exact(stride).enumerate() {
-                for (c, &k) in row[k_at..k_at + head_size].iter().enumerate() {
-                    keys[c * padded + j] = k;
-                }
-            }
-            for (i, row) in seq.chunks_exact(stride).enumerate() {
-                let q = &row[q_at..q_at + head_size];
-                // LANES keys at a time, their sums in one register-sized array.
-                for (block, chunk) in p.chunks_exact_mut(LANES).enumerate() {
-                    let mut acc = [0f32; LANES];
-                    for (&qc, krow) in q.iter().zip(keys.chunks_exact(padded)) {
-                        let k = &krow[block * LANES..(block + 1) * LANES];
-                        for l in 0..LANES {
-                            acc[l] = qc.mul_add(k[l], acc[l]);
-                        }
-                    }
-                    chunk.copy_from_slice(&acc);
-                }
-                // The softmax over whole vectors too: the padding's scores at
-                // -inf weigh ~1e-38 (exp is clamped at -87), far below f32's
-                // resolution of the sum. (Over the `len` scores alone, all of a
-                // short row would be its scalar tail.)
-                p[len..].fill(f32::NEG_INFINITY);
-                softmax(&mut p);
-                // LANES output columns at a time, summed over the keys in registers.
-                let o = &mut out[i * hidden + h * head_size..i * hidden + (h + 1) * head_size];
-                let mut columns = o.chunks_exact_mut(LANES);
-                for (block, chunk) in columns.by_ref().enumerate() {
-                    let at = v_at + block * LANES;
-                    let mut acc = [0f32; LANES];
-                    for (&pj, vrow) in p[..len].iter().zip(seq.chunks_exact(stride)) {
-                        let v = &vrow[at..at + LANES];
-                        for l in 0..LANES {
-                            acc[l] = pj.mul_add(v[l], acc[l]);
-                        }
-                    }
-                    chunk.copy_from_slice(&acc);
-                }
-                let done = head_size - columns.into_remainder().len();
-                for c in done..head_size {
-                    let o = &mut out[i * hidden + h * head_size + c];
-                    *o = 0.0;
-                    for (&pj, vrow) in p[..len].iter().zip(seq.chunks_exact(stride)) {
-                        *o = pj.mul_add(vrow[v_at + c], *o);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
