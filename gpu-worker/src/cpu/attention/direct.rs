@@ -140,6 +140,7 @@ fn output_block<const R: usize>(
     let whole = d / LANES * LANES;
     for block in (0..whole).step_by(LANES) {
         let mut acc = [[0f32; LANES]; R];
+        #[allow(clippy::needless_range_loop)] // `j` indexes R rows of `p` and the values
         for j in 0..rows.len {
             let v = rows.get(j, v_at + block, LANES);
             for r in 0..R {
