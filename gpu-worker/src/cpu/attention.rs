@@ -58,7 +58,8 @@ pub struct Heads {
 }
 
 impl Heads {
-    fn hidden(self) -> usize {
+    /// The hidden size: every head's columns.
+    pub fn hidden(self) -> usize {
         self.heads * self.head_size
     }
 

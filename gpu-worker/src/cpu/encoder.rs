@@ -44,7 +44,6 @@ pub struct Encoder {
     precision: Precision,
     shape: Heads,
     products: Products,
-    hidden: usize,
     intermediate: usize,
 }
 
@@ -110,6 +109,11 @@ pub fn load(
     };
     let hidden = config.hidden_size;
     let heads = config.num_attention_heads.max(1);
+    if hidden % heads != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "a hidden size of {hidden} does not split into {heads} attention heads"
+        )));
+    }
     let head_size = hidden / heads;
     let e = vb.pp("embeddings");
     let embeddings = Arc::new(Embeddings {
@@ -168,7 +172,6 @@ pub fn load(
             precision,
             shape: Heads { heads, head_size },
             products: Products::new(matmul::selected(), precision),
-            hidden,
             intermediate: config.intermediate_size,
         }));
     }
@@ -183,7 +186,7 @@ impl Encoder {
     /// The packed input rows: word + position + first token type embeddings,
     /// layer-normed.
     fn embed_tokens(&self, seqs: &[&[u32]], x: &mut [f32]) -> Result<(), String> {
-        let (e, hidden) = (&self.embeddings, self.hidden);
+        let (e, hidden) = (&self.embeddings, self.shape.hidden());
         let mut rows = x.chunks_exact_mut(hidden);
         for seq in seqs {
             if seq.len() > e.max_positions {
@@ -222,7 +225,7 @@ impl Encoder {
         if tokens == 0 {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
-        let hidden = self.hidden;
+        let hidden = self.shape.hidden();
         WORKSPACE.with_borrow_mut(|w| {
             let [x, qkv, context, x1, up] = &mut w.0;
             let x = take(x, tokens * hidden);
@@ -255,7 +258,8 @@ impl Encoder {
         x: &mut [f32],
         [qkv, context, x1, up]: [&mut [f32]; 4],
     ) {
-        let (tokens, hidden) = (x.len() / self.hidden, self.hidden);
+        let hidden = self.shape.hidden();
+        let tokens = x.len() / hidden;
         {
             let _span = tracing::trace_span!("linear").entered();
             layer.qkv.forward(x, tokens, qkv);
